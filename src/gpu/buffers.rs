@@ -1,0 +1,197 @@
+//! Device buffers: plain tensors, row-chunked matrices (for tensors larger than one storage
+//! binding), uploads, and the one async readback path used on every target.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+use super::Gpu;
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// A flat f32 (or u32) device buffer of `len` elements.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub(crate) buf: wgpu::Buffer,
+    pub(crate) len: usize,
+}
+
+impl Tensor {
+    /// Number of 4-byte elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the tensor holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.len as u64 * 4
+    }
+}
+
+/// A row-major f32 matrix `[rows, cols]`, stored as consecutive row chunks that each fit one
+/// storage binding.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// `(chunk, first_row, row_count)`.
+    pub(crate) chunks: Vec<(Tensor, usize, usize)>,
+}
+
+impl Matrix {
+    /// Bytes held on the device.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.0.bytes()).sum()
+    }
+}
+
+impl Gpu {
+    /// Uploads f32 data into a new storage buffer.
+    pub fn upload_f32(&self, label: &str, data: &[f32]) -> Tensor {
+        self.upload_bytes(label, bytemuck::cast_slice(data), data.len())
+    }
+
+    /// Uploads u32 data into a new storage buffer.
+    pub fn upload_u32(&self, label: &str, data: &[u32]) -> Tensor {
+        self.upload_bytes(label, bytemuck::cast_slice(data), data.len())
+    }
+
+    fn upload_bytes(&self, label: &str, bytes: &[u8], len: usize) -> Tensor {
+        if bytes.is_empty() {
+            return self.zeros(label, 1);
+        }
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: STORAGE,
+            });
+        Tensor { buf, len }
+    }
+
+    /// A zero-filled storage buffer of `len` 4-byte elements (at least one).
+    pub fn zeros(&self, label: &str, len: usize) -> Tensor {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (len.max(1) * 4) as u64,
+            usage: STORAGE,
+            mapped_at_creation: false,
+        });
+        Tensor { buf, len }
+    }
+
+    /// Overwrites the start of `t` with `data`.
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) {
+        self.queue
+            .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    /// Overwrites the start of `t` with `data`.
+    pub fn write_f32(&self, t: &Tensor, data: &[f32]) {
+        self.queue
+            .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    /// Uploads a `[rows, cols]` matrix, split into row chunks no larger than [`Gpu::max_binding`].
+    pub fn upload_matrix(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix> {
+        if data.len() != rows * cols {
+            return Err(Error::InvalidRequest(format!(
+                "{label}: {} values for a [{rows}, {cols}] matrix",
+                data.len()
+            )));
+        }
+        let row_bytes = (cols.max(1) * 4) as u64;
+        let per_chunk = (self.max_binding() / row_bytes) as usize;
+        if per_chunk == 0 {
+            return Err(Error::NoGpu(format!(
+                "{label}: one row of {cols} f32 values exceeds the device's storage binding limit of {} bytes",
+                self.max_binding()
+            )));
+        }
+        let mut chunks = Vec::new();
+        let mut r0 = 0;
+        loop {
+            let n = per_chunk.min(rows - r0);
+            let part = &data[r0 * cols..(r0 + n) * cols];
+            chunks.push((self.upload_f32(label, part), r0, n));
+            r0 += n;
+            if r0 >= rows {
+                break;
+            }
+        }
+        Ok(Matrix { rows, cols, chunks })
+    }
+
+    /// Copies `n` f32 values starting at element `offset` of `t` back to the host.
+    pub async fn read_f32(&self, t: &Tensor, offset: usize, n: usize) -> Result<Vec<f32>> {
+        let bytes = self
+            .read_bytes(&t.buf, offset as u64 * 4, n as u64 * 4)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Copies `n` u32 values starting at element `offset` of `t` back to the host.
+    pub async fn read_u32(&self, t: &Tensor, offset: usize, n: usize) -> Result<Vec<u32>> {
+        let bytes = self
+            .read_bytes(&t.buf, offset as u64 * 4, n as u64 * 4)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let pooled = self.staging.lock().ok().and_then(|mut s| s.take());
+        let staging = match pooled {
+            Some(b) if b.size() >= size => b,
+            _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: size.next_power_of_two().max(256),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(0..size);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_wait();
+        let mapped = rx
+            .await
+            .map_err(|_| Error::Gpu("readback was cancelled (device lost?)".into()))?;
+        self.take_error()?;
+        mapped.map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("readback mapping failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        if let Ok(mut s) = self.staging.lock() {
+            *s = Some(staging);
+        }
+        Ok(data)
+    }
+}

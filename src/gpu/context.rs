@@ -1,0 +1,158 @@
+//! The device context: adapter, device, queue, limits and features, built once per process
+//! (or per page) and shared by every model loaded on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+use super::pipelines::Kernel;
+
+/// Options for creating a [`Gpu`].
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Cap on the size of one storage buffer binding, in bytes. Tensors larger than the
+    /// effective limit (this or the device's, whichever is smaller) are split into row chunks.
+    /// Lowering it exercises the splitting path on small models.
+    pub max_storage_binding: Option<u64>,
+    /// Prefer a low-power adapter (integrated GPU) over a discrete one.
+    pub low_power: bool,
+}
+
+/// A WebGPU/wgpu device with its queue, limits, pipeline cache and scratch buffers.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter_name: String,
+    backend: String,
+    pub(crate) limits: wgpu::Limits,
+    features: wgpu::Features,
+    max_binding: u64,
+    pub(crate) kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    pub(crate) uniform: Mutex<Option<wgpu::Buffer>>,
+    pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.adapter_name)
+            .field("backend", &self.backend)
+            .field("max_binding", &self.max_binding)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Finds an adapter and opens a device with the largest buffer limits it offers.
+    pub async fn new(opts: GpuOptions) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if cfg!(not(target_arch = "wasm32")) && std::env::var_os("WGPU_BACKEND").is_none() {
+            // Vulkan everywhere it exists (lavapipe included); Metal/DX12 where they are native.
+            desc.backends = wgpu::Backends::PRIMARY;
+        }
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: if opts.low_power {
+                    wgpu::PowerPreference::LowPower
+                } else {
+                    wgpu::PowerPreference::HighPerformance
+                },
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| {
+                Error::NoGpu(format!("no WebGPU/Vulkan/Metal/DX12 adapter found ({e})"))
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::SHADER_F16;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("shadowpeft"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoGpu(format!("adapter `{}` refused a device: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let device_max = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_binding = opts
+            .max_storage_binding
+            .map_or(device_max, |m| m.min(device_max))
+            .max(1024);
+        Ok(Gpu {
+            device,
+            queue,
+            adapter_name: info.name,
+            backend: format!("{:?}", info.backend),
+            limits,
+            features,
+            max_binding,
+            kernels: Mutex::new(HashMap::new()),
+            uniform: Mutex::new(None),
+            staging: Mutex::new(None),
+            errors,
+        })
+    }
+
+    /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub fn adapter_name(&self) -> &str {
+        &self.adapter_name
+    }
+
+    /// The backend in use (Vulkan, Metal, Dx12, BrowserWebGpu, ...).
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Whether the device offers `shader-f16`.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The effective maximum size of one storage binding, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Returns (and clears) any error the device reported since the last check.
+    pub(crate) fn take_error(&self) -> Result<()> {
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("error sink poisoned".into()))?;
+        if v.is_empty() {
+            Ok(())
+        } else {
+            let msg = v.join("; ");
+            v.clear();
+            Err(Error::Gpu(msg))
+        }
+    }
+
+    /// Blocks (native) until submitted work is done; a no-op in the browser, where mapping
+    /// callbacks are driven by the event loop.
+    pub(crate) fn poll_wait(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+    }
+}

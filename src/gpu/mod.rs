@@ -1,0 +1,12 @@
+//! GPU plumbing: the device context, the pipeline cache, buffers and readback, and the
+//! per-step command recorder. This is the one place that knows about wasm vs native.
+
+mod buffers;
+mod context;
+mod pipelines;
+mod step;
+
+pub use buffers::{Matrix, Tensor};
+pub use context::{Gpu, GpuOptions};
+pub use pipelines::{Kernel, KernelSpec};
+pub use step::Step;

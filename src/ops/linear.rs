@@ -1,0 +1,186 @@
+//! Linear layer `y = x W^T + b` (torch `nn.Linear` layout: `W` is `[out, in]`).
+//!
+//! Prefill (M > 2) uses the tiled `matmul` kernel; decode (M <= 2, K % 4 == 0) uses the
+//! `matvec` kernel. Weights larger than one storage binding are row chunks of a [`Matrix`];
+//! each chunk writes its own column range of `y`.
+//!
+//! # Shapes
+//! x `[M, K]` from element `x_off`; W `[N, K]`; b `[N]`; y `[M, ldy]` from element `y_off`,
+//! columns `0..N`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{KernelSpec, Matrix, Step, Tensor};
+
+use super::{groups_for, WG};
+
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
+
+/// A linear layer on the device.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub w: Matrix,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    /// Output features (rows of W).
+    pub fn out_features(&self) -> usize {
+        self.w.rows
+    }
+
+    /// Input features (columns of W).
+    pub fn in_features(&self) -> usize {
+        self.w.cols
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    x_off: u32,
+    y_off: u32,
+    ldy: u32,
+    col0: u32,
+    has_bias: u32,
+}
+
+/// Records `y[m, 0..N] = x[m, :] W^T + b` for `m < rows`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    step: &mut Step,
+    x: &Tensor,
+    x_off: usize,
+    rows: usize,
+    lin: &Linear,
+    y: &Tensor,
+    y_off: usize,
+    ldy: usize,
+) {
+    let k = lin.w.cols;
+    let vec_ok = k % 4 == 0 && x_off % 4 == 0;
+    let small = rows <= 2 && vec_ok;
+    let gpu = step.gpu();
+    let kernel = if small {
+        gpu.kernel(&KernelSpec::new("matvec", MATVEC).with("WG", WG))
+    } else {
+        gpu.kernel(&KernelSpec::new("matmul", MATMUL))
+    };
+    for (chunk, row0, n) in &lin.w.chunks {
+        let p = Params {
+            m: rows as u32,
+            n: *n as u32,
+            k: k as u32,
+            x_off: x_off as u32,
+            y_off: y_off as u32,
+            ldy: ldy as u32,
+            col0: *row0 as u32,
+            has_bias: lin.b.is_some() as u32,
+        };
+        let bias = lin.b.as_ref().unwrap_or(chunk);
+        let bufs = [x, chunk, bias, y];
+        if small {
+            step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, WG));
+        } else {
+            step.dispatch(
+                &kernel,
+                &p,
+                &bufs,
+                [groups_for(*n, 64), groups_for(rows, 64), 1],
+            );
+        }
+    }
+}
+
+/// CPU reference: `y[M, N] = x[M, K] W[N, K]^T + b`, accumulated in f64.
+pub fn cpu_linear(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for t in 0..k {
+                acc += x[i * k + t] as f64 * w[j * k + t] as f64;
+            }
+            y[i * n + j] = (acc + b.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{Gpu, GpuOptions};
+    use crate::ops::testing::{assert_close, gpu, rand_vec};
+
+    fn run(gpu: &Gpu, m: usize, n: usize, k: usize, bias: bool, x_off: usize) {
+        let x = rand_vec(1 + m as u64, x_off + m * k, 1.0);
+        let w = rand_vec(2 + n as u64, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let lin = Linear {
+            w: gpu.upload_matrix("w", &w, n, k).unwrap(),
+            b: bias.then(|| gpu.upload_f32("b", &b)),
+        };
+        let xt = gpu.upload_f32("x", &x);
+        let yt = gpu.zeros("y", m * n + 3);
+        let mut step = Step::new(gpu);
+        linear(&mut step, &xt, x_off, m, &lin, &yt, 3, n);
+        step.submit().unwrap();
+        let got = pollster::block_on(gpu.read_f32(&yt, 3, m * n)).unwrap();
+        let want = cpu_linear(&x[x_off..], &w, bias.then_some(&b[..]), m, n, k);
+        assert_close(
+            &format!("linear m={m} n={n} k={k}"),
+            &got,
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn linear_matches_cpu_on_awkward_sizes() {
+        let Some(gpu) = gpu() else { return };
+        for &(m, n, k) in &[
+            (1, 1, 4),
+            (1, 7, 12),
+            (2, 1000, 64),
+            (7, 65, 33),
+            (1, 130, 7),
+            (70, 129, 100),
+        ] {
+            run(gpu, m, n, k, false, 0);
+            run(gpu, m, n, k, true, 0);
+        }
+        run(gpu, 1, 50, 16, true, 32);
+        run(gpu, 5, 50, 16, true, 32);
+    }
+
+    #[test]
+    fn linear_splits_matrices_larger_than_one_binding() {
+        if gpu().is_none() {
+            return;
+        }
+        let small = pollster::block_on(Gpu::new(GpuOptions {
+            max_storage_binding: Some(4096),
+            ..Default::default()
+        }))
+        .unwrap();
+        // 300 rows x 64 cols x 4 bytes = 76800 bytes -> 19 chunks of 16 rows.
+        let w = rand_vec(9, 300 * 64, 1.0);
+        let mat = small.upload_matrix("w", &w, 300, 64).unwrap();
+        assert!(mat.chunks.len() > 1, "expected a split matrix");
+        run(&small, 1, 300, 64, true, 0);
+        run(&small, 9, 300, 64, true, 0);
+    }
+}

@@ -1,0 +1,41 @@
+//! Operations: one file per kernel, each with its `Params` (mirroring the WGSL uniform field
+//! for field), the function that records its dispatch, its CPU reference and its tests.
+//!
+//! Shapes are given in elements; every tensor is row-major f32 unless said otherwise.
+
+mod add;
+mod argmax;
+mod attention;
+mod embedding;
+mod layer_norm;
+mod linear;
+mod rms_norm;
+mod rope;
+mod shadow_update;
+mod silu;
+mod silu_mul;
+mod sub;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use add::{add, cpu_add};
+pub use argmax::{argmax, cpu_argmax};
+pub use attention::{attention, cpu_attention};
+pub use embedding::{cpu_embedding, embedding};
+pub use layer_norm::{cpu_layer_norm, layer_norm};
+pub use linear::{cpu_linear, linear, Linear};
+pub use rms_norm::{cpu_rms_norm, rms_norm};
+pub use rope::{cpu_rope, rope, RopeTable};
+pub use shadow_update::{cpu_shadow_update, shadow_update};
+pub use silu::{cpu_silu, silu};
+pub use silu_mul::{cpu_silu_mul, silu_mul};
+pub use sub::{cpu_sub, sub};
+
+/// Default workgroup size of the element-wise and row kernels.
+pub(crate) const WG: u32 = 64;
+
+/// Workgroups needed to cover `n` items with `per` items per workgroup.
+pub(crate) fn groups_for(n: usize, per: u32) -> u32 {
+    (n as u64).div_ceil(per as u64).min(u32::MAX as u64) as u32
+}
