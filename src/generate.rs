@@ -1,0 +1,239 @@
+//! Sampling and the token loop: one batched prefill, then one token per step on the KV
+//! caches. Greedy decoding without a repetition penalty takes the argmax on the GPU and reads
+//! back 4 bytes per token; other settings read the last row of logits and sample on the host.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::{Readout, Session, ShadowModel};
+
+/// Sampling and stopping settings.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k filter.
+    pub top_k: usize,
+    /// 1 means no nucleus filter.
+    pub top_p: f32,
+    /// 1 means none (Hugging Face semantics: divide positive logits, multiply negative ones).
+    pub repetition_penalty: f32,
+    pub seed: u64,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Extra ids that end generation (the model's EOS ids are always used unless ignored).
+    pub eos_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            ignore_eos: false,
+            eos_ids: Vec::new(),
+        }
+    }
+}
+
+impl GenerateOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidRequest(m.to_string()));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p must be in (0, 1]");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty must be a finite number > 0");
+        }
+        Ok(())
+    }
+
+    fn greedy_on_gpu(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-sequence token was produced (it is included in the tokens).
+    Eos,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The callback asked to stop (e.g. a stop string matched).
+    Callback,
+}
+
+/// Result of a generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Prompt tokens per second.
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+
+    /// Generated tokens per second after the first (which the prefill produces).
+    pub fn decode_tok_s(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1);
+        if n == 0 {
+            0.0
+        } else {
+            n as f64 / self.decode_secs.max(1e-9)
+        }
+    }
+}
+
+/// Host sampler over one row of logits.
+pub struct Sampler {
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded with `seed` (same seed, same choices).
+    pub fn new(seed: u64) -> Self {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Picks the next token: repetition penalty over `history`, then temperature, top-k, top-p
+    /// (the order of Hugging Face's logits processors), then a draw.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], o: &GenerateOptions) -> u32 {
+        if o.repetition_penalty != 1.0 {
+            for &t in history {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l < 0.0 {
+                        *l * o.repetition_penalty
+                    } else {
+                        *l / o.repetition_penalty
+                    };
+                }
+            }
+        }
+        if o.temperature == 0.0 {
+            return crate::ops::cpu_argmax(logits);
+        }
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        idx.sort_by(|a, b| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        });
+        if o.top_k > 0 {
+            idx.truncate(o.top_k.max(1));
+        }
+        let mx = logits[idx[0] as usize] as f64;
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((logits[i as usize] as f64 - mx) / o.temperature as f64).exp())
+            .collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+        if o.top_p < 1.0 {
+            let mut cum = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                cum += p;
+                if cum >= o.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            idx.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        let r = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let mut cum = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if r < cum {
+                return idx[i];
+            }
+        }
+        idx[probs.len() - 1]
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
+/// soon as it exists; `on_token` returns `false` to stop. The session continues from its
+/// current position (a fresh session starts at 0).
+pub async fn generate(
+    gpu: &Gpu,
+    model: &ShadowModel,
+    sess: &mut Session,
+    prompt: &[u32],
+    o: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Generation> {
+    o.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::InvalidRequest("the prompt is empty".into()));
+    }
+    let mut eos: Vec<u32> = model.eos_ids().to_vec();
+    eos.extend(&o.eos_ids);
+    let mut sampler = Sampler::new(o.seed);
+    let mut history = prompt.to_vec();
+    let mut out = Generation {
+        tokens: Vec::new(),
+        stop: StopReason::Length,
+        prefill_tokens: prompt.len(),
+        prefill_secs: 0.0,
+        decode_secs: 0.0,
+    };
+    let readout = if o.greedy_on_gpu() {
+        Readout::Argmax
+    } else {
+        Readout::LastLogits
+    };
+    let mut input = prompt.to_vec();
+    let t0 = web_time::Instant::now();
+    let mut t_decode = t0;
+    for i in 0..o.max_new_tokens {
+        let f = model.forward(gpu, sess, &input, readout, false).await?;
+        let tok = match f.argmax {
+            Some(t) => t,
+            None => {
+                let mut logits = f.logits;
+                sampler.sample(&mut logits, &history, o)
+            }
+        };
+        if i == 0 {
+            out.prefill_secs = t0.elapsed().as_secs_f64();
+            t_decode = web_time::Instant::now();
+        }
+        out.tokens.push(tok);
+        history.push(tok);
+        let go_on = on_token(tok)?;
+        if !o.ignore_eos && eos.contains(&tok) {
+            out.stop = StopReason::Eos;
+            break;
+        }
+        if !go_on {
+            out.stop = StopReason::Callback;
+            break;
+        }
+        input = vec![tok];
+    }
+    out.decode_secs = t_decode.elapsed().as_secs_f64();
+    Ok(out)
+}

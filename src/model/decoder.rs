@@ -1,0 +1,269 @@
+//! The decoder stack shared by Qwen3, Qwen2 and Llama (they differ only in q/k norm and
+//! biases), with a KV cache per session.
+//!
+//! One layer, for M new tokens at positions pos0..pos0+M:
+//! ```text
+//! xn = RMSNorm(x);  q,k,v = xn Wq^T (+bq), ...;  [Qwen3] q,k = RMSNorm_head(q,k)
+//! q,k = RoPE(q,k);  cache[pos0..] = k,v;  x += Attention(q, cache) Wo^T
+//! xn = RMSNorm(x);  x += (silu(xn Wg^T) * (xn Wu^T)) Wd^T
+//! ```
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Step, Tensor};
+use crate::ops::{self, Linear, RopeTable};
+
+use super::config::ArchConfig;
+use super::weights::Weights;
+
+/// Loads `{name}.weight` `[out, inp]` and, when `bias`, `{name}.bias` `[out]`.
+pub(crate) fn load_linear(
+    gpu: &Gpu,
+    w: &Weights,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Linear> {
+    let wt = w.get(&format!("{name}.weight"), &[out, inp])?;
+    Ok(Linear {
+        w: gpu.upload_matrix(name, &wt, out, inp)?,
+        b: if bias {
+            Some(gpu.upload_f32(name, &w.get(&format!("{name}.bias"), &[out])?))
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) fn load_vec(gpu: &Gpu, w: &Weights, name: &str, n: usize) -> Result<Tensor> {
+    Ok(gpu.upload_f32(name, &w.get(name, &[n])?))
+}
+
+struct Layer {
+    in_norm: Tensor,
+    post_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// A decoder stack (layers + final norm) on the device.
+pub struct Decoder {
+    pub cfg: ArchConfig,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    rope: RopeTable,
+}
+
+/// Per-session key/value cache of one decoder: `[capacity, kv_heads * head_dim]` per layer.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Activations for up to `rows` tokens.
+pub(crate) struct Scratch {
+    rows: usize,
+    xn: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qk_raw: Tensor,
+    attn: Tensor,
+    gu: Tensor,
+    act: Tensor,
+    tmp: Tensor,
+}
+
+impl Decoder {
+    /// Loads the layers under `prefix` (`model.` for a causal LM, `shadow_model.` for a shadow
+    /// backbone) and the final norm; positions up to `max_seq` get rotary tables.
+    pub fn load(
+        gpu: &Gpu,
+        w: &Weights,
+        prefix: &str,
+        cfg: &ArchConfig,
+        max_seq: usize,
+    ) -> Result<Self> {
+        let c = cfg;
+        let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let p = format!("{prefix}layers.{l}");
+            let gate = w.get(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, h])?;
+            let up = w.get(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate, h])?;
+            let gate_up_b = if c.mlp_bias {
+                let mut b = w.get(&format!("{p}.mlp.gate_proj.bias"), &[c.intermediate])?;
+                b.extend(w.get(&format!("{p}.mlp.up_proj.bias"), &[c.intermediate])?);
+                Some(gpu.upload_f32("gate_up bias", &b))
+            } else {
+                None
+            };
+            let gate_up = [gate, up].concat();
+            layers.push(Layer {
+                in_norm: load_vec(gpu, w, &format!("{p}.input_layernorm.weight"), h)?,
+                post_norm: load_vec(gpu, w, &format!("{p}.post_attention_layernorm.weight"), h)?,
+                q: load_linear(gpu, w, &format!("{p}.self_attn.q_proj"), qd, h, c.qkv_bias)?,
+                k: load_linear(gpu, w, &format!("{p}.self_attn.k_proj"), kvd, h, c.qkv_bias)?,
+                v: load_linear(gpu, w, &format!("{p}.self_attn.v_proj"), kvd, h, c.qkv_bias)?,
+                o: load_linear(gpu, w, &format!("{p}.self_attn.o_proj"), h, qd, c.o_bias)?,
+                q_norm: c
+                    .qk_norm
+                    .then(|| load_vec(gpu, w, &format!("{p}.self_attn.q_norm.weight"), c.head_dim))
+                    .transpose()?,
+                k_norm: c
+                    .qk_norm
+                    .then(|| load_vec(gpu, w, &format!("{p}.self_attn.k_norm.weight"), c.head_dim))
+                    .transpose()?,
+                gate_up: Linear {
+                    w: gpu.upload_matrix("gate_up", &gate_up, 2 * c.intermediate, h)?,
+                    b: gate_up_b,
+                },
+                down: load_linear(
+                    gpu,
+                    w,
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    c.intermediate,
+                    c.mlp_bias,
+                )?,
+            });
+        }
+        Ok(Decoder {
+            cfg: cfg.clone(),
+            layers,
+            norm: load_vec(gpu, w, &format!("{prefix}norm.weight"), h)?,
+            rope: RopeTable::new(gpu, c.rope_theta, c.head_dim, max_seq),
+        })
+    }
+
+    /// Number of layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Positions this decoder's rotary tables cover.
+    pub fn max_seq(&self) -> usize {
+        self.rope.positions
+    }
+
+    /// A KV cache for `max_seq` positions.
+    pub fn new_cache(&self, gpu: &Gpu) -> KvCache {
+        let n = self.rope.positions * self.cfg.kv_heads * self.cfg.head_dim;
+        KvCache {
+            k: (0..self.layers.len())
+                .map(|_| gpu.zeros("k cache", n))
+                .collect(),
+            v: (0..self.layers.len())
+                .map(|_| gpu.zeros("v cache", n))
+                .collect(),
+            capacity: self.rope.positions,
+        }
+    }
+
+    pub(crate) fn new_scratch(&self, gpu: &Gpu, rows: usize) -> Scratch {
+        let c = &self.cfg;
+        let (qd, kvd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let z = |n: &str, len: usize| gpu.zeros(n, rows * len);
+        Scratch {
+            rows,
+            xn: z("xn", c.hidden),
+            q: z("q", qd),
+            k: z("k", kvd),
+            v: z("v", kvd),
+            qk_raw: z("qk raw", qd.max(kvd)),
+            attn: z("attn", qd),
+            gu: z("gate_up", 2 * c.intermediate),
+            act: z("act", c.intermediate),
+            tmp: z("tmp", c.hidden),
+        }
+    }
+
+    /// Runs layer `l` on `x` `[m, hidden]` in place, for positions `pos0..pos0 + m`.
+    pub(crate) fn layer(
+        &self,
+        step: &mut Step,
+        l: usize,
+        x: &Tensor,
+        m: usize,
+        pos0: usize,
+        cache: &KvCache,
+        s: &Scratch,
+    ) {
+        debug_assert!(m <= s.rows);
+        let c = &self.cfg;
+        let ly = &self.layers[l];
+        let (h, hd) = (c.hidden, c.head_dim);
+        let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
+        // 1. Attention input norm and q/k/v projections (+ per-head norm on Qwen3).
+        ops::rms_norm(step, x, 0, &ly.in_norm, &s.xn, 0, m, h, c.rms_eps);
+        for (lin, norm, out, heads) in [
+            (&ly.q, &ly.q_norm, &s.q, c.heads),
+            (&ly.k, &ly.k_norm, &s.k, c.kv_heads),
+        ] {
+            match norm {
+                Some(nw) => {
+                    ops::linear(step, &s.xn, 0, m, lin, &s.qk_raw, 0, heads * hd);
+                    ops::rms_norm(step, &s.qk_raw, 0, nw, out, 0, m * heads, hd, c.rms_eps);
+                }
+                None => ops::linear(step, &s.xn, 0, m, lin, out, 0, heads * hd),
+            }
+        }
+        ops::linear(step, &s.xn, 0, m, &ly.v, &s.v, 0, kvd);
+        // 2. Rotary embeddings, then append k/v to the cache.
+        ops::rope(step, &self.rope, &s.q, m, c.heads, pos0);
+        ops::rope(step, &self.rope, &s.k, m, c.kv_heads, pos0);
+        step.copy(&s.k, 0, &cache.k[l], pos0 * kvd, m * kvd);
+        step.copy(&s.v, 0, &cache.v[l], pos0 * kvd, m * kvd);
+        // 3. Causal attention over the cache, output projection, residual.
+        ops::attention(
+            step,
+            &s.q,
+            &cache.k[l],
+            &cache.v[l],
+            &s.attn,
+            m,
+            pos0,
+            c.heads,
+            c.kv_heads,
+            hd,
+        );
+        ops::linear(step, &s.attn, 0, m, &ly.o, &s.tmp, 0, h);
+        ops::add(step, &s.tmp, x, m * h, 1.0);
+        // 4. MLP: SwiGLU over the fused gate|up projection, down projection, residual.
+        ops::rms_norm(step, x, 0, &ly.post_norm, &s.xn, 0, m, h, c.rms_eps);
+        ops::linear(step, &s.xn, 0, m, &ly.gate_up, &s.gu, 0, 2 * c.intermediate);
+        ops::silu_mul(step, &s.gu, &s.act, m, c.intermediate);
+        ops::linear(step, &s.act, 0, m, &ly.down, &s.tmp, 0, h);
+        ops::add(step, &s.tmp, x, m * h, 1.0);
+        let _ = qd;
+    }
+
+    /// The final RMSNorm: `y = norm(x)` for `m` rows.
+    pub(crate) fn final_norm(&self, step: &mut Step, x: &Tensor, y: &Tensor, m: usize) {
+        ops::rms_norm(
+            step,
+            x,
+            0,
+            &self.norm,
+            y,
+            0,
+            m,
+            self.cfg.hidden,
+            self.cfg.rms_eps,
+        );
+    }
+}

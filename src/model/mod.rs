@@ -1,0 +1,617 @@
+//! Models: configuration, weights, the decoder stack, the shadow adapter, and [`ShadowModel`],
+//! which runs a ShadowPEFT model attached (base + shadow) or detached (shadow alone).
+//!
+//! Attached forward of M new tokens at positions pos0..pos0+M (official shadow-peft math):
+//! ```text
+//! s0 = P(ShadowDecoder(E_s[ids]))                 # shadow state, [M, d]
+//! h  = E[ids];  h = Layer_0(h);  s = s0
+//! for l in 1..L:  h = inject_{l-1}(h, s);  h = Layer_l(h);  s = update_{l-1}(h, s)
+//! logits = lm_head(norm(h));  shadow_logits = shadow_lm_head(s0)
+//! ```
+//! Detached runs only the first line and the shadow head. Both keep a KV cache per decoder,
+//! so decoding one token costs one token's work.
+
+pub mod adapter;
+pub mod config;
+pub mod decoder;
+pub mod source;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Matrix, Step, Tensor};
+use crate::ops::{self, Linear};
+
+use adapter::{Adapter, AdapterScratch};
+use config::{ArchConfig, ProjectedConfig, ShadowConfig};
+use decoder::{load_linear, Decoder, KvCache, Scratch};
+use source::{read_json, read_json_opt, read_required, Source};
+use weights::Weights;
+
+/// Which output a model produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Base model with shadow injection/update: logits are the base model's.
+    Attached,
+    /// Shadow alone: logits are the shadow head's.
+    Detached,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "attached" => Ok(Mode::Attached),
+            "detached" => Ok(Mode::Detached),
+            o => Err(Error::InvalidRequest(format!(
+                "mode `{o}`: expected attached or detached"
+            ))),
+        }
+    }
+}
+
+/// Load-time options.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Longest sequence (prompt + generated) a session can hold; capped by the config's
+    /// `max_position_embeddings`.
+    pub max_seq: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_seq: 2048 }
+    }
+}
+
+struct Base {
+    decoder: Decoder,
+    embed: Matrix,
+    norm_head: Linear,
+    adapter: Adapter,
+}
+
+/// A loaded ShadowPEFT model, attached or detached.
+pub struct ShadowModel {
+    mode: Mode,
+    base: Option<Base>,
+    shadow: Decoder,
+    shadow_embed: Matrix,
+    proj: Option<Linear>,
+    shadow_head: Linear,
+    vocab: usize,
+    hidden: usize,
+    eos: Vec<u32>,
+}
+
+/// What a forward pass reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readout {
+    /// Logits of every new position.
+    AllLogits,
+    /// Logits of the last position only.
+    LastLogits,
+    /// Only the argmax of the last position's logits (4 bytes read back).
+    Argmax,
+}
+
+/// The result of one forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    /// Main logits (`[rows, vocab]`): base logits attached, shadow logits detached.
+    pub logits: Vec<f32>,
+    /// Shadow-head logits (`[rows, vocab]`), when asked for.
+    pub shadow_logits: Vec<f32>,
+    /// Greedy token of the last position, for [`Readout::Argmax`].
+    pub argmax: Option<u32>,
+}
+
+/// Per-conversation state: KV caches, position, and activation buffers.
+pub struct Session {
+    pos: usize,
+    rows: usize,
+    ids: Tensor,
+    shadow_cache: KvCache,
+    shadow_x: Tensor,
+    shadow_h: Tensor,
+    shadow_scratch: Scratch,
+    s0: Tensor,
+    base: Option<BaseState>,
+    logits: Tensor,
+    shadow_logits: Tensor,
+    logit_rows: usize,
+    token: Tensor,
+}
+
+struct BaseState {
+    cache: KvCache,
+    x: Tensor,
+    s: Tensor,
+    xn: Tensor,
+    scratch: Scratch,
+    adapter: AdapterScratch,
+}
+
+impl Session {
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the conversation (the caches are overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+fn head_or_tied(
+    gpu: &Gpu,
+    w: &Weights,
+    name: &str,
+    tied: &Matrix,
+    tie: bool,
+    rows: usize,
+    cols: usize,
+) -> Result<Linear> {
+    if w.has(&format!("{name}.weight")) {
+        load_linear(gpu, w, name, rows, cols, false)
+    } else if tie {
+        Ok(Linear {
+            w: tied.clone(),
+            b: None,
+        })
+    } else {
+        Err(Error::MissingTensor {
+            file: w.describe(),
+            name: format!("{name}.weight (tie_word_embeddings is false)"),
+        })
+    }
+}
+
+fn load_matrix(gpu: &Gpu, w: &Weights, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+    gpu.upload_matrix(name, &w.get(name, &[rows, cols])?, rows, cols)
+}
+
+async fn eos_ids<S: Source>(src: &S, cfg_eos: &[u32]) -> Result<Vec<u32>> {
+    let f = "generation_config.json";
+    let mut ids = match read_json_opt(src, f).await? {
+        Some(v) => config::token_ids(&v, &src.location(f), "eos_token_id")?,
+        None => Vec::new(),
+    };
+    if ids.is_empty() {
+        ids = cfg_eos.to_vec();
+    }
+    Ok(ids)
+}
+
+impl ShadowModel {
+    /// Loads a base model and an official shadow-peft adapter (`shadow_config.json`,
+    /// `shadow_adapter.safetensors`, optional `shadow_modules.safetensors`). `shadow` is the
+    /// explicit shadow's model directory (its config gives the architecture); without it the
+    /// shadow is implicit (the base config with the adapter's overrides). Detached mode loads
+    /// no base layers.
+    pub async fn load_adapter<B: Source, A: Source, X: Source>(
+        gpu: &Gpu,
+        base_src: &B,
+        adapter_src: &A,
+        shadow_src: Option<&X>,
+        mode: Mode,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let base_json = read_json(base_src, "config.json", "base model config").await?;
+        let base_cfg = ArchConfig::from_hf(&base_src.location("config.json"), &base_json)?;
+        if let Some(pc) = read_json_opt(adapter_src, "adapter_config.json").await? {
+            let pt = pc
+                .get("peft_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown");
+            return Err(Error::config(
+                &adapter_src.location("adapter_config.json"),
+                "peft_type",
+                format!("`{pt}` adapters are not supported; expected an official shadow-peft adapter (shadow_config.json + shadow_adapter.safetensors)"),
+            ));
+        }
+        let sc_file = adapter_src.location("shadow_config.json");
+        let sc = ShadowConfig::from_json(
+            &sc_file,
+            &read_json(adapter_src, "shadow_config.json", "shadow adapter config").await?,
+        )?;
+        if base_cfg.layers < 2 {
+            return Err(Error::config(
+                &base_src.location("config.json"),
+                "num_hidden_layers",
+                "ShadowPEFT needs at least 2 base layers",
+            ));
+        }
+        let mut aw = Weights::default();
+        let af = "shadow_adapter.safetensors";
+        aw.add_file(
+            adapter_src.location(af),
+            read_required(adapter_src, af, "shadow adapter weights").await?,
+        )?;
+        let mut mw = Weights::default();
+        if let Some(b) = adapter_src.read("shadow_modules.safetensors").await? {
+            mw.add_file(adapter_src.location("shadow_modules.safetensors"), b)?;
+        }
+
+        // Shadow architecture: explicit (from its directory) or implicit (derived).
+        let mut shadow_dir_weights = None;
+        let shadow_cfg = match shadow_src {
+            Some(s) => {
+                let loc = s.location("config.json");
+                let v = read_json(s, "config.json", "explicit shadow config").await?;
+                let cfg = if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
+                    ProjectedConfig::from_json(&loc, &v)?.inner
+                } else {
+                    ArchConfig::from_hf(&loc, &v)?
+                };
+                if !aw.has("shadow_hidden_projection.weight") && cfg.hidden != base_cfg.hidden {
+                    shadow_dir_weights = Some(Weights::load_hf(s).await?);
+                }
+                cfg
+            }
+            None => base_cfg.implicit_shadow(&base_json, &sc, &sc_file)?,
+        };
+        let (d, ds, v) = (base_cfg.hidden, shadow_cfg.hidden, base_cfg.vocab);
+        let max_seq = opts
+            .max_seq
+            .min(base_cfg.max_positions)
+            .min(shadow_cfg.max_positions)
+            .max(1);
+
+        let bw = Weights::load_hf(base_src).await?;
+        let mut embed = load_matrix(gpu, &bw, "model.embed_tokens.weight", v, d)?;
+        let mut head = head_or_tied(gpu, &bw, "lm_head", &embed, base_cfg.tie_embeddings, v, d)?;
+        // shadow_modules.safetensors: trained heads replace the base ones (only those listed
+        // in modules_to_save when the list is non-empty, as the official loader does).
+        let wanted =
+            |m: &str| sc.modules_to_save.is_empty() || sc.modules_to_save.iter().any(|x| x == m);
+        let mut shadow_head = head.clone();
+        if wanted("lm_head") && mw.has("lm_head.weight") {
+            let tied = matches!((&head.w.chunks.first(), &embed.chunks.first()), (Some(a), Some(b)) if a.0.buf == b.0.buf);
+            head = load_linear(gpu, &mw, "lm_head", v, d, false)?;
+            if tied {
+                // The official loader copies into the shared parameter: the embedding changes too.
+                embed = head.w.clone();
+            }
+            shadow_head = head.clone();
+        }
+        if wanted("shadow_lm_head") && mw.has("shadow_lm_head.weight") {
+            shadow_head = load_linear(gpu, &mw, "shadow_lm_head", v, d, false)?;
+        }
+
+        let shadow = Decoder::load(gpu, &aw, "shadow_model.", &shadow_cfg, max_seq)?;
+        let shadow_embed = if aw.has("shadow_model.embed_tokens.weight") {
+            load_matrix(
+                gpu,
+                &aw,
+                "shadow_model.embed_tokens.weight",
+                shadow_cfg.vocab,
+                ds,
+            )?
+        } else if ds == d {
+            embed.clone()
+        } else {
+            return Err(Error::MissingTensor {
+                file: aw.describe(),
+                name: format!("shadow_model.embed_tokens.weight (the shadow width {ds} differs from the base width {d}, so base embeddings cannot be shared)"),
+            });
+        };
+        let proj = if ds != d {
+            let pw = if aw.has("shadow_hidden_projection.weight") {
+                &aw
+            } else {
+                shadow_dir_weights.as_ref().unwrap_or(&aw)
+            };
+            Some(load_linear(
+                gpu,
+                pw,
+                "shadow_hidden_projection",
+                d,
+                ds,
+                false,
+            )?)
+        } else {
+            None
+        };
+        let base = match mode {
+            Mode::Attached => Some(Base {
+                decoder: Decoder::load(gpu, &bw, "model.", &base_cfg, max_seq)?,
+                embed,
+                norm_head: head,
+                adapter: Adapter::load(gpu, &aw, &sc, base_cfg.layers, d)?,
+            }),
+            Mode::Detached => None,
+        };
+        Ok(ShadowModel {
+            mode,
+            base,
+            shadow,
+            shadow_embed,
+            proj,
+            shadow_head,
+            vocab: v,
+            hidden: d,
+            eos: eos_ids(base_src, &base_cfg.eos).await?,
+        })
+    }
+
+    /// Loads a detached export: a plain Hugging Face causal LM (same width as the base), or a
+    /// `causal_lm_with_hidden_projection` model (shadow backbone + projection + head).
+    pub async fn load_export<S: Source>(gpu: &Gpu, src: &S, opts: &LoadOptions) -> Result<Self> {
+        let loc = src.location("config.json");
+        let v = read_json(src, "config.json", "model config").await?;
+        let w = Weights::load_hf(src).await?;
+        let (cfg, prefix, proj_cfg) =
+            if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
+                let pc = ProjectedConfig::from_json(&loc, &v)?;
+                (pc.inner.clone(), "shadow_model.", Some(pc))
+            } else {
+                (ArchConfig::from_hf(&loc, &v)?, "model.", None)
+            };
+        let max_seq = opts.max_seq.min(cfg.max_positions).max(1);
+        let shadow = Decoder::load(gpu, &w, prefix, &cfg, max_seq)?;
+        let embed = load_matrix(
+            gpu,
+            &w,
+            &format!("{prefix}embed_tokens.weight"),
+            cfg.vocab,
+            cfg.hidden,
+        )?;
+        let (proj, head, vocab, hidden) = match &proj_cfg {
+            Some(pc) => (
+                Some(load_linear(
+                    gpu,
+                    &w,
+                    "shadow_hidden_projection",
+                    pc.base_hidden,
+                    cfg.hidden,
+                    false,
+                )?),
+                load_linear(gpu, &w, "lm_head", pc.vocab, pc.base_hidden, false)?,
+                pc.vocab,
+                pc.base_hidden,
+            ),
+            None => (
+                None,
+                head_or_tied(
+                    gpu,
+                    &w,
+                    "lm_head",
+                    &embed,
+                    cfg.tie_embeddings,
+                    cfg.vocab,
+                    cfg.hidden,
+                )?,
+                cfg.vocab,
+                cfg.hidden,
+            ),
+        };
+        Ok(ShadowModel {
+            mode: Mode::Detached,
+            base: None,
+            shadow,
+            shadow_embed: embed,
+            proj,
+            shadow_head: head,
+            vocab,
+            hidden,
+            eos: eos_ids(src, &cfg.eos).await?,
+        })
+    }
+
+    /// Attached or detached.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Vocabulary size of the logits.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// End-of-sequence ids from generation_config.json (or config.json).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Longest sequence a session holds.
+    pub fn max_seq(&self) -> usize {
+        match &self.base {
+            Some(b) => b.decoder.max_seq().min(self.shadow.max_seq()),
+            None => self.shadow.max_seq(),
+        }
+    }
+
+    /// Most positions whose logits one [`Readout::AllLogits`] forward can return (the logits
+    /// buffer must fit one storage binding).
+    pub fn max_logit_rows(&self, gpu: &Gpu) -> usize {
+        ((gpu.max_binding() / (self.vocab as u64 * 4)) as usize).max(1)
+    }
+
+    /// A new session (KV caches for [`ShadowModel::max_seq`] positions).
+    pub fn new_session(&self, gpu: &Gpu) -> Session {
+        let rows = 1;
+        Session {
+            pos: 0,
+            rows,
+            ids: gpu.zeros("ids", rows),
+            shadow_cache: self.shadow.new_cache(gpu),
+            shadow_x: gpu.zeros("shadow x", rows * self.shadow.cfg.hidden),
+            shadow_h: gpu.zeros("shadow h", rows * self.shadow.cfg.hidden),
+            shadow_scratch: self.shadow.new_scratch(gpu, rows),
+            s0: gpu.zeros("s0", rows * self.hidden),
+            base: self.base.as_ref().map(|b| BaseState {
+                cache: b.decoder.new_cache(gpu),
+                x: gpu.zeros("x", rows * self.hidden),
+                s: gpu.zeros("s", rows * self.hidden),
+                xn: gpu.zeros("xn", rows * self.hidden),
+                scratch: b.decoder.new_scratch(gpu, rows),
+                adapter: b.adapter.new_scratch(gpu, rows),
+            }),
+            logits: gpu.zeros("logits", self.vocab),
+            shadow_logits: gpu.zeros("shadow logits", self.vocab),
+            logit_rows: 1,
+            token: gpu.zeros("token", 1),
+        }
+    }
+
+    fn grow(&self, gpu: &Gpu, s: &mut Session, rows: usize) {
+        if rows <= s.rows {
+            return;
+        }
+        let (ds, d) = (self.shadow.cfg.hidden, self.hidden);
+        s.rows = rows;
+        s.ids = gpu.zeros("ids", rows);
+        s.shadow_x = gpu.zeros("shadow x", rows * ds);
+        s.shadow_h = gpu.zeros("shadow h", rows * ds);
+        s.shadow_scratch = self.shadow.new_scratch(gpu, rows);
+        s.s0 = gpu.zeros("s0", rows * d);
+        if let (Some(b), Some(st)) = (&self.base, &mut s.base) {
+            st.x = gpu.zeros("x", rows * d);
+            st.s = gpu.zeros("s", rows * d);
+            st.xn = gpu.zeros("xn", rows * d);
+            st.scratch = b.decoder.new_scratch(gpu, rows);
+            st.adapter = b.adapter.new_scratch(gpu, rows);
+        }
+    }
+
+    /// Runs `ids` (new tokens, appended after the session's position) and reads back what
+    /// `readout` asks for; `shadow_logits` also computes the shadow head's logits.
+    pub async fn forward(
+        &self,
+        gpu: &Gpu,
+        sess: &mut Session,
+        ids: &[u32],
+        readout: Readout,
+        shadow_logits: bool,
+    ) -> Result<ForwardOutput> {
+        let m = ids.len();
+        if m == 0 {
+            return Err(Error::InvalidRequest("no tokens to run".into()));
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            if id as usize >= self.vocab {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    position: i,
+                    vocab_size: self.vocab,
+                });
+            }
+        }
+        if sess.pos + m > self.max_seq() {
+            return Err(Error::InvalidRequest(format!(
+                "sequence of {} tokens exceeds the session's maximum of {} (raise max_seq)",
+                sess.pos + m,
+                self.max_seq()
+            )));
+        }
+        self.grow(gpu, sess, m);
+        gpu.write_u32(&sess.ids, ids);
+        let pos0 = sess.pos;
+        let (d, v) = (self.hidden, self.vocab);
+        let mut step = Step::new(gpu);
+
+        // 1. Shadow backbone -> s0 (projected to the base width when they differ).
+        ops::embedding(&mut step, &sess.ids, &self.shadow_embed, &sess.shadow_x, m);
+        for l in 0..self.shadow.num_layers() {
+            self.shadow.layer(
+                &mut step,
+                l,
+                &sess.shadow_x,
+                m,
+                pos0,
+                &sess.shadow_cache,
+                &sess.shadow_scratch,
+            );
+        }
+        let s0 = match &self.proj {
+            Some(p) => {
+                self.shadow
+                    .final_norm(&mut step, &sess.shadow_x, &sess.shadow_h, m);
+                ops::linear(&mut step, &sess.shadow_h, 0, m, p, &sess.s0, 0, d);
+                &sess.s0
+            }
+            None => {
+                self.shadow
+                    .final_norm(&mut step, &sess.shadow_x, &sess.s0, m);
+                &sess.s0
+            }
+        };
+
+        // 2. Base with injection before and update after every layer l >= 1.
+        let main_hidden = match (&self.base, &sess.base) {
+            (Some(b), Some(st)) => {
+                ops::embedding(&mut step, &sess.ids, &b.embed, &st.x, m);
+                step.copy(s0, 0, &st.s, 0, m * d);
+                let n = b.decoder.num_layers();
+                for l in 0..n {
+                    if l > 0 {
+                        b.adapter
+                            .inject(&mut step, l - 1, &st.x, &st.s, m, &st.adapter);
+                    }
+                    b.decoder
+                        .layer(&mut step, l, &st.x, m, pos0, &st.cache, &st.scratch);
+                    // The update after the last layer is never read: skip it.
+                    if l > 0 && l + 1 < n {
+                        b.adapter
+                            .update(&mut step, l - 1, &st.x, &st.s, m, &st.adapter);
+                    }
+                }
+                b.decoder.final_norm(&mut step, &st.x, &st.xn, m);
+                Some((&st.xn, &b.norm_head))
+            }
+            _ => None,
+        };
+
+        // 3. Heads and readout.
+        let rows = if readout == Readout::AllLogits { m } else { 1 };
+        if rows > self.max_logit_rows(gpu) {
+            return Err(Error::InvalidRequest(format!(
+                "{rows} rows of {v} logits exceed one storage binding; run at most {} tokens per call",
+                self.max_logit_rows(gpu)
+            )));
+        }
+        let first = m - rows;
+        if rows > sess.logit_rows {
+            sess.logits = gpu.zeros("logits", rows * v);
+            sess.shadow_logits = gpu.zeros("shadow logits", rows * v);
+            sess.logit_rows = rows;
+        }
+        let want_shadow = shadow_logits || main_hidden.is_none();
+        if want_shadow {
+            ops::linear(
+                &mut step,
+                s0,
+                first * d,
+                rows,
+                &self.shadow_head,
+                &sess.shadow_logits,
+                0,
+                v,
+            );
+        }
+        if let Some((h, head)) = main_hidden {
+            ops::linear(&mut step, h, first * d, rows, head, &sess.logits, 0, v);
+        }
+        let main = if main_hidden.is_some() {
+            &sess.logits
+        } else {
+            &sess.shadow_logits
+        };
+        if readout == Readout::Argmax {
+            ops::argmax(&mut step, main, (rows - 1) * v, v, &sess.token);
+        }
+        step.submit()?;
+        sess.pos += m;
+
+        let mut out = ForwardOutput::default();
+        match readout {
+            Readout::Argmax => out.argmax = Some(gpu.read_u32(&sess.token, 0, 1).await?[0]),
+            _ => out.logits = gpu.read_f32(main, 0, rows * v).await?,
+        }
+        if shadow_logits {
+            out.shadow_logits = gpu.read_f32(&sess.shadow_logits, 0, rows * v).await?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,118 @@
+//! Where model files come from. The loader only needs bytes by file name, so the same code
+//! loads from a local directory (native), from memory, or (in the browser) from fetched files.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::error::{Error, Result};
+
+/// A set of named files (a model directory).
+pub trait Source {
+    /// How to name `file` in messages, e.g. `models/tiny/base/config.json`.
+    fn location(&self, file: &str) -> String;
+
+    /// Reads a whole file; `Ok(None)` when it does not exist.
+    fn read(&self, file: &str) -> impl Future<Output = Result<Option<Vec<u8>>>>;
+}
+
+/// Files held in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemSource {
+    name: String,
+    files: HashMap<String, Vec<u8>>,
+}
+
+impl MemSource {
+    /// An empty set called `name` in messages.
+    pub fn new(name: impl Into<String>) -> Self {
+        MemSource {
+            name: name.into(),
+            files: HashMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) a file.
+    pub fn insert(&mut self, file: impl Into<String>, bytes: Vec<u8>) {
+        self.files.insert(file.into(), bytes);
+    }
+}
+
+impl Source for MemSource {
+    fn location(&self, file: &str) -> String {
+        format!("{}/{file}", self.name)
+    }
+
+    async fn read(&self, file: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(file).cloned())
+    }
+}
+
+/// A directory on the local file system.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone)]
+pub struct DirSource {
+    dir: std::path::PathBuf,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DirSource {
+    /// Opens `dir`, failing with a clear message when it is not a directory.
+    pub fn open(dir: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.display().to_string(),
+                msg: "no such model directory".into(),
+            });
+        }
+        Ok(DirSource { dir })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Source for DirSource {
+    fn location(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    async fn read(&self, file: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(file);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Reads a file that must exist.
+pub async fn read_required<S: Source>(src: &S, file: &str, what: &str) -> Result<Vec<u8>> {
+    src.read(file).await?.ok_or_else(|| Error::Io {
+        path: src.location(file),
+        msg: format!("missing ({what})"),
+    })
+}
+
+/// Reads and parses a JSON file that must exist.
+pub async fn read_json<S: Source>(src: &S, file: &str, what: &str) -> Result<serde_json::Value> {
+    let bytes = read_required(src, file, what).await?;
+    parse_json(&src.location(file), &bytes)
+}
+
+/// Reads and parses a JSON file that may be absent.
+pub async fn read_json_opt<S: Source>(src: &S, file: &str) -> Result<Option<serde_json::Value>> {
+    match src.read(file).await? {
+        Some(b) => parse_json(&src.location(file), &b).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn parse_json(loc: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Json {
+        file: loc.to_string(),
+        msg: e.to_string(),
+    })
+}

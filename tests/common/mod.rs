@@ -1,0 +1,110 @@
+//! Shared helpers of the integration tests: the GPU (or a clear skip), fixture paths, golden
+//! tensors, and the logit tolerance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use shadowpeft::{Gpu, GpuOptions};
+
+/// The shared device, or `None` with a message when no adapter exists. CI sets
+/// `SHADOWPEFT_REQUIRE_GPU=1`, which turns a missing adapter into a failure.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(
+        || match pollster::block_on(Gpu::new(GpuOptions::default())) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                if std::env::var("SHADOWPEFT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("SHADOWPEFT_REQUIRE_GPU=1 but {e}");
+                }
+                eprintln!("skipping GPU test: {e} (install mesa-vulkan-drivers for lavapipe)");
+                None
+            }
+        },
+    )
+    .as_ref()
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// All golden fixtures.
+pub const FIXTURES: &[&str] = &[
+    "qwen3_implicit",
+    "qwen3_explicit_proj",
+    "qwen3_untied",
+    "qwen3_bf16",
+    "qwen2_gqa",
+    "llama",
+];
+
+/// A tensor of `golden.safetensors` as f32 (F32) or as ids (I64).
+pub struct Golden {
+    bytes: Vec<u8>,
+    pub json: serde_json::Value,
+}
+
+impl Golden {
+    pub fn load(dir: &Path) -> Golden {
+        let bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden.safetensors");
+        let json =
+            serde_json::from_slice(&std::fs::read(dir.join("golden.json")).expect("golden.json"))
+                .expect("golden.json parses");
+        Golden { bytes, json }
+    }
+
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        let v: Vec<i64> = bytemuck::pod_collect_to_vec(t.data());
+        v.into_iter().map(|x| x as u32).collect()
+    }
+}
+
+/// Max |got - want| and max |want|.
+pub fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len(), "logit count");
+    let e = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    let m = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    (e, m)
+}
+
+/// The fidelity tolerance: max abs logit error <= 1e-4 x max |logit|. f32 accumulation in a
+/// different order than torch's differs by ~1e-6 relative per dot product; 1e-4 leaves room
+/// for a few layers of that, and a real bug (a wrong norm, bias, rope or head) is far above.
+pub const REL_TOL: f32 = 1e-4;
+
+pub fn assert_logits(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    let (e, m) = max_err(got, want);
+    assert!(
+        e <= REL_TOL * m,
+        "{what}: max abs error {e} > {REL_TOL} x max|logit| {m}"
+    );
+    eprintln!(
+        "{what}: max abs error {e:.3e} (max|logit| {m:.3}, ratio {:.2e})",
+        e / m
+    );
+    e / m
+}
