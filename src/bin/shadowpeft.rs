@@ -1,1 +1,324 @@
+//! `shadowpeft`: run ShadowPEFT models from the command line (native wgpu).
+//!
+//! ```text
+//! shadowpeft generate --model models/tiny/export --prompt "Hello"
+//! shadowpeft generate --base B --adapter A [--shadow S] [--mode attached|detached] --tokens 1,2,3 --json
+//! shadowpeft logits   --base B --adapter A --tokens 5,17,42 --out logits.safetensors
+//! ```
+
+#[cfg(target_arch = "wasm32")]
 fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::io::Write;
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+
+    use anyhow::{bail, Context, Result};
+    use clap::{Args, Parser, Subcommand};
+    use shadowpeft::{
+        generate, DirSource, GenerateOptions, Gpu, GpuOptions, LoadOptions, Message, Mode, Readout, ShadowModel,
+        StreamDecoder, TextTokenizer,
+    };
+
+    #[derive(Parser)]
+    #[command(name = "shadowpeft", version, about = "Run ShadowPEFT models (attached or detached) on wgpu")]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Generate text or tokens.
+        Generate(GenerateArgs),
+        /// Write the logits of a token sequence to a safetensors file.
+        Logits(LogitsArgs),
+    }
+
+    #[derive(Args)]
+    struct ModelArgs {
+        /// A detached export: a Hugging Face causal LM dir or a causal_lm_with_hidden_projection dir.
+        #[arg(long, conflicts_with_all = ["base", "adapter", "shadow", "mode"])]
+        model: Option<PathBuf>,
+        /// The base model dir (Hugging Face layout).
+        #[arg(long, requires = "adapter")]
+        base: Option<PathBuf>,
+        /// The shadow-peft adapter dir (shadow_config.json + shadow_adapter.safetensors).
+        #[arg(long, requires = "base")]
+        adapter: Option<PathBuf>,
+        /// The explicit shadow model dir (its config gives the shadow architecture).
+        #[arg(long, requires = "adapter")]
+        shadow: Option<PathBuf>,
+        /// attached (base logits) or detached (the shadow alone).
+        #[arg(long, default_value = "attached")]
+        mode: Option<String>,
+        /// Longest sequence (prompt + new tokens) to allocate KV caches for.
+        #[arg(long, default_value_t = 2048)]
+        max_seq: usize,
+        /// Cap one storage binding at this many bytes (bigger tensors are split).
+        #[arg(long, hide = true)]
+        max_binding: Option<u64>,
+    }
+
+    #[derive(Args)]
+    struct GenerateArgs {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt text (tokenized with the model's tokenizer.json).
+        #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+        prompt: Option<String>,
+        /// Prompt token ids, comma-separated.
+        #[arg(long)]
+        tokens: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 = off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Do not stop at end-of-sequence tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Stop when the text contains this string (repeatable); the string is not printed.
+        #[arg(long = "stop")]
+        stop: Vec<String>,
+        /// Wrap the prompt as a user message with the chat template of tokenizer_config.json.
+        #[arg(long, requires = "prompt")]
+        chat: bool,
+        /// System message for --chat.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// Print one JSON object (tokens, text, speeds) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    }
+
+    #[derive(Args)]
+    struct LogitsArgs {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Token ids, comma-separated.
+        #[arg(long)]
+        tokens: String,
+        /// Output file: F32 tensors `logits` [T, V] and `shadow_logits` [T, V].
+        #[arg(long)]
+        out: PathBuf,
+    }
+
+    pub fn main() -> ExitCode {
+        let cli = Cli::parse();
+        let r = match cli.cmd {
+            Cmd::Generate(a) => pollster::block_on(run_generate(a)),
+            Cmd::Logits(a) => pollster::block_on(run_logits(a)),
+        };
+        match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn parse_ids(s: &str) -> Result<Vec<u32>> {
+        let ids = s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<u32>().with_context(|| format!("--tokens: `{t}` is not a token id (expected non-negative integers separated by commas)")))
+            .collect::<Result<Vec<_>>>()?;
+        if ids.is_empty() {
+            bail!("--tokens: no token ids given");
+        }
+        Ok(ids)
+    }
+
+    struct Loaded {
+        gpu: Gpu,
+        model: ShadowModel,
+        /// Where tokenizer.json lives.
+        text_dir: PathBuf,
+    }
+
+    async fn load(a: &ModelArgs) -> Result<Loaded> {
+        let gpu = Gpu::new(GpuOptions {
+            max_storage_binding: a.max_binding,
+            ..Default::default()
+        })
+        .await?;
+        let opts = LoadOptions { max_seq: a.max_seq };
+        let (model, text_dir) = match (&a.model, &a.base, &a.adapter) {
+            (Some(dir), _, _) => (ShadowModel::load_export(&gpu, &DirSource::open(dir)?, &opts).await?, dir.clone()),
+            (None, Some(base), Some(adapter)) => {
+                let mode: Mode = a.mode.as_deref().unwrap_or("attached").parse()?;
+                let shadow = a.shadow.as_ref().map(DirSource::open).transpose()?;
+                let m = ShadowModel::load_adapter(&gpu, &DirSource::open(base)?, &DirSource::open(adapter)?, shadow.as_ref(), mode, &opts).await?;
+                (m, base.clone())
+            }
+            _ => bail!("give the model as --model EXPORT_DIR, or as --base DIR --adapter DIR [--shadow DIR] [--mode attached|detached]"),
+        };
+        Ok(Loaded { gpu, model, text_dir })
+    }
+
+    async fn run_logits(a: LogitsArgs) -> Result<()> {
+        let ids = parse_ids(&a.tokens)?;
+        let l = load(&a.model).await?;
+        let (gpu, model) = (&l.gpu, &l.model);
+        let mut sess = model.new_session(gpu);
+        let attached = model.mode() == Mode::Attached;
+        let (mut logits, mut shadow) = (Vec::new(), Vec::new());
+        for chunk in ids.chunks(model.max_logit_rows(gpu)) {
+            let o = model.forward(gpu, &mut sess, chunk, Readout::AllLogits, attached).await?;
+            if attached {
+                shadow.extend(o.shadow_logits);
+            } else {
+                shadow.extend(&o.logits);
+            }
+            logits.extend(o.logits);
+        }
+        let shape = vec![ids.len(), model.vocab_size()];
+        let bytes_l: Vec<u8> = bytemuck::cast_slice(&logits).to_vec();
+        let bytes_s: Vec<u8> = bytemuck::cast_slice(&shadow).to_vec();
+        let views = [
+            ("logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes_l)?),
+            ("shadow_logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes_s)?),
+        ];
+        safetensors::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+        eprintln!("wrote {} ({} tokens x {} logits, {:?})", a.out.display(), ids.len(), model.vocab_size(), model.mode());
+        Ok(())
+    }
+
+    /// Prints streamed text, holding back any tail that could be the start of a stop string.
+    struct Printer {
+        text: String,
+        printed: usize,
+        stops: Vec<String>,
+        live: bool,
+        stopped: bool,
+    }
+
+    impl Printer {
+        fn feed(&mut self, piece: &str) -> Result<()> {
+            self.text.push_str(piece);
+            if let Some(i) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+                self.text.truncate(i);
+                self.stopped = true;
+            }
+            let hold = if self.stopped { 0 } else { self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0) };
+            let mut upto = self.text.len().saturating_sub(hold).max(self.printed);
+            while !self.text.is_char_boundary(upto) {
+                upto -= 1;
+            }
+            if self.live && upto > self.printed {
+                let mut out = std::io::stdout().lock();
+                out.write_all(self.text[self.printed..upto].as_bytes())?;
+                out.flush()?;
+            }
+            self.printed = upto.max(self.printed);
+            Ok(())
+        }
+    }
+
+    async fn run_generate(a: GenerateArgs) -> Result<()> {
+        let tokens = a.tokens.as_deref().map(parse_ids).transpose()?;
+        let l = load(&a.model).await?;
+        let (gpu, model) = (&l.gpu, &l.model);
+        let src = DirSource::open(&l.text_dir)?;
+        let tokenizer = match (&tokens, &a.prompt) {
+            (Some(_), _) => TextTokenizer::load(&src).await.ok(),
+            (None, _) => Some(TextTokenizer::load(&src).await?),
+        };
+        let prompt = match (tokens, &a.prompt, &tokenizer) {
+            (Some(t), _, _) => t,
+            (None, Some(p), Some(tok)) => {
+                if a.chat {
+                    let mut msgs = Vec::new();
+                    if let Some(s) = &a.system {
+                        msgs.push(Message { role: "system".into(), content: s.clone() });
+                    }
+                    msgs.push(Message { role: "user".into(), content: p.clone() });
+                    let text = tok.apply_chat_template(&msgs, true)?;
+                    tok.encode(&text, false)?
+                } else {
+                    tok.encode(p, true)?
+                }
+            }
+            _ => bail!("give --prompt TEXT or --tokens IDS"),
+        };
+        let mut eos_ids = Vec::new();
+        if a.chat {
+            if let Some(id) = tokenizer.as_ref().and_then(|t| t.token_id("<|im_end|>")) {
+                eos_ids.push(id);
+            }
+        }
+        let opts = GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+            seed: a.seed,
+            ignore_eos: a.ignore_eos,
+            eos_ids,
+        };
+        let mut sess = model.new_session(gpu);
+        let mut dec = StreamDecoder::default();
+        let mut printer = Printer {
+            text: String::new(),
+            printed: 0,
+            stops: a.stop.clone(),
+            live: !a.json,
+            stopped: false,
+        };
+        let g = generate(gpu, model, &mut sess, &prompt, &opts, |id| {
+            if let Some(tok) = &tokenizer {
+                let piece = dec.push(tok, id)?;
+                printer.feed(&piece).map_err(|e| shadowpeft::Error::InvalidRequest(format!("stdout: {e}")))?;
+            }
+            Ok(!printer.stopped)
+        })
+        .await?;
+        printer.stops.clear();
+        printer.feed("")?;
+        if a.json {
+            let v = serde_json::json!({
+                "tokens": g.tokens,
+                "text": printer.text,
+                "prompt_tokens": prompt.len(),
+                "stop_reason": g.stop,
+                "mode": format!("{:?}", model.mode()).to_lowercase(),
+                "prefill_tok_s": g.prefill_tok_s(),
+                "decode_tok_s": g.decode_tok_s(),
+                "time_to_first_token_s": g.prefill_secs,
+                "adapter": gpu.adapter_name(),
+            });
+            println!("{v}");
+        } else {
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {} new; prefill {:.1} tok/s, decode {:.1} tok/s on {}]",
+                prompt.len(),
+                g.tokens.len(),
+                g.prefill_tok_s(),
+                g.decode_tok_s(),
+                gpu.adapter_name()
+            );
+        }
+        Ok(())
+    }
+}

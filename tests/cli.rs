@@ -1,0 +1,144 @@
+//! The `shadowpeft` command line: logits files and generation against the golden outputs,
+//! seeds, stop strings and the chat template.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shadowpeft"));
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
+}
+
+fn model_args(name: &str, mode: &str) -> Vec<String> {
+    let d = fixture(name);
+    let g = Golden::load(&d);
+    let mut a = vec!["--base".into(), d.join("base").display().to_string(), "--adapter".into(), d.join("adapter").display().to_string(), "--mode".into(), mode.into()];
+    if let Some(s) = g.json["shadow"].as_str() {
+        a.push("--shadow".into());
+        a.push(d.join(s).display().to_string());
+    }
+    a
+}
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn generate_json(args: &[String]) -> serde_json::Value {
+    let out = run_ok(bin().arg("generate").args(args).arg("--json"));
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+fn tokens(v: &serde_json::Value) -> Vec<u32> {
+    v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn logits_command_writes_golden_logits() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen3_explicit_proj";
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    for (mode, main) in [("attached", "attached_logits"), ("detached", "detached_logits")] {
+        let out = std::env::temp_dir().join(format!("shadowpeft-cli-{mode}-{}.safetensors", std::process::id()));
+        run_ok(bin().arg("logits").args(model_args(name, mode)).args(["--tokens", &ids_arg(&ids), "--out"]).arg(&out));
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (key, want) in [("logits", main), ("shadow_logits", "attached_shadow_logits")] {
+            let t = st.tensor(key).unwrap();
+            assert_eq!(t.shape(), &[ids.len(), 512]);
+            let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+            assert_logits(&format!("cli {mode} {key}"), &got, &g.f32(want).0);
+        }
+        std::fs::remove_file(out).ok();
+    }
+}
+
+#[test]
+fn generate_json_matches_golden_greedy_tokens() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen2_gqa";
+    let g = Golden::load(&fixture(name));
+    let ids = ids_arg(&g.ids("input_ids"));
+    for (mode, key) in [("attached", "greedy_attached"), ("detached", "greedy_detached")] {
+        let mut a = model_args(name, mode);
+        a.extend(["--tokens".into(), ids.clone(), "--max-new-tokens".into(), "12".into(), "--ignore-eos".into()]);
+        let v = generate_json(&a);
+        assert_eq!(tokens(&v), g.ids(key), "{mode}");
+        for k in ["text", "prefill_tok_s", "decode_tok_s"] {
+            assert!(!v[k].is_null(), "missing {k}");
+        }
+    }
+    let export = fixture(name).join("export").display().to_string();
+    let v = generate_json(&["--model".into(), export, "--tokens".into(), ids, "--max-new-tokens".into(), "12".into(), "--ignore-eos".into()]);
+    assert_eq!(tokens(&v), g.ids("greedy_export"));
+}
+
+fn tiny(extra: &[&str]) -> Vec<String> {
+    let mut a = vec!["--model".to_string(), root().join("models/tiny/export").display().to_string()];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn sampling_is_reproducible_by_seed() {
+    if gpu().is_none() {
+        return;
+    }
+    let args = |seed: &str| tiny(&["--prompt", "Beautiful is better than ugly.", "--max-new-tokens", "24", "--ignore-eos", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--repetition-penalty", "1.1", "--seed", seed]);
+    let a = tokens(&generate_json(&args("7")));
+    let b = tokens(&generate_json(&args("7")));
+    let c = tokens(&generate_json(&args("8")));
+    assert_eq!(a.len(), 24);
+    assert_eq!(a, b, "same seed, same tokens");
+    assert_ne!(a, c, "different seeds should differ at temperature 1.5");
+}
+
+#[test]
+fn stop_string_ends_generation_and_is_not_printed() {
+    if gpu().is_none() {
+        return;
+    }
+    let base = tiny(&["--prompt", "Simple is better than complex.", "--max-new-tokens", "30", "--ignore-eos"]);
+    let full = generate_json(&base);
+    let text = full["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 12, "need some text, got {text:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    let mut a = base.clone();
+    a.extend(["--stop".into(), stop.clone()]);
+    let v = generate_json(&a);
+    assert_eq!(v["text"].as_str().unwrap(), &text[..cut]);
+    assert_eq!(v["stop_reason"], "callback");
+    // Streaming mode prints the same text.
+    let printed = run_ok(bin().arg("generate").args(&a));
+    assert_eq!(printed.trim_end_matches('\n'), &text[..cut]);
+}
+
+#[test]
+fn chat_uses_the_template() {
+    if gpu().is_none() {
+        return;
+    }
+    let v = generate_json(&tiny(&["--prompt", "Write a haiku about shadows.", "--system", "You are a helpful assistant.", "--chat", "--max-new-tokens", "4"]));
+    // The rendered template of tokenizer_golden.json is 57 tokens with the 512-token tokenizer;
+    // the tiny model's 1024-token vocabulary encodes it in fewer, but it must be longer than
+    // the bare prompt.
+    let bare = generate_json(&tiny(&["--prompt", "Write a haiku about shadows.", "--max-new-tokens", "4"]));
+    assert!(v["prompt_tokens"].as_u64().unwrap() > bare["prompt_tokens"].as_u64().unwrap() + 8);
+}
