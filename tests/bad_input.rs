@@ -107,7 +107,10 @@ fn truncated_safetensors() {
     let f = s.0.join("base/model.safetensors");
     let b = std::fs::read(&f).unwrap();
     std::fs::write(&f, &b[..b.len() / 2]).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["model.safetensors", "invalid safetensors"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["model.safetensors", "invalid safetensors"],
+    );
 }
 
 #[test]
@@ -119,7 +122,10 @@ fn corrupt_safetensors_header() {
         *x = b'#';
     }
     std::fs::write(&f, &b).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["shadow_adapter.safetensors", "invalid safetensors"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["shadow_adapter.safetensors", "invalid safetensors"],
+    );
 }
 
 #[test]
@@ -134,7 +140,10 @@ fn header_offsets_past_the_end() {
             }
         }
     });
-    expect_error(&attached(&s.0, "1,2"), &["model.safetensors", "invalid safetensors"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["model.safetensors", "invalid safetensors"],
+    );
 }
 
 #[test]
@@ -144,34 +153,46 @@ fn absurd_header_length() {
     let mut b = std::fs::read(&f).unwrap();
     b[..8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
     std::fs::write(&f, &b).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["model.safetensors", "header too large"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["model.safetensors", "header too large"],
+    );
 }
 
 #[test]
 fn missing_tensor() {
     let s = scratch("qwen3_implicit", "missing");
     let name = "shadow_update_model.hidden_norm.bias";
-    edit_safetensors(&s.0.join("adapter/shadow_adapter.safetensors"), |h, data| {
-        // Drop the tensor and its bytes, shifting the offsets after it.
-        let (s0, e0) = {
-            let o = &h[name]["data_offsets"];
-            (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize)
-        };
-        h.as_object_mut().unwrap().remove(name);
-        data.drain(s0..e0);
-        for (k, v) in h.as_object_mut().unwrap() {
-            if k == "__metadata__" {
-                continue;
-            }
-            for i in 0..2 {
-                let x = v["data_offsets"][i].as_u64().unwrap() as usize;
-                if x >= e0 {
-                    v["data_offsets"][i] = ((x - (e0 - s0)) as u64).into();
+    edit_safetensors(
+        &s.0.join("adapter/shadow_adapter.safetensors"),
+        |h, data| {
+            // Drop the tensor and its bytes, shifting the offsets after it.
+            let (s0, e0) = {
+                let o = &h[name]["data_offsets"];
+                (
+                    o[0].as_u64().unwrap() as usize,
+                    o[1].as_u64().unwrap() as usize,
+                )
+            };
+            h.as_object_mut().unwrap().remove(name);
+            data.drain(s0..e0);
+            for (k, v) in h.as_object_mut().unwrap() {
+                if k == "__metadata__" {
+                    continue;
+                }
+                for i in 0..2 {
+                    let x = v["data_offsets"][i].as_u64().unwrap() as usize;
+                    if x >= e0 {
+                        v["data_offsets"][i] = ((x - (e0 - s0)) as u64).into();
+                    }
                 }
             }
-        }
-    });
-    expect_error(&attached(&s.0, "1,2"), &["missing tensor", name, "shadow_adapter.safetensors"]);
+        },
+    );
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["missing tensor", name, "shadow_adapter.safetensors"],
+    );
 }
 
 #[test]
@@ -182,7 +203,15 @@ fn wrong_shape() {
         // [2, 64, 8] -> [2, 8, 64]: same size, wrong layout.
         h[name]["shape"] = serde_json::json!([2, 8, 64]);
     });
-    expect_error(&attached(&s.0, "1,2"), &[name, "shape [2, 8, 64]", "expected [2, 64, 8]", "shadow_adapter.safetensors"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &[
+            name,
+            "shape [2, 8, 64]",
+            "expected [2, 64, 8]",
+            "shadow_adapter.safetensors",
+        ],
+    );
 }
 
 #[test]
@@ -192,7 +221,10 @@ fn unknown_architecture() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
     v["model_type"] = "gpt2".into();
     std::fs::write(&f, serde_json::to_vec(&v).unwrap()).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["config.json", "unsupported architecture `gpt2`", "qwen3"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["config.json", "unsupported architecture `gpt2`", "qwen3"],
+    );
 }
 
 #[test]
@@ -202,20 +234,29 @@ fn missing_config_field() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(&f, serde_json::to_vec(&v).unwrap()).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["config.json", "hidden_size", "missing"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["config.json", "hidden_size", "missing"],
+    );
 }
 
 #[test]
 fn malformed_json() {
     let s = scratch("qwen3_implicit", "json");
     std::fs::write(s.0.join("adapter/shadow_config.json"), b"{\"alpha\": 0.5,").unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["shadow_config.json", "malformed JSON"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["shadow_config.json", "malformed JSON"],
+    );
 }
 
 #[test]
 fn token_out_of_vocabulary() {
     let d = fixture("qwen3_implicit");
-    expect_error(&attached(&d, "1,99999"), &["token id 99999", "out of vocabulary", "512"]);
+    expect_error(
+        &attached(&d, "1,99999"),
+        &["token id 99999", "out of vocabulary", "512"],
+    );
     expect_error(&attached(&d, "1,x"), &["--tokens", "`x`"]);
 }
 
@@ -226,7 +267,13 @@ fn missing_directory() {
     a[2] = "/nonexistent/base-model".into();
     expect_error(&a, &["/nonexistent/base-model", "no such model directory"]);
     expect_error(
-        &["generate".into(), "--model".into(), "/nonexistent/export".into(), "--tokens".into(), "1".into()],
+        &[
+            "generate".into(),
+            "--model".into(),
+            "/nonexistent/export".into(),
+            "--tokens".into(),
+            "1".into(),
+        ],
         &["/nonexistent/export", "no such model directory"],
     );
 }
@@ -235,14 +282,24 @@ fn missing_directory() {
 fn missing_weights_file() {
     let s = scratch("qwen3_implicit", "nofile");
     std::fs::remove_file(s.0.join("adapter/shadow_adapter.safetensors")).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["shadow_adapter.safetensors", "missing"]);
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["shadow_adapter.safetensors", "missing"],
+    );
 }
 
 #[test]
 fn other_peft_adapters_are_named() {
     let s = scratch("qwen3_implicit", "lora");
-    std::fs::write(s.0.join("adapter/adapter_config.json"), br#"{"peft_type": "LORA", "r": 8}"#).unwrap();
-    expect_error(&attached(&s.0, "1,2"), &["adapter_config.json", "LORA", "shadow-peft"]);
+    std::fs::write(
+        s.0.join("adapter/adapter_config.json"),
+        br#"{"peft_type": "LORA", "r": 8}"#,
+    )
+    .unwrap();
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &["adapter_config.json", "LORA", "shadow-peft"],
+    );
 }
 
 #[test]

@@ -16,7 +16,14 @@ fn bin() -> Command {
 fn model_args(name: &str, mode: &str) -> Vec<String> {
     let d = fixture(name);
     let g = Golden::load(&d);
-    let mut a = vec!["--base".into(), d.join("base").display().to_string(), "--adapter".into(), d.join("adapter").display().to_string(), "--mode".into(), mode.into()];
+    let mut a = vec![
+        "--base".into(),
+        d.join("base").display().to_string(),
+        "--adapter".into(),
+        d.join("adapter").display().to_string(),
+        "--mode".into(),
+        mode.into(),
+    ];
     if let Some(s) = g.json["shadow"].as_str() {
         a.push("--shadow".into());
         a.push(d.join(s).display().to_string());
@@ -30,7 +37,11 @@ fn ids_arg(ids: &[u32]) -> String {
 
 fn run_ok(c: &mut Command) -> String {
     let o = c.output().unwrap();
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -40,7 +51,12 @@ fn generate_json(args: &[String]) -> serde_json::Value {
 }
 
 fn tokens(v: &serde_json::Value) -> Vec<u32> {
-    v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -51,12 +67,27 @@ fn logits_command_writes_golden_logits() {
     let name = "qwen3_explicit_proj";
     let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
-    for (mode, main) in [("attached", "attached_logits"), ("detached", "detached_logits")] {
-        let out = std::env::temp_dir().join(format!("shadowpeft-cli-{mode}-{}.safetensors", std::process::id()));
-        run_ok(bin().arg("logits").args(model_args(name, mode)).args(["--tokens", &ids_arg(&ids), "--out"]).arg(&out));
+    for (mode, main) in [
+        ("attached", "attached_logits"),
+        ("detached", "detached_logits"),
+    ] {
+        let out = std::env::temp_dir().join(format!(
+            "shadowpeft-cli-{mode}-{}.safetensors",
+            std::process::id()
+        ));
+        run_ok(
+            bin()
+                .arg("logits")
+                .args(model_args(name, mode))
+                .args(["--tokens", &ids_arg(&ids), "--out"])
+                .arg(&out),
+        );
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for (key, want) in [("logits", main), ("shadow_logits", "attached_shadow_logits")] {
+        for (key, want) in [
+            ("logits", main),
+            ("shadow_logits", "attached_shadow_logits"),
+        ] {
             let t = st.tensor(key).unwrap();
             assert_eq!(t.shape(), &[ids.len(), 512]);
             let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
@@ -74,9 +105,18 @@ fn generate_json_matches_golden_greedy_tokens() {
     let name = "qwen2_gqa";
     let g = Golden::load(&fixture(name));
     let ids = ids_arg(&g.ids("input_ids"));
-    for (mode, key) in [("attached", "greedy_attached"), ("detached", "greedy_detached")] {
+    for (mode, key) in [
+        ("attached", "greedy_attached"),
+        ("detached", "greedy_detached"),
+    ] {
         let mut a = model_args(name, mode);
-        a.extend(["--tokens".into(), ids.clone(), "--max-new-tokens".into(), "12".into(), "--ignore-eos".into()]);
+        a.extend([
+            "--tokens".into(),
+            ids.clone(),
+            "--max-new-tokens".into(),
+            "12".into(),
+            "--ignore-eos".into(),
+        ]);
         let v = generate_json(&a);
         assert_eq!(tokens(&v), g.ids(key), "{mode}");
         for k in ["text", "prefill_tok_s", "decode_tok_s"] {
@@ -84,12 +124,23 @@ fn generate_json_matches_golden_greedy_tokens() {
         }
     }
     let export = fixture(name).join("export").display().to_string();
-    let v = generate_json(&["--model".into(), export, "--tokens".into(), ids, "--max-new-tokens".into(), "12".into(), "--ignore-eos".into()]);
+    let v = generate_json(&[
+        "--model".into(),
+        export,
+        "--tokens".into(),
+        ids,
+        "--max-new-tokens".into(),
+        "12".into(),
+        "--ignore-eos".into(),
+    ]);
     assert_eq!(tokens(&v), g.ids("greedy_export"));
 }
 
 fn tiny(extra: &[&str]) -> Vec<String> {
-    let mut a = vec!["--model".to_string(), root().join("models/tiny/export").display().to_string()];
+    let mut a = vec![
+        "--model".to_string(),
+        root().join("models/tiny/export").display().to_string(),
+    ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -99,7 +150,25 @@ fn sampling_is_reproducible_by_seed() {
     if gpu().is_none() {
         return;
     }
-    let args = |seed: &str| tiny(&["--prompt", "Beautiful is better than ugly.", "--max-new-tokens", "24", "--ignore-eos", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--repetition-penalty", "1.1", "--seed", seed]);
+    let args = |seed: &str| {
+        tiny(&[
+            "--prompt",
+            "Beautiful is better than ugly.",
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+            "--temperature",
+            "1.5",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--repetition-penalty",
+            "1.1",
+            "--seed",
+            seed,
+        ])
+    };
     let a = tokens(&generate_json(&args("7")));
     let b = tokens(&generate_json(&args("7")));
     let c = tokens(&generate_json(&args("8")));
@@ -113,7 +182,13 @@ fn stop_string_ends_generation_and_is_not_printed() {
     if gpu().is_none() {
         return;
     }
-    let base = tiny(&["--prompt", "Simple is better than complex.", "--max-new-tokens", "30", "--ignore-eos"]);
+    let base = tiny(&[
+        "--prompt",
+        "Simple is better than complex.",
+        "--max-new-tokens",
+        "30",
+        "--ignore-eos",
+    ]);
     let full = generate_json(&base);
     let text = full["text"].as_str().unwrap().to_string();
     let chars: Vec<char> = text.chars().collect();
@@ -135,10 +210,23 @@ fn chat_uses_the_template() {
     if gpu().is_none() {
         return;
     }
-    let v = generate_json(&tiny(&["--prompt", "Write a haiku about shadows.", "--system", "You are a helpful assistant.", "--chat", "--max-new-tokens", "4"]));
+    let v = generate_json(&tiny(&[
+        "--prompt",
+        "Write a haiku about shadows.",
+        "--system",
+        "You are a helpful assistant.",
+        "--chat",
+        "--max-new-tokens",
+        "4",
+    ]));
     // The rendered template of tokenizer_golden.json is 57 tokens with the 512-token tokenizer;
     // the tiny model's 1024-token vocabulary encodes it in fewer, but it must be longer than
     // the bare prompt.
-    let bare = generate_json(&tiny(&["--prompt", "Write a haiku about shadows.", "--max-new-tokens", "4"]));
+    let bare = generate_json(&tiny(&[
+        "--prompt",
+        "Write a haiku about shadows.",
+        "--max-new-tokens",
+        "4",
+    ]));
     assert!(v["prompt_tokens"].as_u64().unwrap() > bare["prompt_tokens"].as_u64().unwrap() + 8);
 }

@@ -201,7 +201,9 @@ fn split_tensors_give_identical_results() {
         let dir = fixture(name);
         let g = Golden::load(&dir);
         let ids = g.ids("input_ids");
-        let shadow = g.json["shadow"].as_str().map(|s| DirSource::open(dir.join(s)).unwrap());
+        let shadow = g.json["shadow"]
+            .as_str()
+            .map(|s| DirSource::open(dir.join(s)).unwrap());
         let model = pollster::block_on(ShadowModel::load_adapter(
             &small,
             &DirSource::open(dir.join("base")).unwrap(),
@@ -215,13 +217,26 @@ fn split_tensors_give_identical_results() {
         let mut logits = Vec::new();
         let mut shadow_logits = Vec::new();
         for chunk in ids.chunks(model.max_logit_rows(&small)) {
-            let o = pollster::block_on(model.forward(&small, &mut s, chunk, Readout::AllLogits, true)).unwrap();
+            let o =
+                pollster::block_on(model.forward(&small, &mut s, chunk, Readout::AllLogits, true))
+                    .unwrap();
             logits.extend(o.logits);
             shadow_logits.extend(o.shadow_logits);
         }
-        assert_logits(&format!("{name} split attached"), &logits, &g.f32("attached_logits").0);
-        assert_logits(&format!("{name} split shadow"), &shadow_logits, &g.f32("attached_shadow_logits").0);
-        assert_eq!(greedy_on(&small, &model, &ids, 12), g.ids("greedy_attached"));
+        assert_logits(
+            &format!("{name} split attached"),
+            &logits,
+            &g.f32("attached_logits").0,
+        );
+        assert_logits(
+            &format!("{name} split shadow"),
+            &shadow_logits,
+            &g.f32("attached_shadow_logits").0,
+        );
+        assert_eq!(
+            greedy_on(&small, &model, &ids, 12),
+            g.ids("greedy_attached")
+        );
     }
 }
 
@@ -232,5 +247,7 @@ fn greedy_on(gpu: &shadowpeft::Gpu, model: &ShadowModel, prompt: &[u32], n: usiz
         ignore_eos: true,
         ..Default::default()
     };
-    pollster::block_on(generate(gpu, model, &mut s, prompt, &o, |_| Ok(true))).unwrap().tokens
+    pollster::block_on(generate(gpu, model, &mut s, prompt, &o, |_| Ok(true)))
+        .unwrap()
+        .tokens
 }

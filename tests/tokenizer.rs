@@ -11,7 +11,10 @@ fn golden() -> serde_json::Value {
 }
 
 fn tokenizer() -> TextTokenizer {
-    pollster::block_on(TextTokenizer::load(&DirSource::open(fixture("qwen3_implicit/base")).unwrap())).unwrap()
+    pollster::block_on(TextTokenizer::load(
+        &DirSource::open(fixture("qwen3_implicit/base")).unwrap(),
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -19,8 +22,17 @@ fn encodings_match_transformers() {
     let (g, tok) = (golden(), tokenizer());
     for e in g["encodings"].as_array().unwrap() {
         let text = e["text"].as_str().unwrap();
-        let want: Vec<u32> = e["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(text, false).unwrap(), want, "encoding of {text:?}");
+        let want: Vec<u32> = e["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            want,
+            "encoding of {text:?}"
+        );
         if !text.contains("<|") {
             // Decoding skips special tokens, so only plain text round-trips.
             assert_eq!(tok.decode(&want).unwrap(), text, "decoding of {text:?}");
@@ -35,7 +47,12 @@ fn chat_template_renders_like_transformers() {
     let msgs: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
     let text = tok.apply_chat_template(&msgs, true).unwrap();
     assert_eq!(text, chat["rendered"].as_str().unwrap());
-    let want: Vec<u32> = chat["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<u32> = chat["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(tok.encode(&text, false).unwrap(), want);
 }
 
@@ -48,7 +65,10 @@ fn stream_decoder_never_splits_characters() {
     let mut out = String::new();
     for id in ids {
         let piece = d.push(&tok, id).unwrap();
-        assert!(!piece.contains('\u{FFFD}'), "partial character emitted: {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "partial character emitted: {piece:?}"
+        );
         out.push_str(&piece);
     }
     assert_eq!(out, text);

@@ -23,12 +23,16 @@ mod cli {
     use anyhow::{bail, Context, Result};
     use clap::{Args, Parser, Subcommand};
     use shadowpeft::{
-        generate, DirSource, GenerateOptions, Gpu, GpuOptions, LoadOptions, Message, Mode, Readout, ShadowModel,
-        StreamDecoder, TextTokenizer,
+        generate, DirSource, GenerateOptions, Gpu, GpuOptions, LoadOptions, Message, Mode, Readout,
+        ShadowModel, StreamDecoder, TextTokenizer,
     };
 
     #[derive(Parser)]
-    #[command(name = "shadowpeft", version, about = "Run ShadowPEFT models (attached or detached) on wgpu")]
+    #[command(
+        name = "shadowpeft",
+        version,
+        about = "Run ShadowPEFT models (attached or detached) on wgpu"
+    )]
     struct Cli {
         #[command(subcommand)]
         cmd: Cmd,
@@ -172,7 +176,11 @@ mod cli {
             }
             _ => bail!("give the model as --model EXPORT_DIR, or as --base DIR --adapter DIR [--shadow DIR] [--mode attached|detached]"),
         };
-        Ok(Loaded { gpu, model, text_dir })
+        Ok(Loaded {
+            gpu,
+            model,
+            text_dir,
+        })
     }
 
     async fn run_logits(a: LogitsArgs) -> Result<()> {
@@ -183,7 +191,9 @@ mod cli {
         let attached = model.mode() == Mode::Attached;
         let (mut logits, mut shadow) = (Vec::new(), Vec::new());
         for chunk in ids.chunks(model.max_logit_rows(gpu)) {
-            let o = model.forward(gpu, &mut sess, chunk, Readout::AllLogits, attached).await?;
+            let o = model
+                .forward(gpu, &mut sess, chunk, Readout::AllLogits, attached)
+                .await?;
             if attached {
                 shadow.extend(o.shadow_logits);
             } else {
@@ -195,11 +205,28 @@ mod cli {
         let bytes_l: Vec<u8> = bytemuck::cast_slice(&logits).to_vec();
         let bytes_s: Vec<u8> = bytemuck::cast_slice(&shadow).to_vec();
         let views = [
-            ("logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes_l)?),
-            ("shadow_logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes_s)?),
+            (
+                "logits",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    &bytes_l,
+                )?,
+            ),
+            (
+                "shadow_logits",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes_s)?,
+            ),
         ];
-        safetensors::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
-        eprintln!("wrote {} ({} tokens x {} logits, {:?})", a.out.display(), ids.len(), model.vocab_size(), model.mode());
+        safetensors::serialize_to_file(views, None, &a.out)
+            .with_context(|| format!("writing {}", a.out.display()))?;
+        eprintln!(
+            "wrote {} ({} tokens x {} logits, {:?})",
+            a.out.display(),
+            ids.len(),
+            model.vocab_size(),
+            model.mode()
+        );
         Ok(())
     }
 
@@ -215,18 +242,31 @@ mod cli {
     impl Printer {
         fn feed(&mut self, piece: &str) -> Result<()> {
             self.text.push_str(piece);
-            if let Some(i) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            if let Some(i) = self
+                .stops
+                .iter()
+                .filter_map(|s| self.text.find(s.as_str()))
+                .min()
+            {
                 self.text.truncate(i);
                 self.stopped = true;
             }
-            let hold = if self.stopped { 0 } else { self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0) };
+            let hold = if self.stopped {
+                0
+            } else {
+                self.stops
+                    .iter()
+                    .map(|s| s.len().saturating_sub(1))
+                    .max()
+                    .unwrap_or(0)
+            };
             let mut upto = self.text.len().saturating_sub(hold).max(self.printed);
             while !self.text.is_char_boundary(upto) {
                 upto -= 1;
             }
             if self.live && upto > self.printed {
                 let mut out = std::io::stdout().lock();
-                out.write_all(self.text[self.printed..upto].as_bytes())?;
+                out.write_all(&self.text.as_bytes()[self.printed..upto])?;
                 out.flush()?;
             }
             self.printed = upto.max(self.printed);
@@ -249,9 +289,15 @@ mod cli {
                 if a.chat {
                     let mut msgs = Vec::new();
                     if let Some(s) = &a.system {
-                        msgs.push(Message { role: "system".into(), content: s.clone() });
+                        msgs.push(Message {
+                            role: "system".into(),
+                            content: s.clone(),
+                        });
                     }
-                    msgs.push(Message { role: "user".into(), content: p.clone() });
+                    msgs.push(Message {
+                        role: "user".into(),
+                        content: p.clone(),
+                    });
                     let text = tok.apply_chat_template(&msgs, true)?;
                     tok.encode(&text, false)?
                 } else {
@@ -288,7 +334,9 @@ mod cli {
         let g = generate(gpu, model, &mut sess, &prompt, &opts, |id| {
             if let Some(tok) = &tokenizer {
                 let piece = dec.push(tok, id)?;
-                printer.feed(&piece).map_err(|e| shadowpeft::Error::InvalidRequest(format!("stdout: {e}")))?;
+                printer
+                    .feed(&piece)
+                    .map_err(|e| shadowpeft::Error::InvalidRequest(format!("stdout: {e}")))?;
             }
             Ok(!printer.stopped)
         })

@@ -220,7 +220,7 @@ impl ArchConfig {
     }
 
     fn check(&self, file: &str) -> Result<()> {
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::config(
                 file,
                 "num_key_value_heads",
@@ -230,7 +230,7 @@ impl ArchConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 file,
                 "head_dim",

@@ -25,7 +25,6 @@ struct Params {
 }
 
 /// Records attention for `m` queries at positions `pos0..pos0 + m`.
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
     q: &Tensor,
@@ -60,7 +59,6 @@ pub fn attention(
 }
 
 /// CPU reference of [`attention`].
-#[allow(clippy::too_many_arguments)]
 pub fn cpu_attention(
     q: &[f32],
     kc: &[f32],

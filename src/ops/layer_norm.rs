@@ -22,7 +22,6 @@ struct Params {
 }
 
 /// Records a LayerNorm of `rows` rows of width `dim`.
-#[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     step: &mut Step,
     x: &Tensor,

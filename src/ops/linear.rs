@@ -50,7 +50,6 @@ struct Params {
 }
 
 /// Records `y[m, 0..N] = x[m, :] W^T + b` for `m < rows`.
-#[allow(clippy::too_many_arguments)]
 pub fn linear(
     step: &mut Step,
     x: &Tensor,
@@ -62,7 +61,7 @@ pub fn linear(
     ldy: usize,
 ) {
     let k = lin.w.cols;
-    let vec_ok = k % 4 == 0 && x_off % 4 == 0;
+    let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
     let small = rows <= 2 && vec_ok;
     let gpu = step.gpu();
     let kernel = if small {

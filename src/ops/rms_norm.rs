@@ -24,7 +24,6 @@ struct Params {
 }
 
 /// Records an RMSNorm of `rows` rows of width `dim`.
-#[allow(clippy::too_many_arguments)]
 pub fn rms_norm(
     step: &mut Step,
     x: &Tensor,
