@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{Readout, Session, ShadowModel};
 
-/// Sampling and stopping settings.
-#[derive(Debug, Clone)]
+/// Sampling and stopping settings. From JavaScript the fields are camelCase
+/// (`maxNewTokens`, `topK`, ...) and every one is optional.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// 0 means greedy.
@@ -174,6 +176,77 @@ impl Sampler {
     }
 }
 
+/// A generation in progress, advanced one token at a time by [`TokenStream::next`]: the
+/// first call runs the prompt (batched prefill), later calls feed back the previous token.
+/// Driving the loop from outside lets callers stream, abort between tokens, or interleave work.
+pub struct TokenStream {
+    opts: GenerateOptions,
+    sampler: Sampler,
+    eos: Vec<u32>,
+    history: Vec<u32>,
+    input: Vec<u32>,
+    produced: usize,
+    stop: Option<StopReason>,
+}
+
+impl TokenStream {
+    /// Starts a generation after `prompt` (validated here; nothing runs until `next`).
+    pub fn new(model: &ShadowModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        opts.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        let mut eos: Vec<u32> = model.eos_ids().to_vec();
+        eos.extend(&opts.eos_ids);
+        Ok(TokenStream {
+            opts: opts.clone(),
+            sampler: Sampler::new(opts.seed),
+            eos,
+            history: prompt.to_vec(),
+            input: prompt.to_vec(),
+            produced: 0,
+            stop: None,
+        })
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    /// Marks the stream as stopped by the caller (e.g. a stop string or an abort).
+    pub fn cancel(&mut self) {
+        self.stop.get_or_insert(StopReason::Callback);
+    }
+
+    /// Produces the next token, or `None` when the stream has ended (EOS, length, cancel).
+    pub async fn next(&mut self, gpu: &Gpu, model: &ShadowModel, sess: &mut Session) -> Result<Option<u32>> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        if self.produced >= self.opts.max_new_tokens {
+            self.stop = Some(StopReason::Length);
+            return Ok(None);
+        }
+        let readout = if self.opts.greedy_on_gpu() { Readout::Argmax } else { Readout::LastLogits };
+        let f = model.forward(gpu, sess, &self.input, readout, false).await?;
+        let tok = match f.argmax {
+            Some(t) => t,
+            None => {
+                let mut logits = f.logits;
+                self.sampler.sample(&mut logits, &self.history, &self.opts)
+            }
+        };
+        self.produced += 1;
+        self.history.push(tok);
+        self.input = vec![tok];
+        if !self.opts.ignore_eos && self.eos.contains(&tok) {
+            self.stop = Some(StopReason::Eos);
+        }
+        Ok(Some(tok))
+    }
+}
+
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
 /// soon as it exists; `on_token` returns `false` to stop. The session continues from its
 /// current position (a fresh session starts at 0).
@@ -185,14 +258,7 @@ pub async fn generate(
     o: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Generation> {
-    o.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::InvalidRequest("the prompt is empty".into()));
-    }
-    let mut eos: Vec<u32> = model.eos_ids().to_vec();
-    eos.extend(&o.eos_ids);
-    let mut sampler = Sampler::new(o.seed);
-    let mut history = prompt.to_vec();
+    let mut stream = TokenStream::new(model, prompt, o)?;
     let mut out = Generation {
         tokens: Vec::new(),
         stop: StopReason::Length,
@@ -200,40 +266,19 @@ pub async fn generate(
         prefill_secs: 0.0,
         decode_secs: 0.0,
     };
-    let readout = if o.greedy_on_gpu() {
-        Readout::Argmax
-    } else {
-        Readout::LastLogits
-    };
-    let mut input = prompt.to_vec();
     let t0 = web_time::Instant::now();
     let mut t_decode = t0;
-    for i in 0..o.max_new_tokens {
-        let f = model.forward(gpu, sess, &input, readout, false).await?;
-        let tok = match f.argmax {
-            Some(t) => t,
-            None => {
-                let mut logits = f.logits;
-                sampler.sample(&mut logits, &history, o)
-            }
-        };
-        if i == 0 {
+    while let Some(tok) = stream.next(gpu, model, sess).await? {
+        if out.tokens.is_empty() {
             out.prefill_secs = t0.elapsed().as_secs_f64();
             t_decode = web_time::Instant::now();
         }
         out.tokens.push(tok);
-        history.push(tok);
-        let go_on = on_token(tok)?;
-        if !o.ignore_eos && eos.contains(&tok) {
-            out.stop = StopReason::Eos;
-            break;
+        if !on_token(tok)? {
+            stream.cancel();
         }
-        if !go_on {
-            out.stop = StopReason::Callback;
-            break;
-        }
-        input = vec![tok];
     }
     out.decode_secs = t_decode.elapsed().as_secs_f64();
+    out.stop = stream.stop_reason().unwrap_or(StopReason::Length);
     Ok(out)
 }

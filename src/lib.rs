@@ -19,9 +19,11 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};
-pub use generate::{generate, GenerateOptions, Generation, Sampler, StopReason};
+pub use generate::{generate, GenerateOptions, Generation, Sampler, StopReason, TokenStream};
 pub use gpu::{Gpu, GpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use model::source::DirSource;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -11,15 +12,16 @@ pub trait Source {
     /// How to name `file` in messages, e.g. `models/tiny/base/config.json`.
     fn location(&self, file: &str) -> String;
 
-    /// Reads a whole file; `Ok(None)` when it does not exist.
-    fn read(&self, file: &str) -> impl Future<Output = Result<Option<Vec<u8>>>>;
+    /// Reads a whole file; `Ok(None)` when it does not exist. The bytes are shared, not
+    /// copied, when the source already holds them.
+    fn read(&self, file: &str) -> impl Future<Output = Result<Option<Arc<Vec<u8>>>>>;
 }
 
 /// Files held in memory.
 #[derive(Debug, Default, Clone)]
 pub struct MemSource {
     name: String,
-    files: HashMap<String, Vec<u8>>,
+    files: HashMap<String, Arc<Vec<u8>>>,
 }
 
 impl MemSource {
@@ -33,7 +35,24 @@ impl MemSource {
 
     /// Adds (or replaces) a file.
     pub fn insert(&mut self, file: impl Into<String>, bytes: Vec<u8>) {
-        self.files.insert(file.into(), bytes);
+        self.files.insert(file.into(), Arc::new(bytes));
+    }
+
+    /// Reserves room for `bytes` more bytes of `file` (e.g. from a Content-Length).
+    pub fn reserve(&mut self, file: &str, bytes: usize) {
+        let f = self.files.entry(file.to_string()).or_default();
+        Arc::make_mut(f).reserve(bytes);
+    }
+
+    /// Appends a chunk to `file` (created empty if new): files arrive as streams.
+    pub fn append(&mut self, file: &str, chunk: &[u8]) {
+        let f = self.files.entry(file.to_string()).or_default();
+        Arc::make_mut(f).extend_from_slice(chunk);
+    }
+
+    /// Names of the files held.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
     }
 }
 
@@ -42,7 +61,7 @@ impl Source for MemSource {
         format!("{}/{file}", self.name)
     }
 
-    async fn read(&self, file: &str) -> Result<Option<Vec<u8>>> {
+    async fn read(&self, file: &str) -> Result<Option<Arc<Vec<u8>>>> {
         Ok(self.files.get(file).cloned())
     }
 }
@@ -75,10 +94,10 @@ impl Source for DirSource {
         self.dir.join(file).display().to_string()
     }
 
-    async fn read(&self, file: &str) -> Result<Option<Vec<u8>>> {
+    async fn read(&self, file: &str) -> Result<Option<Arc<Vec<u8>>>> {
         let path = self.dir.join(file);
         match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => Ok(Some(Arc::new(b))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 path: path.display().to_string(),
@@ -89,7 +108,7 @@ impl Source for DirSource {
 }
 
 /// Reads a file that must exist.
-pub async fn read_required<S: Source>(src: &S, file: &str, what: &str) -> Result<Vec<u8>> {
+pub async fn read_required<S: Source>(src: &S, file: &str, what: &str) -> Result<Arc<Vec<u8>>> {
     src.read(file).await?.ok_or_else(|| Error::Io {
         path: src.location(file),
         msg: format!("missing ({what})"),

@@ -4,6 +4,7 @@
 //! sizes) before any tensor is read; a tensor name maps to exactly one file.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
@@ -14,7 +15,7 @@ use super::source::{read_json_opt, read_required, Source};
 
 struct File {
     location: String,
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
 }
@@ -37,7 +38,7 @@ impl std::fmt::Debug for Weights {
 
 impl Weights {
     /// Parses and validates one file's bytes and adds its tensors.
-    pub fn add_file(&mut self, location: String, bytes: Vec<u8>) -> Result<()> {
+    pub fn add_file(&mut self, location: String, bytes: Arc<Vec<u8>>) -> Result<()> {
         let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
             file: location.clone(),
             msg: e.to_string(),

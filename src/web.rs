@@ -1,0 +1,266 @@
+//! The JavaScript facade (wasm-bindgen). The npm package in `www/` wraps these classes; they
+//! are not meant to be used directly.
+//!
+//! - [`Engine`]: the WebGPU device, created once per worker or page.
+//! - [`Files`]: a model directory filled chunk by chunk as the files stream in (one copy, in
+//!   wasm memory; JavaScript never holds a whole weight file).
+//! - [`Model`]: a loaded detached model with its tokenizer and one conversation; JavaScript
+//!   drives generation one token at a time (`start`, then `next` until it returns null), so an
+//!   abort takes effect between tokens.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+use crate::generate::{GenerateOptions, TokenStream};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::model::source::MemSource;
+use crate::model::{LoadOptions, Session, ShadowModel};
+use crate::tokenizer::{Message, StreamDecoder, TextTokenizer};
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// The WebGPU device.
+#[wasm_bindgen]
+pub struct Engine {
+    gpu: Rc<Gpu>,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Opens a WebGPU device. `max_binding` caps one storage binding in bytes (bigger tensors
+    /// are split), mainly for tests.
+    pub async fn create(max_binding: Option<f64>) -> Result<Engine, JsValue> {
+        let gpu = Gpu::new(GpuOptions {
+            max_storage_binding: max_binding.map(|b| b as u64),
+            ..Default::default()
+        })
+        .await
+        .map_err(js_err)?;
+        Ok(Engine { gpu: Rc::new(gpu) })
+    }
+
+    /// Adapter name and limits, for display and diagnostics.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Info<'a> {
+            adapter: &'a str,
+            backend: &'a str,
+            shader_f16: bool,
+            max_binding: f64,
+        }
+        serde_wasm_bindgen::to_value(&Info {
+            adapter: self.gpu.adapter_name(),
+            backend: self.gpu.backend(),
+            shader_f16: self.gpu.has_f16(),
+            max_binding: self.gpu.max_binding() as f64,
+        })
+        .map_err(js_err)
+    }
+
+    /// Loads a detached model (a Hugging Face causal LM or a causal_lm_with_hidden_projection
+    /// export) from `files`, which are consumed. Resolves to a [`Model`].
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, files: Files, max_seq: Option<u32>) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let src = files.src;
+            let opts = LoadOptions {
+                max_seq: max_seq.map_or(LoadOptions::default().max_seq, |m| m as usize),
+            };
+            let model = ShadowModel::load_export(&gpu, &src, &opts).await.map_err(js_err)?;
+            let tokenizer = match TextTokenizer::load(&src).await {
+                Ok(t) => Some(t),
+                Err(crate::Error::Io { .. }) => None,
+                Err(e) => return Err(js_err(e)),
+            };
+            drop(src);
+            let session = model.new_session(&gpu);
+            Ok(Model {
+                inner: Rc::new(RefCell::new(Inner {
+                    gpu,
+                    model,
+                    tokenizer,
+                    session,
+                    stream: None,
+                    text: StreamDecoder::default(),
+                })),
+            }
+            .into())
+        })
+    }
+}
+
+/// A model directory assembled from streamed chunks.
+#[wasm_bindgen]
+pub struct Files {
+    src: MemSource,
+}
+
+#[wasm_bindgen]
+impl Files {
+    /// An empty directory called `name` in error messages (e.g. the model URL).
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String) -> Files {
+        Files { src: MemSource::new(name) }
+    }
+
+    /// Reserves room for a file of `bytes` bytes.
+    pub fn reserve(&mut self, file: &str, bytes: f64) {
+        self.src.reserve(file, bytes as usize);
+    }
+
+    /// Appends a chunk of `file`.
+    pub fn append(&mut self, file: &str, chunk: &[u8]) {
+        self.src.append(file, chunk);
+    }
+}
+
+struct Inner {
+    gpu: Rc<Gpu>,
+    model: ShadowModel,
+    tokenizer: Option<TextTokenizer>,
+    session: Session,
+    stream: Option<TokenStream>,
+    text: StreamDecoder,
+}
+
+/// A loaded model and its conversation state.
+#[wasm_bindgen]
+pub struct Model {
+    inner: Rc<RefCell<Inner>>,
+}
+
+#[derive(Serialize)]
+struct Step {
+    token: u32,
+    text: String,
+}
+
+impl Model {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T, JsValue>) -> Result<T, JsValue> {
+        let mut i = self
+            .inner
+            .try_borrow_mut()
+            .map_err(|_| js_err("the model is busy with another call"))?;
+        f(&mut i)
+    }
+
+    fn tokenizer(i: &Inner) -> Result<&TextTokenizer, JsValue> {
+        i.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer.json; pass token ids"))
+    }
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// `{ vocabSize, eosIds, maxSeq, hasTokenizer, hasChatTemplate }`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Info {
+            vocab_size: usize,
+            eos_ids: Vec<u32>,
+            max_seq: usize,
+            has_tokenizer: bool,
+            has_chat_template: bool,
+        }
+        self.with(|i| {
+            serde_wasm_bindgen::to_value(&Info {
+                vocab_size: i.model.vocab_size(),
+                eos_ids: i.model.eos_ids().to_vec(),
+                max_seq: i.model.max_seq(),
+                has_tokenizer: i.tokenizer.is_some(),
+                has_chat_template: i.tokenizer.as_ref().is_some_and(|t| t.has_chat_template()),
+            })
+            .map_err(js_err)
+        })
+    }
+
+    /// Text to token ids (`add_special` as Hugging Face's `tokenizer(text)`).
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, JsValue> {
+        self.with(|i| Self::tokenizer(i)?.encode(text, add_special).map_err(js_err))
+    }
+
+    /// Token ids to text (special tokens skipped).
+    pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+        self.with(|i| Self::tokenizer(i)?.decode(&ids).map_err(js_err))
+    }
+
+    /// Renders the chat template for `[{ role, content }, ...]`.
+    #[wasm_bindgen(js_name = applyChatTemplate)]
+    pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
+        let msgs: Vec<Message> = serde_wasm_bindgen::from_value(messages).map_err(|e| js_err(format!("messages: {e}")))?;
+        self.with(|i| Self::tokenizer(i)?.apply_chat_template(&msgs, add_generation_prompt).map_err(js_err))
+    }
+
+    /// The id of a token string (e.g. `<|im_end|>`), if it exists.
+    #[wasm_bindgen(js_name = tokenId)]
+    pub fn token_id(&self, token: &str) -> Result<Option<u32>, JsValue> {
+        self.with(|i| Ok(Self::tokenizer(i)?.token_id(token)))
+    }
+
+    /// Starts a new generation after `prompt` (the conversation state is reset). `options`
+    /// are the sampling settings (`maxNewTokens`, `temperature`, `topK`, `topP`,
+    /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`).
+    pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<(), JsValue> {
+        let opts: GenerateOptions = if options.is_undefined() || options.is_null() {
+            GenerateOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| js_err(format!("generation options: {e}")))?
+        };
+        self.with(|i| {
+            let stream = TokenStream::new(&i.model, &prompt, &opts).map_err(js_err)?;
+            i.session.reset();
+            i.stream = Some(stream);
+            i.text = StreamDecoder::default();
+            Ok(())
+        })
+    }
+
+    /// Runs one step; resolves to `{ token, text }` (the new id and the text it completes) or
+    /// `null` when the generation has ended.
+    pub fn next(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("the model is busy with another call"))?;
+            let i = &mut *guard;
+            let stream = i.stream.as_mut().ok_or_else(|| js_err("call start() before next()"))?;
+            let tok = stream.next(&i.gpu, &i.model, &mut i.session).await.map_err(js_err)?;
+            match tok {
+                None => Ok(JsValue::NULL),
+                Some(token) => {
+                    let text = match &i.tokenizer {
+                        Some(t) => i.text.push(t, token).map_err(js_err)?,
+                        None => String::new(),
+                    };
+                    serde_wasm_bindgen::to_value(&Step { token, text }).map_err(js_err)
+                }
+            }
+        })
+    }
+
+    /// Why the last generation ended: "eos", "length", "callback", or undefined if running.
+    #[wasm_bindgen(js_name = stopReason)]
+    pub fn stop_reason(&self) -> Result<Option<String>, JsValue> {
+        self.with(|i| {
+            Ok(i.stream.as_ref().and_then(|s| s.stop_reason()).map(|r| {
+                serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            }))
+        })
+    }
+
+    /// Ends the current generation early (an abort).
+    pub fn cancel(&self) -> Result<(), JsValue> {
+        self.with(|i| {
+            if let Some(s) = i.stream.as_mut() {
+                s.cancel();
+            }
+            Ok(())
+        })
+    }
+}

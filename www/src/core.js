@@ -1,0 +1,251 @@
+// The engine in the current thread: loading (download -> wasm `Files` -> GPU) and token-by-token
+// generation. The worker (worker.js) and the main-thread mode both run this.
+
+import init, { Engine, Files } from '../pkg/shadowpeft.js';
+import { ShadowError, abortError, engineError } from './errors.js';
+import { openSource, pump } from './fetch.js';
+
+let wasmReady = null;
+
+/** Initialises the wasm module once (its URL resolves relative to this file; bundlers copy it). */
+export function initWasm(wasmUrl) {
+  if (!wasmReady) wasmReady = init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  return wasmReady;
+}
+
+const now = () => (globalThis.performance ? performance.now() : Date.now());
+
+export class Core {
+  constructor(engine, model, meta) {
+    this.engine = engine;
+    this.model = model;
+    this.meta = meta;
+    this.busy = false;
+  }
+
+  /**
+   * @param {string|FileList|File[]|Map<string, Blob>} source
+   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, maxSeq?: number, maxBinding?: number, wasmUrl?: string }} opts
+   */
+  static async load(source, opts = {}) {
+    const { onProgress = () => {}, signal, cache = true, maxSeq, maxBinding, wasmUrl } = opts;
+    const t0 = now();
+    if (typeof navigator === 'undefined' || !navigator.gpu) {
+      throw new ShadowError('no-webgpu', 'WebGPU is not available here (navigator.gpu is missing): use a browser with WebGPU enabled, over https or localhost');
+    }
+    await initWasm(wasmUrl);
+    if (signal && signal.aborted) throw abortError(signal);
+    let engine;
+    try {
+      engine = await Engine.create(maxBinding);
+    } catch (e) {
+      throw engineError(e);
+    }
+    const src = openSource(source, { cache, signal });
+    const files = new Files(src.name());
+    let model;
+    try {
+      // 1. Open every file (headers only) so progress has a total from the start.
+      const opened = [];
+      const open = async (file, optional) => {
+        const o = await src.open(file, { optional });
+        if (o) opened.push({ file, ...o });
+        return o;
+      };
+      await open('config.json', false);
+      await Promise.all(['generation_config.json', 'tokenizer.json', 'tokenizer_config.json'].map((f) => open(f, true)));
+      const index = await open('model.safetensors.index.json', true);
+      if (index) {
+        // The index is small: read it now to learn the shards.
+        const entry = opened.pop();
+        const text = await new Response(entry.body).text();
+        files.append('model.safetensors.index.json', new TextEncoder().encode(text));
+        let shards;
+        try {
+          shards = [...new Set(Object.values(JSON.parse(text).weight_map || {}))];
+        } catch (e) {
+          throw new ShadowError('invalid-model', `${src.name()}/model.safetensors.index.json: malformed JSON (${e.message})`);
+        }
+        await Promise.all(shards.map((f) => open(f, false)));
+      } else {
+        await open('model.safetensors', false);
+      }
+      // 2. Stream each file into wasm memory.
+      const total = opened.reduce((n, o) => n + (o.size || 0), 0);
+      let done = 0;
+      const cached = opened.every((o) => o.cached);
+      for (const o of opened) {
+        let loaded = 0;
+        if (o.size) files.reserve(o.file, o.size);
+        await pump(
+          o.body,
+          (chunk) => files.append(o.file, chunk),
+          (n) => {
+            loaded += n;
+            done += n;
+            onProgress({ phase: 'download', file: o.file, loaded, total: o.size, overallLoaded: done, overallTotal: total, cached: o.cached });
+          },
+          signal,
+        );
+        await o.stored;
+      }
+      for (const w of src.warnings || []) onProgress({ phase: 'warning', error: w, message: w.message, code: w.code });
+      // 3. Parse, widen and upload to the GPU.
+      onProgress({ phase: 'upload', overallLoaded: done, overallTotal: total, cached });
+      if (signal && signal.aborted) throw abortError(signal);
+      try {
+        model = await engine.loadModel(files, maxSeq);
+      } catch (e) {
+        throw engineError(e);
+      }
+      const info = model.info();
+      const meta = { ...info, engine: engine.info(), bytes: done, fromCache: cached, loadMs: now() - t0, source: src.name() };
+      onProgress({ phase: 'ready', overallLoaded: done, overallTotal: total, cached });
+      return new Core(engine, model, meta);
+    } catch (e) {
+      try {
+        files.free();
+      } catch (_) {
+        /* already consumed */
+      }
+      if (model) model.free();
+      engine.free();
+      throw e;
+    }
+  }
+
+  encode(text, addSpecial = true) {
+    try {
+      return Array.from(this.model.encode(text, addSpecial));
+    } catch (e) {
+      throw engineError(e);
+    }
+  }
+
+  decode(ids) {
+    try {
+      return this.model.decode(Uint32Array.from(ids));
+    } catch (e) {
+      throw engineError(e);
+    }
+  }
+
+  applyChatTemplate(messages, addGenerationPrompt = true) {
+    try {
+      return this.model.applyChatTemplate(messages, addGenerationPrompt);
+    } catch (e) {
+      throw engineError(e);
+    }
+  }
+
+  /**
+   * Runs a generation, calling `onToken({ token, text })` for every token.
+   * Resolves to { tokens, text, stopReason, promptTokens, prefillMs, decodeMs, ttftMs }.
+   */
+  async generate(prompt, options = {}, onToken = () => {}, isAborted = () => false) {
+    if (this.busy) throw new ShadowError('busy', 'a generation is already running on this model');
+    if (!this.model) throw new ShadowError('disposed', 'the model was disposed');
+    this.busy = true;
+    try {
+      const { stop = [], chatEos = false, ...rest } = options;
+      const ids = typeof prompt === 'string' ? this.encode(prompt, !chatEos) : Array.from(prompt);
+      const wasmOpts = toWasmOptions(rest);
+      if (chatEos) {
+        const end = this.model.tokenId('<|im_end|>');
+        if (end !== undefined && end !== null) wasmOpts.eosIds = [...(wasmOpts.eosIds || []), end];
+      }
+      try {
+        this.model.start(Uint32Array.from(ids), wasmOpts);
+      } catch (e) {
+        throw engineError(e);
+      }
+      const stops = Array.isArray(stop) ? stop : [stop];
+      const hold = stops.reduce((n, s) => Math.max(n, s.length - 1), 0);
+      let text = '';
+      let emitted = 0;
+      let stopReason = null;
+      const tokens = [];
+      const t0 = now();
+      let tFirst = null;
+      for (;;) {
+        if (isAborted()) {
+          this.model.cancel();
+          stopReason = 'abort';
+          break;
+        }
+        let step;
+        try {
+          step = await this.model.next();
+        } catch (e) {
+          throw engineError(e);
+        }
+        if (!step) break;
+        if (tFirst === null) tFirst = now();
+        tokens.push(step.token);
+        text += step.text;
+        let piece;
+        const hit = stops.map((s) => (s ? text.indexOf(s) : -1)).filter((i) => i >= 0);
+        if (hit.length) {
+          text = text.slice(0, Math.min(...hit));
+          piece = text.slice(emitted);
+          emitted = text.length;
+          onToken({ token: step.token, text: piece });
+          this.model.cancel();
+          stopReason = 'stop';
+          break;
+        }
+        const upto = Math.max(emitted, text.length - hold);
+        piece = text.slice(emitted, upto);
+        emitted = upto;
+        onToken({ token: step.token, text: piece });
+      }
+      if (emitted < text.length) onToken({ token: null, text: text.slice(emitted) });
+      const tEnd = now();
+      const reason = stopReason || this.model.stopReason() || 'length';
+      const decoded = Math.max(0, tokens.length - 1);
+      return {
+        tokens,
+        text,
+        stopReason: reason === 'callback' ? 'stop' : reason,
+        promptTokens: ids.length,
+        ttftMs: tFirst === null ? null : tFirst - t0,
+        prefillTokS: tFirst === null ? 0 : ids.length / ((tFirst - t0) / 1000),
+        decodeTokS: decoded === 0 ? 0 : decoded / ((tEnd - tFirst) / 1000),
+      };
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  dispose() {
+    if (this.model) this.model.free();
+    if (this.engine) this.engine.free();
+    this.model = null;
+    this.engine = null;
+  }
+}
+
+const OPTION_NAMES = {
+  maxNewTokens: 'maxNewTokens',
+  max_tokens: 'maxNewTokens',
+  temperature: 'temperature',
+  topK: 'topK',
+  top_k: 'topK',
+  topP: 'topP',
+  top_p: 'topP',
+  repetitionPenalty: 'repetitionPenalty',
+  seed: 'seed',
+  ignoreEos: 'ignoreEos',
+  eosIds: 'eosIds',
+};
+
+function toWasmOptions(o) {
+  const out = {};
+  for (const [k, v] of Object.entries(o)) {
+    if (v === undefined || k === 'signal') continue;
+    const name = OPTION_NAMES[k];
+    if (!name) throw new ShadowError('invalid-argument', `unknown generation option \`${k}\``);
+    out[name] = v;
+  }
+  return out;
+}

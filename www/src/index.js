@@ -1,0 +1,286 @@
+// shadowpeft-web: ShadowPEFT models in the browser on WebGPU.
+//
+//   import { ShadowModel } from 'shadowpeft-web';
+//   const model = await ShadowModel.load('https://example.com/my-shadow/', { onProgress });
+//   for await (const { text } of model.generate('Hello', { maxNewTokens: 32 })) out.textContent += text;
+//
+// By default the engine runs in a dedicated Web Worker (the page stays responsive);
+// pass { worker: false } to run it on the calling thread.
+
+import { Core } from './core.js';
+import { ShadowError, abortError, fromPlain } from './errors.js';
+
+export { ShadowError } from './errors.js';
+export { CACHE_NAME } from './fetch.js';
+
+let nextCallId = 1;
+
+/** Worker backend: the same calls as Core, over postMessage. */
+class WorkerBackend {
+  constructor(worker) {
+    this.worker = worker;
+    this.pending = new Map();
+    this.dead = null;
+    worker.onmessage = (ev) => {
+      const { id, event, data, result, error } = ev.data;
+      const p = this.pending.get(id);
+      if (!p) return;
+      if (event) {
+        if (p.onEvent) p.onEvent(event, data);
+        return;
+      }
+      this.pending.delete(id);
+      if (error) p.reject(fromPlain(error));
+      else p.resolve(result);
+    };
+    worker.onerror = (ev) => {
+      this.dead = new ShadowError('internal', `worker failed: ${ev.message || 'unknown error'}`);
+      for (const p of this.pending.values()) p.reject(this.dead);
+      this.pending.clear();
+    };
+  }
+
+  call(method, args, onEvent) {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = nextCallId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onEvent });
+      this.worker.postMessage({ id, method, args });
+    });
+  }
+
+  post(method, args) {
+    this.worker.postMessage({ id: nextCallId++, method, args });
+  }
+
+  terminate() {
+    this.worker.terminate();
+    this.dead = new ShadowError('disposed', 'the model was disposed');
+    for (const p of this.pending.values()) p.reject(this.dead);
+    this.pending.clear();
+  }
+}
+
+function newWorker() {
+  return new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'shadowpeft-web' });
+}
+
+/** A detached ShadowPEFT model (or any supported causal LM) running on WebGPU. */
+export class ShadowModel {
+  /** @private */
+  constructor(backend, meta) {
+    this._backend = backend;
+    this._meta = meta;
+    this._disposed = false;
+    const self = this;
+    this.chat = {
+      completions: {
+        create(params) {
+          return self._chatCreate(params);
+        },
+      },
+    };
+  }
+
+  /**
+   * Loads a model directory (Hugging Face layout: config.json, *.safetensors, tokenizer.json,
+   * tokenizer_config.json) from a URL, or from local files (a FileList from a directory picker,
+   * an array of File, or a Map name -> Blob).
+   * @param {string|URL|FileList|File[]|Map<string, Blob>} source
+   * @param {import('./index').LoadOptions} [options]
+   * @returns {Promise<ShadowModel>}
+   */
+  static async load(source, options = {}) {
+    const { onProgress, signal, worker = true, ...rest } = options;
+    if (signal && signal.aborted) throw abortError(signal);
+    const src = source instanceof URL ? source.href : source;
+    if (!worker) {
+      const core = await Core.load(src, { ...rest, onProgress, signal });
+      return new ShadowModel({ core }, core.meta);
+    }
+    if (typeof navigator === 'undefined' || !navigator.gpu) {
+      throw new ShadowError('no-webgpu', 'WebGPU is not available here (navigator.gpu is missing): use a browser with WebGPU enabled, over https or localhost');
+    }
+    const w = new WorkerBackend(newWorker());
+    const onAbort = () => w.post('abortLoad', {});
+    if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      const meta = await w.call('load', { source: src, options: rest }, (event, data) => {
+        if (event === 'progress' && onProgress) onProgress(data);
+      });
+      return new ShadowModel({ worker: w }, meta);
+    } catch (e) {
+      w.terminate();
+      if (signal && signal.aborted) throw abortError(signal);
+      throw e;
+    } finally {
+      if (signal) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** `{ vocabSize, eosIds, maxSeq, hasTokenizer, hasChatTemplate, engine, bytes, fromCache, loadMs }` */
+  get info() {
+    return this._meta;
+  }
+
+  _check() {
+    if (this._disposed) throw new ShadowError('disposed', 'the model was disposed');
+  }
+
+  async _call(method, args) {
+    this._check();
+    const b = this._backend;
+    if (b.core) return b.core[method](...Object.values(args));
+    return b.worker.call(method, args);
+  }
+
+  /** Text -> token ids. */
+  encode(text, addSpecial = true) {
+    return this._call('encode', { text, addSpecial });
+  }
+
+  /** Token ids -> text. */
+  decode(ids) {
+    return this._call('decode', { ids: Array.from(ids) });
+  }
+
+  /** Renders the model's chat template. */
+  applyChatTemplate(messages, addGenerationPrompt = true) {
+    return this._call('applyChatTemplate', { messages, addGenerationPrompt });
+  }
+
+  /**
+   * Generates after `prompt` (text, or an array of token ids), yielding `{ token, text }` as
+   * tokens arrive. When the iterator finishes, `result` holds the summary.
+   * @param {string|number[]} prompt
+   * @param {import('./index').GenerateOptions} [options]
+   */
+  generate(prompt, options = {}) {
+    this._check();
+    const { signal, ...opts } = options;
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const handle = { result: null };
+    const push = (item) => {
+      queue.push(item);
+      if (wake) wake();
+    };
+    const callId = nextCallId++;
+    const b = this._backend;
+    let onAbort = null;
+    const run = async () => {
+      if (signal && signal.aborted) throw abortError(signal);
+      if (b.core) {
+        let abortedFlag = false;
+        onAbort = () => (abortedFlag = true);
+        if (signal) signal.addEventListener('abort', onAbort, { once: true });
+        return b.core.generate(prompt, opts, push, () => abortedFlag);
+      }
+      onAbort = () => b.worker.post('abort', { callId });
+      if (signal) signal.addEventListener('abort', onAbort, { once: true });
+      return b.worker.call('generate', { prompt: typeof prompt === 'string' ? prompt : Array.from(prompt), options: opts, callId }, (event, data) => {
+        if (event === 'token') push(data);
+      });
+    };
+    const done = run().then(
+      (r) => {
+        handle.result = r;
+        finished = true;
+        if (wake) wake();
+      },
+      (e) => {
+        failure = e;
+        finished = true;
+        if (wake) wake();
+      },
+    );
+    const iter = {
+      async next() {
+        for (;;) {
+          if (queue.length) return { value: queue.shift(), done: false };
+          if (finished) {
+            if (signal && onAbort) signal.removeEventListener('abort', onAbort);
+            if (failure) throw failure;
+            if (signal && signal.aborted && handle.result && handle.result.stopReason === 'abort') throw abortError(signal);
+            return { value: undefined, done: true };
+          }
+          await new Promise((r) => (wake = r));
+          wake = null;
+        }
+      },
+      async return() {
+        if (!finished) {
+          if (b.core) onAbort && onAbort();
+          else b.worker.post('abort', { callId });
+          await done;
+        }
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+      /** Resolves to the summary ({ tokens, text, stopReason, promptTokens, ttftMs, prefillTokS, decodeTokS }). */
+      get done() {
+        return done.then(() => {
+          if (failure) throw failure;
+          return handle.result;
+        });
+      },
+    };
+    return iter;
+  }
+
+  async _chatCreate(params) {
+    const { messages, stream = false, signal, model: _model, stop, ...rest } = params || {};
+    if (!Array.isArray(messages)) throw new ShadowError('invalid-argument', 'chat.completions.create: `messages` must be an array of { role, content }');
+    const text = await this.applyChatTemplate(messages, true);
+    const prompt = await this.encode(text, false);
+    const options = { ...rest, signal, stop, chatEos: true };
+    if (options.max_tokens !== undefined) {
+      options.maxNewTokens = options.max_tokens;
+      delete options.max_tokens;
+    }
+    const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const modelName = this._meta.source;
+    const finish = (r) => (r.stopReason === 'length' ? 'length' : 'stop');
+    const it = this.generate(prompt, options);
+    if (!stream) {
+      let content = '';
+      for await (const t of it) content += t.text;
+      const r = await it.done;
+      return {
+        id,
+        object: 'chat.completion',
+        created,
+        model: modelName,
+        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: finish(r) }],
+        usage: { prompt_tokens: prompt.length, completion_tokens: r.tokens.length, total_tokens: prompt.length + r.tokens.length },
+      };
+    }
+    return (async function* () {
+      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] };
+      for await (const t of it) {
+        if (t.text) yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: { content: t.text }, finish_reason: null }] };
+      }
+      const r = await it.done;
+      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }] };
+    })();
+  }
+
+  /** Frees the GPU memory (and the worker). The object cannot be used afterwards. */
+  async dispose() {
+    if (this._disposed) return;
+    this._disposed = true;
+    const b = this._backend;
+    if (b.core) b.core.dispose();
+    else b.worker.terminate();
+  }
+}
+
+/** Removes every cached model file (Cache Storage). */
+export async function clearCache() {
+  if (typeof caches !== 'undefined') await caches.delete((await import('./fetch.js')).CACHE_NAME);
+}

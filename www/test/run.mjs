@@ -1,0 +1,234 @@
+// Browser tests: the npm package in headless Chromium (WebGPU on SwiftShader), driven by
+// playwright-core. Builds the test page with Vite, serves it and the fixtures on localhost,
+// and checks token identity against the official golden outputs and the native engine,
+// progress events, the offline second load, abort, chat completions and the error paths.
+//
+// Usage: node test/run.mjs [--native BIN] [--only NAME]   (from www/, after scripts/build-wasm)
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { FIXTURES as ALL, buildPage, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, www } from './harness.mjs';
+
+const args = process.argv.slice(2);
+const opt = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const nativeBin = opt('--native');
+const only = opt('--only');
+const FIXTURES = ALL.filter((f) => !only || f.name === only);
+
+// ---- test harness -------------------------------------------------------------------------
+let failures = 0;
+const results = [];
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    const note = await fn();
+    results.push({ name, ok: true, ms: Date.now() - t0, note });
+    console.log(`ok   ${name} (${Date.now() - t0} ms)${note ? ` ${note}` : ''}`);
+  } catch (e) {
+    failures++;
+    results.push({ name, ok: false, error: String(e && e.stack ? e.stack : e) });
+    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+  }
+}
+function assert(c, msg) {
+  if (!c) throw new Error(msg);
+}
+function same(a, b, msg) {
+  assert(JSON.stringify(a) === JSON.stringify(b), `${msg}: got ${JSON.stringify(a)}, want ${JSON.stringify(b)}`);
+}
+
+function nativeTokens(dir, ids, n) {
+  if (!nativeBin) return null;
+  const r = spawnSync(nativeBin, ['generate', '--model', path.join(repo, dir, 'export'), '--tokens', ids.join(','), '--max-new-tokens', String(n), '--ignore-eos', '--json'], {
+    encoding: 'utf8',
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
+  });
+  if (r.status !== 0) throw new Error(`native engine failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()).tokens;
+}
+
+async function main() {
+  await buildPage();
+  const server = await listen(handler({ cors: true }));
+  const other = await listen(handler({ cors: false }));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const foreign = `http://localhost:${other.address().port}`;
+  const { context, close } = await launch();
+  const logs = [];
+  const page = await openPage(context, origin, logs);
+  const summary = { fixtures: {} };
+
+  try {
+    for (const f of FIXTURES) {
+      await test(`${f.name}: greedy tokens equal the official golden and the native engine`, async () => {
+        const g = readSafetensors(path.join(repo, f.dir, 'golden.safetensors'));
+        const n = g.greedy_export.length;
+        const r = await page.evaluate(([u, ids, n]) => window.greedy(u, ids, n), [`${origin}/m/${f.dir}/export/`, g.input_ids, n]);
+        same(r.tokens, g.greedy_export, 'browser vs golden');
+        const nat = nativeTokens(f.dir, g.input_ids, n);
+        if (nat) same(r.tokens, nat, 'browser vs native');
+        summary.fixtures[f.name] = { identical: true, native: !!nat, decodeTokS: r.result.decodeTokS, prefillTokS: r.result.prefillTokS, loadMs: r.loadMs, ttftMs: r.firstTokenMs };
+        return `decode ${r.result.decodeTokS.toFixed(1)} tok/s, first token ${r.firstTokenMs.toFixed(0)} ms after load() began`;
+      });
+    }
+
+    const tiny = readSafetensors(path.join(repo, 'models/tiny/golden.safetensors'));
+    const tinyUrl = `${origin}/m/models/tiny/export/`;
+
+    await test('main-thread mode and split tensors give the same tokens', async () => {
+      const r = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12, { worker: false, maxBinding: 64 * 1024 }), [tinyUrl, tiny.input_ids]);
+      same(r.tokens, tiny.greedy_export, 'main thread, 64 KiB bindings');
+    });
+
+    await test('progress events count every byte, in order', async () => {
+      const r = await page.evaluate(([u, ids]) => window.greedy(u, ids, 1, { worker: true }), [`${origin}/m/tests/fixtures/qwen2_gqa/export/`, [1, 2, 3]]);
+      const dl = r.events.filter((e) => e.phase === 'download');
+      const dir = path.join(repo, 'tests/fixtures/qwen2_gqa/export');
+      const onDisk = fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+      assert(dl.length > 0, 'no download events');
+      for (let i = 1; i < dl.length; i++) assert(dl[i].overallLoaded >= dl[i - 1].overallLoaded, 'overallLoaded went backwards');
+      const last = dl[dl.length - 1];
+      same([last.overallLoaded, last.overallTotal], [onDisk, onDisk], 'bytes loaded / total vs the files on disk');
+      same(r.events.map((e) => e.phase).filter((p) => p !== 'download'), ['upload', 'ready'], 'phases');
+    });
+
+    await test('second load works offline from Cache Storage', async () => {
+      const url = `${origin}/m/tests/fixtures/llama/export/`;
+      const g = readSafetensors(path.join(repo, 'tests/fixtures/llama/golden.safetensors'));
+      await page.evaluate(() => window.sp.clearCache());
+      const first = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, g.input_ids]);
+      assert(!first.info.fromCache, 'first load should come from the network');
+      requests.length = 0;
+      await context.setOffline(true);
+      try {
+        const second = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, g.input_ids]);
+        assert(second.info.fromCache, 'second load should come from the cache');
+        same(second.tokens, g.greedy_export, 'offline tokens');
+        same(requests.filter((r) => r.startsWith('/m/')), [], 'model requests while offline');
+        const err = await page.evaluate((u) => window.expectError(() => window.sp.ShadowModel.load(u, { cache: false })), url);
+        same(err && err.code, 'network', 'offline load without cache');
+      } finally {
+        await context.setOffline(false);
+      }
+    });
+
+    await test('abort stops a generation between tokens and a load before it finishes', async () => {
+      const r = await page.evaluate(async (u) => {
+        const m = await window.sp.ShadowModel.load(u);
+        const ac = new AbortController();
+        let n = 0;
+        let err = null;
+        try {
+          for await (const t of m.generate([1, 2, 3], { maxNewTokens: 400, ignoreEos: true, signal: ac.signal })) {
+            if (++n === 3) ac.abort();
+          }
+        } catch (e) {
+          err = { name: e.name, code: e.code };
+        }
+        // The model stays usable after an abort.
+        const again = [];
+        for await (const t of m.generate([1, 2, 3], { maxNewTokens: 2, ignoreEos: true })) again.push(t.token);
+        await m.dispose();
+        const ac2 = new AbortController();
+        const p = window.sp.ShadowModel.load(u, { signal: ac2.signal, cache: false });
+        ac2.abort();
+        let loadErr = null;
+        try {
+          await p;
+        } catch (e) {
+          loadErr = { name: e.name, code: e.code };
+        }
+        return { n, err, again: again.length, loadErr };
+      }, tinyUrl);
+      same(r.err, { name: 'AbortError', code: 'aborted' }, 'generation abort');
+      assert(r.n >= 3 && r.n < 20, `aborted after ${r.n} tokens`);
+      same(r.again, 2, 'tokens after the abort');
+      same(r.loadErr, { name: 'AbortError', code: 'aborted' }, 'load abort');
+    });
+
+    await test('chat.completions.create (stream and not) follows the OpenAI shapes', async () => {
+      const r = await page.evaluate(async (u) => {
+        const m = await window.sp.ShadowModel.load(u);
+        const messages = [{ role: 'user', content: 'Hello' }];
+        const full = await m.chat.completions.create({ messages, max_tokens: 5, seed: 1 });
+        const chunks = [];
+        for await (const c of await m.chat.completions.create({ messages, max_tokens: 5, seed: 1, stream: true })) chunks.push(c);
+        await m.dispose();
+        return { full, chunks };
+      }, tinyUrl);
+      same(r.full.object, 'chat.completion', 'object');
+      same(r.full.choices[0].message.role, 'assistant', 'role');
+      assert(r.full.usage.completion_tokens <= 5 && r.full.usage.completion_tokens > 0, 'usage');
+      const streamed = r.chunks.map((c) => c.choices[0].delta.content || '').join('');
+      same(streamed, r.full.choices[0].message.content, 'streamed text = full text');
+      same(r.chunks[r.chunks.length - 1].choices[0].finish_reason, r.full.choices[0].finish_reason, 'finish_reason');
+    });
+
+    await test('error paths: 404, CORS, corrupt file, no WebGPU, bad ids, disposed', async () => {
+      const errs = await page.evaluate(
+        async ([origin, foreign]) => {
+          const L = window.sp.ShadowModel.load;
+          const e = window.expectError;
+          const out = {};
+          out.notFound = await e(() => L(`${origin}/m/tests/fixtures/nope/export/`, { cache: false }));
+          out.cors = await e(() => L(`${foreign}/m/models/tiny/export/`, { cache: false }));
+          out.corrupt = await e(() => L(`${origin}/broken/models/tiny/export/`, { cache: false }));
+          const m = await L(`${origin}/m/models/tiny/export/`);
+          out.badIds = await e(async () => {
+            for await (const _ of m.generate([1, 99999], { maxNewTokens: 2 })) {
+              /* nothing */
+            }
+          });
+          out.badOption = await e(async () => {
+            for await (const _ of m.generate([1], { maxNewTokenz: 2 })) {
+              /* nothing */
+            }
+          });
+          await m.dispose();
+          out.disposed = await e(async () => m.encode('x'));
+          const gpu = Object.getOwnPropertyDescriptor(Navigator.prototype, 'gpu');
+          Object.defineProperty(Navigator.prototype, 'gpu', { configurable: true, get: () => undefined });
+          try {
+            out.noWebgpu = await e(() => L(`${origin}/m/models/tiny/export/`));
+          } finally {
+            Object.defineProperty(Navigator.prototype, 'gpu', gpu);
+          }
+          return out;
+        },
+        [origin, foreign],
+      );
+      same(errs.notFound.code, 'not-found', '404');
+      assert(errs.notFound.message.includes('config.json'), `404 message names the file: ${errs.notFound.message}`);
+      same(errs.cors.code, 'network', 'CORS');
+      assert(/CORS/.test(errs.cors.message), 'CORS message');
+      same(errs.corrupt.code, 'invalid-model', 'corrupt');
+      assert(errs.corrupt.message.includes('model.safetensors'), `corrupt message names the file: ${errs.corrupt.message}`);
+      same(errs.badIds.code, 'invalid-argument', 'bad ids');
+      assert(errs.badIds.message.includes('99999'), 'bad id message');
+      same(errs.badOption.code, 'invalid-argument', 'unknown option');
+      same(errs.disposed.code, 'disposed', 'disposed');
+      same(errs.noWebgpu.code, 'no-webgpu', 'no WebGPU');
+    });
+  } finally {
+    await close();
+    server.close();
+    other.close();
+  }
+  if (failures) {
+    console.log('--- browser console ---\n' + logs.slice(-40).join('\n'));
+  }
+  const wasm = path.join(www, 'pkg/shadowpeft_bg.wasm');
+  summary.wasmBytes = fs.statSync(wasm).size;
+  fs.writeFileSync(path.join(dist, 'summary.json'), JSON.stringify(summary, null, 2));
+  console.log(`${results.length - failures}/${results.length} browser tests passed`);
+  process.exit(failures ? 1 : 0);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
