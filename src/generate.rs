@@ -220,7 +220,12 @@ impl TokenStream {
     }
 
     /// Produces the next token, or `None` when the stream has ended (EOS, length, cancel).
-    pub async fn next(&mut self, gpu: &Gpu, model: &ShadowModel, sess: &mut Session) -> Result<Option<u32>> {
+    pub async fn next(
+        &mut self,
+        gpu: &Gpu,
+        model: &ShadowModel,
+        sess: &mut Session,
+    ) -> Result<Option<u32>> {
         if self.stop.is_some() {
             return Ok(None);
         }
@@ -228,8 +233,14 @@ impl TokenStream {
             self.stop = Some(StopReason::Length);
             return Ok(None);
         }
-        let readout = if self.opts.greedy_on_gpu() { Readout::Argmax } else { Readout::LastLogits };
-        let f = model.forward(gpu, sess, &self.input, readout, false).await?;
+        let readout = if self.opts.greedy_on_gpu() {
+            Readout::Argmax
+        } else {
+            Readout::LastLogits
+        };
+        let f = model
+            .forward(gpu, sess, &self.input, readout, false)
+            .await?;
         let tok = match f.argmax {
             Some(t) => t,
             None => {

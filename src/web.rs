@@ -63,6 +63,18 @@ impl Engine {
         .map_err(js_err)
     }
 
+    /// Why the device was lost, or undefined while it is healthy.
+    #[wasm_bindgen(js_name = lostReason)]
+    pub fn lost_reason(&self) -> Option<String> {
+        self.gpu.lost_reason()
+    }
+
+    /// Destroys the device, as a driver reset would; for testing device-loss handling.
+    #[wasm_bindgen(js_name = debugLoseDevice)]
+    pub fn debug_lose_device(&self) {
+        self.gpu.destroy();
+    }
+
     /// Loads a detached model (a Hugging Face causal LM or a causal_lm_with_hidden_projection
     /// export) from `files`, which are consumed. Resolves to a [`Model`].
     #[wasm_bindgen(js_name = loadModel)]
@@ -73,7 +85,9 @@ impl Engine {
             let opts = LoadOptions {
                 max_seq: max_seq.map_or(LoadOptions::default().max_seq, |m| m as usize),
             };
-            let model = ShadowModel::load_export(&gpu, &src, &opts).await.map_err(js_err)?;
+            let model = ShadowModel::load_export(&gpu, &src, &opts)
+                .await
+                .map_err(js_err)?;
             let tokenizer = match TextTokenizer::load(&src).await {
                 Ok(t) => Some(t),
                 Err(crate::Error::Io { .. }) => None,
@@ -107,7 +121,9 @@ impl Files {
     /// An empty directory called `name` in error messages (e.g. the model URL).
     #[wasm_bindgen(constructor)]
     pub fn new(name: String) -> Files {
-        Files { src: MemSource::new(name) }
+        Files {
+            src: MemSource::new(name),
+        }
     }
 
     /// Reserves room for a file of `bytes` bytes.
@@ -152,7 +168,9 @@ impl Model {
     }
 
     fn tokenizer(i: &Inner) -> Result<&TextTokenizer, JsValue> {
-        i.tokenizer.as_ref().ok_or_else(|| js_err("this model has no tokenizer.json; pass token ids"))
+        i.tokenizer
+            .as_ref()
+            .ok_or_else(|| js_err("this model has no tokenizer.json; pass token ids"))
     }
 }
 
@@ -183,7 +201,11 @@ impl Model {
 
     /// Text to token ids (`add_special` as Hugging Face's `tokenizer(text)`).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, JsValue> {
-        self.with(|i| Self::tokenizer(i)?.encode(text, add_special).map_err(js_err))
+        self.with(|i| {
+            Self::tokenizer(i)?
+                .encode(text, add_special)
+                .map_err(js_err)
+        })
     }
 
     /// Token ids to text (special tokens skipped).
@@ -193,9 +215,18 @@ impl Model {
 
     /// Renders the chat template for `[{ role, content }, ...]`.
     #[wasm_bindgen(js_name = applyChatTemplate)]
-    pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
-        let msgs: Vec<Message> = serde_wasm_bindgen::from_value(messages).map_err(|e| js_err(format!("messages: {e}")))?;
-        self.with(|i| Self::tokenizer(i)?.apply_chat_template(&msgs, add_generation_prompt).map_err(js_err))
+    pub fn apply_chat_template(
+        &self,
+        messages: JsValue,
+        add_generation_prompt: bool,
+    ) -> Result<String, JsValue> {
+        let msgs: Vec<Message> = serde_wasm_bindgen::from_value(messages)
+            .map_err(|e| js_err(format!("messages: {e}")))?;
+        self.with(|i| {
+            Self::tokenizer(i)?
+                .apply_chat_template(&msgs, add_generation_prompt)
+                .map_err(js_err)
+        })
     }
 
     /// The id of a token string (e.g. `<|im_end|>`), if it exists.
@@ -211,7 +242,8 @@ impl Model {
         let opts: GenerateOptions = if options.is_undefined() || options.is_null() {
             GenerateOptions::default()
         } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| js_err(format!("generation options: {e}")))?
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| js_err(format!("generation options: {e}")))?
         };
         self.with(|i| {
             let stream = TokenStream::new(&i.model, &prompt, &opts).map_err(js_err)?;
@@ -224,13 +256,24 @@ impl Model {
 
     /// Runs one step; resolves to `{ token, text }` (the new id and the text it completes) or
     /// `null` when the generation has ended.
+    // The borrow is held across the GPU await on purpose: a concurrent call gets a "busy"
+    // error from `try_borrow_mut` instead of interleaving with this step.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn next(&self) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("the model is busy with another call"))?;
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| js_err("the model is busy with another call"))?;
             let i = &mut *guard;
-            let stream = i.stream.as_mut().ok_or_else(|| js_err("call start() before next()"))?;
-            let tok = stream.next(&i.gpu, &i.model, &mut i.session).await.map_err(js_err)?;
+            let stream = i
+                .stream
+                .as_mut()
+                .ok_or_else(|| js_err("call start() before next()"))?;
+            let tok = stream
+                .next(&i.gpu, &i.model, &mut i.session)
+                .await
+                .map_err(js_err)?;
             match tok {
                 None => Ok(JsValue::NULL),
                 Some(token) => {
@@ -249,7 +292,10 @@ impl Model {
     pub fn stop_reason(&self) -> Result<Option<String>, JsValue> {
         self.with(|i| {
             Ok(i.stream.as_ref().and_then(|s| s.stop_reason()).map(|r| {
-                serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
             }))
         })
     }

@@ -251,3 +251,27 @@ fn greedy_on(gpu: &shadowpeft::Gpu, model: &ShadowModel, prompt: &[u32], n: usiz
         .unwrap()
         .tokens
 }
+
+/// A lost device (here: destroyed) makes every later call fail with a clear error instead of
+/// hanging or panicking; a new device loads the model again.
+#[test]
+fn lost_device_is_reported() {
+    if gpu().is_none() {
+        return;
+    }
+    let g = pollster::block_on(shadowpeft::Gpu::new(Default::default())).unwrap();
+    let dir = root().join("models/tiny/export");
+    let model = pollster::block_on(ShadowModel::load_export(
+        &g,
+        &DirSource::open(&dir).unwrap(),
+        &LoadOptions::default(),
+    ))
+    .unwrap();
+    let mut s = model.new_session(&g);
+    g.destroy();
+    let r = pollster::block_on(model.forward(&g, &mut s, &[1, 2, 3], Readout::Argmax, false));
+    let e = r.expect_err("a destroyed device must fail").to_string();
+    assert!(e.contains("device lost") || e.contains("GPU"), "{e}");
+    eprintln!("error after destroy: {e}; lost: {:?}", g.lost_reason());
+    assert!(g.lost_reason().is_some());
+}

@@ -32,6 +32,7 @@ pub struct Gpu {
     pub(crate) uniform: Mutex<Option<wgpu::Buffer>>,
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -85,11 +86,27 @@ impl Gpu {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            log::error!("wgpu: {e}");
+            let msg = match &e {
+                wgpu::Error::OutOfMemory { .. } => "out of GPU memory".to_string(),
+                wgpu::Error::Validation { description, .. }
+                | wgpu::Error::Internal { description, .. } => description.clone(),
+            };
+            log::error!("wgpu: {msg}");
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+                v.push(msg);
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            log::error!("wgpu device lost: {reason:?} {msg}");
+            if let Ok(mut l) = lost_sink.lock() {
+                l.get_or_insert(format!(
+                    "{reason:?}{}{msg}",
+                    if msg.is_empty() { "" } else { ": " }
+                ));
+            }
+        });
         let device_max = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -109,6 +126,7 @@ impl Gpu {
             uniform: Mutex::new(None),
             staging: Mutex::new(None),
             errors,
+            lost,
         })
     }
 
@@ -132,8 +150,26 @@ impl Gpu {
         self.max_binding
     }
 
+    /// Why the device was lost, once it has been (driver reset, out of memory, destroyed).
+    /// Every later call fails; load the model again on a new [`Gpu`].
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Destroys the device, as a driver reset would (for testing device-loss handling).
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
     /// Returns (and clears) any error the device reported since the last check.
     pub(crate) fn take_error(&self) -> Result<()> {
+        let lost = || {
+            self.lost_reason()
+                .map(|r| Err(Error::Gpu(format!("device lost ({r})"))))
+        };
+        if let Some(e) = lost() {
+            return e;
+        }
         let mut v = self
             .errors
             .lock()
@@ -143,7 +179,11 @@ impl Gpu {
         } else {
             let msg = v.join("; ");
             v.clear();
-            Err(Error::Gpu(msg))
+            drop(v);
+            // A lost device shows up first as failing calls; its callback runs on the next poll.
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            lost().unwrap_or(Err(Error::Gpu(msg)))
         }
     }
 

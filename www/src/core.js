@@ -47,9 +47,13 @@ export class Core {
     try {
       // 1. Open every file (headers only) so progress has a total from the start.
       const opened = [];
+      const present = [];
       const open = async (file, optional) => {
         const o = await src.open(file, { optional });
-        if (o) opened.push({ file, ...o });
+        if (o) {
+          opened.push({ file, ...o });
+          present.push(file);
+        }
         return o;
       };
       await open('config.json', false);
@@ -98,6 +102,7 @@ export class Core {
       } catch (e) {
         throw engineError(e);
       }
+      await src.commit(present);
       const info = model.info();
       const meta = { ...info, engine: engine.info(), bytes: done, fromCache: cached, loadMs: now() - t0, source: src.name() };
       onProgress({ phase: 'ready', overallLoaded: done, overallTotal: total, cached });
@@ -215,6 +220,11 @@ export class Core {
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Destroys the GPU device, as a driver reset would (tests the device-lost path). */
+  debugLoseDevice() {
+    this.engine.debugLoseDevice();
   }
 
   dispose() {

@@ -38,7 +38,8 @@ export function engineError(e) {
     const code = /adapter found|refused a device/.test(msg) ? 'no-webgpu' : 'unsupported-device';
     return new ShadowError(code, msg, { cause: e });
   }
-  if (/GPU error/.test(msg)) return new ShadowError('device-lost', msg, { cause: e });
+  if (/device lost/.test(msg)) return new ShadowError('device-lost', `${msg}: load the model again`, { cause: e });
+  if (/GPU error/.test(msg)) return new ShadowError('internal', msg, { cause: e });
   if (/busy/.test(msg)) return new ShadowError('busy', msg, { cause: e });
   if (/invalid request|out of vocabulary|generation options|messages:|prompt is empty/.test(msg)) {
     return new ShadowError('invalid-argument', msg, { cause: e });

@@ -39,11 +39,35 @@ class UrlSource {
     return this.cachePromise;
   }
 
+  manifestUrl() {
+    return joinUrl(this.base, '.shadowpeft-manifest.json');
+  }
+
+  /** The file list saved by the last successful load from the cache (or null). */
+  async manifest() {
+    if (this.manifestValue === undefined) {
+      const cache = await this.openCache();
+      const hit = cache && (await cache.match(this.manifestUrl()));
+      this.manifestValue = hit ? await hit.json().catch(() => null) : null;
+    }
+    return this.manifestValue;
+  }
+
+  /** Records which files the directory has, so a later (offline) load asks for nothing else. */
+  async commit(files) {
+    const cache = await this.openCache();
+    if (!cache) return;
+    const body = JSON.stringify({ files, savedAt: new Date().toISOString() });
+    await cache.put(this.manifestUrl(), new Response(body, { headers: { 'content-type': 'application/json' } })).catch(() => {});
+  }
+
   /** @returns {Promise<{ size: number|null, body: ReadableStream<Uint8Array> } | null>} null when absent */
   async open(file, { optional = false } = {}) {
     const url = joinUrl(this.base, file);
     if (this.signal && this.signal.aborted) throw abortError(this.signal);
     const cache = await this.openCache();
+    const manifest = await this.manifest();
+    if (optional && manifest && Array.isArray(manifest.files) && !manifest.files.includes(file)) return null;
     if (cache) {
       const hit = await cache.match(url);
       if (hit) return { size: sizeOf(hit), body: hit.body, cached: true, stored: Promise.resolve() };
@@ -94,6 +118,8 @@ class BlobSource {
   name() {
     return 'local files';
   }
+
+  async commit() {}
 
   async open(file, { optional = false } = {}) {
     if (this.signal && this.signal.aborted) throw abortError(this.signal);

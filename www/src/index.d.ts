@@ -40,6 +40,9 @@ export interface Progress {
 
 export interface LoadOptions {
   onProgress?: (p: Progress) => void;
+  /** Called once when the GPU device is lost (driver reset, out of memory); every later call
+   * fails with code 'device-lost'. Load the model again to continue. */
+  onDeviceLost?: (error: ShadowError) => void;
   signal?: AbortSignal;
   /** Keep downloaded files in Cache Storage so the next load works offline (default true). */
   cache?: boolean;

@@ -10,8 +10,10 @@
 import { Core } from './core.js';
 import { ShadowError, abortError, fromPlain } from './errors.js';
 
+import { CACHE_NAME } from './fetch.js';
+
 export { ShadowError } from './errors.js';
-export { CACHE_NAME } from './fetch.js';
+export { CACHE_NAME };
 
 let nextCallId = 1;
 
@@ -68,8 +70,10 @@ function newWorker() {
 /** A detached ShadowPEFT model (or any supported causal LM) running on WebGPU. */
 export class ShadowModel {
   /** @private */
-  constructor(backend, meta) {
+  constructor(backend, meta, onDeviceLost) {
     this._backend = backend;
+    this._onDeviceLost = onDeviceLost;
+    this._lost = null;
     this._meta = meta;
     this._disposed = false;
     const self = this;
@@ -91,12 +95,12 @@ export class ShadowModel {
    * @returns {Promise<ShadowModel>}
    */
   static async load(source, options = {}) {
-    const { onProgress, signal, worker = true, ...rest } = options;
+    const { onProgress, onDeviceLost, signal, worker = true, ...rest } = options;
     if (signal && signal.aborted) throw abortError(signal);
     const src = source instanceof URL ? source.href : source;
     if (!worker) {
       const core = await Core.load(src, { ...rest, onProgress, signal });
-      return new ShadowModel({ core }, core.meta);
+      return new ShadowModel({ core }, core.meta, onDeviceLost);
     }
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw new ShadowError('no-webgpu', 'WebGPU is not available here (navigator.gpu is missing): use a browser with WebGPU enabled, over https or localhost');
@@ -108,7 +112,7 @@ export class ShadowModel {
       const meta = await w.call('load', { source: src, options: rest }, (event, data) => {
         if (event === 'progress' && onProgress) onProgress(data);
       });
-      return new ShadowModel({ worker: w }, meta);
+      return new ShadowModel({ worker: w }, meta, onDeviceLost);
     } catch (e) {
       w.terminate();
       if (signal && signal.aborted) throw abortError(signal);
@@ -125,13 +129,38 @@ export class ShadowModel {
 
   _check() {
     if (this._disposed) throw new ShadowError('disposed', 'the model was disposed');
+    if (this._lost) throw this._lost;
+  }
+
+  /** Records a lost device (once) and tells the application. */
+  _failed(e) {
+    if (e && e.code === 'device-lost' && !this._lost) {
+      this._lost = e;
+      if (this._onDeviceLost) {
+        try {
+          this._onDeviceLost(e);
+        } catch (_) {
+          /* the application's handler failed; the error still propagates */
+        }
+      }
+    }
+    return e;
   }
 
   async _call(method, args) {
     this._check();
     const b = this._backend;
-    if (b.core) return b.core[method](...Object.values(args));
-    return b.worker.call(method, args);
+    try {
+      if (b.core) return await b.core[method](...Object.values(args));
+      return await b.worker.call(method, args);
+    } catch (e) {
+      throw this._failed(e);
+    }
+  }
+
+  /** Destroys the GPU device as a driver reset would, to exercise device-loss handling. */
+  _debugLoseDevice() {
+    return this._call('debugLoseDevice', {});
   }
 
   /** Text -> token ids. */
@@ -191,7 +220,7 @@ export class ShadowModel {
         if (wake) wake();
       },
       (e) => {
-        failure = e;
+        failure = this._failed(e);
         finished = true;
         if (wake) wake();
       },
@@ -282,5 +311,5 @@ export class ShadowModel {
 
 /** Removes every cached model file (Cache Storage). */
 export async function clearCache() {
-  if (typeof caches !== 'undefined') await caches.delete((await import('./fetch.js')).CACHE_NAME);
+  if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME);
 }

@@ -32,6 +32,9 @@ const methods = {
   async generate({ prompt, options, callId }, post) {
     return need().generate(prompt, options, (t) => post('token', t), () => aborted.has(callId));
   },
+  debugLoseDevice() {
+    need().debugLoseDevice();
+  },
   abort({ callId }) {
     aborted.add(callId);
   },

@@ -39,7 +39,7 @@ const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'applic
 /** Paths requested from the servers, for tests that check the network was not used. */
 export const requests = [];
 
-function serveFile(res, file, { cors = true, truncate = false } = {}) {
+function serveFile(res, file, { cors = true, truncate = false, immutable = false } = {}) {
   if (!fs.existsSync(file) || !fs.statSync(file).isFile()) {
     res.writeHead(404, cors ? { 'access-control-allow-origin': '*' } : {});
     return res.end('not found');
@@ -48,6 +48,9 @@ function serveFile(res, file, { cors = true, truncate = false } = {}) {
   if (truncate && file.endsWith('.safetensors')) body = body.subarray(0, Math.floor(body.length / 2));
   const headers = { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'content-length': body.length };
   if (cors) headers['access-control-allow-origin'] = '*';
+  // The page's own assets have content-hashed names: cacheable, as in production, so an app
+  // (and its worker and wasm) still starts when the network is gone.
+  if (immutable) headers['cache-control'] = 'public, max-age=31536000, immutable';
   res.writeHead(200, headers);
   res.end(body);
 }
@@ -73,7 +76,7 @@ export function handler({ cors, root }) {
     }
     const f = path.join(dist, p === '/' ? 'index.html' : p);
     if (!f.startsWith(dist)) return serveFile(res, '/nonexistent');
-    return serveFile(res, f);
+    return serveFile(res, f, { immutable: p.startsWith('/assets/') });
   };
 }
 

@@ -168,6 +168,27 @@ async function main() {
       same(r.chunks[r.chunks.length - 1].choices[0].finish_reason, r.full.choices[0].finish_reason, 'finish_reason');
     });
 
+    await test('a lost device is reported and the model can be loaded again', async () => {
+      const r = await page.evaluate(async (u) => {
+        let reported = null;
+        const m = await window.sp.ShadowModel.load(u, { onDeviceLost: (e) => (reported = e.code) });
+        await m._debugLoseDevice();
+        const err = await window.expectError(async () => {
+          for await (const _ of m.generate([1, 2, 3], { maxNewTokens: 2 })) {
+            /* nothing */
+          }
+        });
+        const later = await window.expectError(() => m.encode('x'));
+        await m.dispose();
+        const again = await window.greedy(u, [1, 2, 3], 3);
+        return { err, reported, later, again: again.tokens.length };
+      }, tinyUrl);
+      same(r.err && r.err.code, 'device-lost', 'generation after loss');
+      same(r.reported, 'device-lost', 'onDeviceLost');
+      same(r.later && r.later.code, 'device-lost', 'later calls');
+      same(r.again, 3, 'tokens after reloading');
+    });
+
     await test('error paths: 404, CORS, corrupt file, no WebGPU, bad ids, disposed', async () => {
       const errs = await page.evaluate(
         async ([origin, foreign]) => {
