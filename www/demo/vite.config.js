@@ -22,8 +22,12 @@ function serveModels() {
   };
   return {
     name: 'serve-models',
-    configureServer: (s) => s.middlewares.use(handler),
-    configurePreviewServer: (s) => s.middlewares.use(handler),
+    configureServer(s) {
+      s.middlewares.use(handler);
+    },
+    configurePreviewServer(s) {
+      s.middlewares.use(handler);
+    },
   };
 }
 
