@@ -113,7 +113,7 @@ impl Gpu {
         let max_binding = opts
             .max_storage_binding
             .map_or(device_max, |m| m.min(device_max))
-            .max(1024);
+            .max(256);
         Ok(Gpu {
             device,
             queue,

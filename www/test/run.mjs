@@ -116,6 +116,25 @@ async function main() {
       }
     });
 
+    await test('a full storage quota is a warning: the model loads uncached', async () => {
+      const r = await page.evaluate(async (u) => {
+        await window.sp.clearCache();
+        const put = Cache.prototype.put;
+        Cache.prototype.put = () => Promise.reject(new DOMException('quota', 'QuotaExceededError'));
+        const events = [];
+        try {
+          const m = await window.sp.ShadowModel.load(u, { worker: false, onProgress: (p) => events.push(p) });
+          const n = (await m.generate([1, 2], { maxNewTokens: 2, ignoreEos: true }).done).tokens.length;
+          await m.dispose();
+          return { n, warnings: events.filter((e) => e.phase === 'warning').map((e) => e.code) };
+        } finally {
+          Cache.prototype.put = put;
+        }
+      }, tinyUrl);
+      same(r.n, 2, 'tokens');
+      assert(r.warnings.length > 0 && r.warnings.every((c) => c === 'quota'), `warnings: ${r.warnings}`);
+    });
+
     await test('abort stops a generation between tokens and a load before it finishes', async () => {
       const r = await page.evaluate(async (u) => {
         const m = await window.sp.ShadowModel.load(u);
@@ -198,6 +217,8 @@ async function main() {
           out.notFound = await e(() => L(`${origin}/m/tests/fixtures/nope/export/`, { cache: false }));
           out.cors = await e(() => L(`${foreign}/m/models/tiny/export/`, { cache: false }));
           out.corrupt = await e(() => L(`${origin}/broken/models/tiny/export/`, { cache: false }));
+          // A device whose storage bindings cannot hold one row of a weight matrix.
+          out.tooSmall = await e(() => L(`${origin}/m/models/tiny/export/`, { cache: false, maxBinding: 256 }));
           const m = await L(`${origin}/m/models/tiny/export/`);
           out.badIds = await e(async () => {
             for await (const _ of m.generate([1, 99999], { maxNewTokens: 2 })) {
@@ -228,6 +249,8 @@ async function main() {
       assert(/CORS/.test(errs.cors.message), 'CORS message');
       same(errs.corrupt.code, 'invalid-model', 'corrupt');
       assert(errs.corrupt.message.includes('model.safetensors'), `corrupt message names the file: ${errs.corrupt.message}`);
+      same(errs.tooSmall.code, 'unsupported-device', 'too-small limits');
+      assert(/storage binding limit/.test(errs.tooSmall.message), `limit message: ${errs.tooSmall.message}`);
       same(errs.badIds.code, 'invalid-argument', 'bad ids');
       assert(errs.badIds.message.includes('99999'), 'bad id message');
       same(errs.badOption.code, 'invalid-argument', 'unknown option');
