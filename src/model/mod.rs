@@ -252,6 +252,7 @@ impl ShadowModel {
             None => base_cfg.implicit_shadow(&base_json, &sc, &sc_file)?,
         };
         let (d, ds, v) = (base_cfg.hidden, shadow_cfg.hidden, base_cfg.vocab);
+        ops::precompile(gpu, &[base_cfg.head_dim, shadow_cfg.head_dim], mode == Mode::Attached);
         let max_seq = opts
             .max_seq
             .min(base_cfg.max_positions)
@@ -340,14 +341,15 @@ impl ShadowModel {
     pub async fn load_export<S: Source>(gpu: &Gpu, src: &S, opts: &LoadOptions) -> Result<Self> {
         let loc = src.location("config.json");
         let v = read_json(src, "config.json", "model config").await?;
+        let (cfg, prefix, proj_cfg) = if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
+            let pc = ProjectedConfig::from_json(&loc, &v)?;
+            (pc.inner.clone(), "shadow_model.", Some(pc))
+        } else {
+            (ArchConfig::from_hf(&loc, &v)?, "model.", None)
+        };
+        // Compile while the weights are read.
+        ops::precompile(gpu, &[cfg.head_dim], false);
         let w = Weights::load_hf(src).await?;
-        let (cfg, prefix, proj_cfg) =
-            if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
-                let pc = ProjectedConfig::from_json(&loc, &v)?;
-                (pc.inner.clone(), "shadow_model.", Some(pc))
-            } else {
-                (ArchConfig::from_hf(&loc, &v)?, "model.", None)
-            };
         let max_seq = opts.max_seq.min(cfg.max_positions).max(1);
         let shadow = Decoder::load(gpu, &w, prefix, &cfg, max_seq)?;
         let embed = load_matrix(

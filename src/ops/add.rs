@@ -19,11 +19,14 @@ struct Params {
     _p: [u32; 2],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("add", SRC).with("WG", WG)
+}
+
 /// Records `y[..n] += alpha * x[..n]`.
 pub fn add(step: &mut Step, x: &Tensor, y: &Tensor, n: usize, alpha: f32) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("add", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         n: n as u32,
         alpha,

@@ -19,11 +19,14 @@ struct Params {
     _p: [u32; 2],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("argmax", SRC).with("WG", ARGMAX_WG)
+}
+
 /// Records `out[0] = argmax(x[x_off .. x_off + n])`.
 pub fn argmax(step: &mut Step, x: &Tensor, x_off: usize, n: usize, out: &Tensor) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("argmax", SRC).with("WG", ARGMAX_WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         n: n as u32,
         x_off: x_off as u32,

@@ -24,6 +24,14 @@ struct Params {
     _p: [u32; 3],
 }
 
+/// The compiled kernel for one head dimension.
+pub(crate) fn spec(head_dim: usize) -> KernelSpec {
+    KernelSpec::new("attention", SRC)
+        .with("WG", ATTN_WG)
+        .with("HD", head_dim as u32)
+        .with("ACC", (head_dim as u32).div_ceil(ATTN_WG))
+}
+
 /// Records attention for `m` queries at positions `pos0..pos0 + m`.
 pub fn attention(
     step: &mut Step,
@@ -37,11 +45,7 @@ pub fn attention(
     kv_heads: usize,
     head_dim: usize,
 ) {
-    let spec = KernelSpec::new("attention", SRC)
-        .with("WG", ATTN_WG)
-        .with("HD", head_dim as u32)
-        .with("ACC", (head_dim as u32).div_ceil(ATTN_WG));
-    let k = step.gpu().kernel(&spec);
+    let k = step.gpu().kernel(&spec(head_dim));
     let p = Params {
         m: m as u32,
         pos0: pos0 as u32,

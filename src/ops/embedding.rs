@@ -20,11 +20,14 @@ struct Params {
     rows: u32,
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("embedding", SRC).with("WG", WG)
+}
+
 /// Records the gather of `m` rows.
 pub fn embedding(step: &mut Step, ids: &Tensor, table: &Matrix, y: &Tensor, m: usize) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("embedding", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     for (chunk, row0, rows) in &table.chunks {
         let p = Params {
             m: m as u32,

@@ -21,6 +21,11 @@ struct Params {
     _p: u32,
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("layer_norm", SRC).with("WG", WG)
+}
+
 /// Records a LayerNorm of `rows` rows of width `dim`.
 pub fn layer_norm(
     step: &mut Step,
@@ -32,9 +37,7 @@ pub fn layer_norm(
     dim: usize,
     eps: f32,
 ) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("layer_norm", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         rows: rows as u32,
         dim: dim as u32,

@@ -49,6 +49,14 @@ struct Params {
     has_bias: u32,
 }
 
+pub(crate) fn matvec_spec() -> KernelSpec {
+    KernelSpec::new("matvec", MATVEC).with("WG", WG)
+}
+
+pub(crate) fn matmul_spec() -> KernelSpec {
+    KernelSpec::new("matmul", MATMUL)
+}
+
 /// Records `y[m, 0..N] = x[m, :] W^T + b` for `m < rows`.
 pub fn linear(
     step: &mut Step,
@@ -64,11 +72,7 @@ pub fn linear(
     let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
     let small = rows <= 2 && vec_ok;
     let gpu = step.gpu();
-    let kernel = if small {
-        gpu.kernel(&KernelSpec::new("matvec", MATVEC).with("WG", WG))
-    } else {
-        gpu.kernel(&KernelSpec::new("matmul", MATMUL))
-    };
+    let kernel = gpu.kernel(&if small { matvec_spec() } else { matmul_spec() });
     for (chunk, row0, n) in &lin.w.chunks {
         let p = Params {
             m: rows as u32,

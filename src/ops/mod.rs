@@ -32,6 +32,28 @@ pub use silu::{cpu_silu, silu};
 pub use silu_mul::{cpu_silu_mul, silu_mul};
 pub use sub::{cpu_sub, sub};
 
+/// Compiles every kernel a model with these attention head dimensions uses, so that (in the
+/// browser) compilation overlaps the weight upload instead of delaying the first token.
+pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], with_adapter: bool) {
+    let mut specs = vec![
+        linear::matvec_spec(),
+        linear::matmul_spec(),
+        rms_norm::spec(),
+        rope::spec(),
+        embedding::spec(),
+        silu_mul::spec(),
+        add::spec(),
+        argmax::spec(),
+    ];
+    specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
+    if with_adapter {
+        specs.extend([layer_norm::spec(), silu::spec(), sub::spec(), shadow_update::spec()]);
+    }
+    for s in &specs {
+        gpu.kernel(s);
+    }
+}
+
 /// Default workgroup size of the element-wise and row kernels.
 pub(crate) const WG: u32 = 64;
 

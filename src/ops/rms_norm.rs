@@ -23,6 +23,11 @@ struct Params {
     _p: [u32; 3],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("rms_norm", SRC).with("WG", WG)
+}
+
 /// Records an RMSNorm of `rows` rows of width `dim`.
 pub fn rms_norm(
     step: &mut Step,
@@ -35,9 +40,7 @@ pub fn rms_norm(
     dim: usize,
     eps: f32,
 ) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("rms_norm", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         rows: rows as u32,
         dim: dim as u32,

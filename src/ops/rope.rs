@@ -64,6 +64,11 @@ struct Params {
     pos0: u32,
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("rope", SRC).with("WG", WG)
+}
+
 /// Records RoPE on `rows` tokens of `heads` heads, starting at position `pos0`.
 pub fn rope(
     step: &mut Step,
@@ -73,9 +78,7 @@ pub fn rope(
     heads: usize,
     pos0: usize,
 ) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("rope", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         rows: rows as u32,
         heads: heads as u32,

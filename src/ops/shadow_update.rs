@@ -19,11 +19,14 @@ struct Params {
     _p: [u32; 3],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("shadow_update", SRC).with("WG", WG)
+}
+
 /// Records the update of `s[..n]` in place.
 pub fn shadow_update(step: &mut Step, t: &Tensor, g: &Tensor, s: &Tensor, n: usize) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("shadow_update", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     step.dispatch_linear(
         &k,
         &Params {

@@ -18,11 +18,14 @@ struct Params {
     _p: [u32; 3],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("silu", SRC).with("WG", WG)
+}
+
 /// Records SiLU over the first `n` elements of `x`.
 pub fn silu(step: &mut Step, x: &Tensor, n: usize) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("silu", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     step.dispatch_linear(
         &k,
         &Params {

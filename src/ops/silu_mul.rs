@@ -19,11 +19,14 @@ struct Params {
     _p: [u32; 2],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("silu_mul", SRC).with("WG", WG)
+}
+
 /// Records SwiGLU over `m` rows of intermediate width `inter`.
 pub fn silu_mul(step: &mut Step, gu: &Tensor, y: &Tensor, m: usize, inter: usize) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("silu_mul", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     let p = Params {
         m: m as u32,
         inter: inter as u32,

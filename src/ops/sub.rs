@@ -18,11 +18,14 @@ struct Params {
     _p: [u32; 3],
 }
 
+/// The compiled kernel of this op.
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec::new("sub", SRC).with("WG", WG)
+}
+
 /// Records `y[..n] = a[..n] - b[..n]`.
 pub fn sub(step: &mut Step, a: &Tensor, b: &Tensor, y: &Tensor, n: usize) {
-    let k = step
-        .gpu()
-        .kernel(&KernelSpec::new("sub", SRC).with("WG", WG));
+    let k = step.gpu().kernel(&spec());
     step.dispatch_linear(
         &k,
         &Params {
