@@ -2,8 +2,9 @@
 //! are not meant to be used directly.
 //!
 //! - [`Engine`]: the WebGPU device, created once per worker or page.
-//! - [`Files`]: a model directory filled chunk by chunk as the files stream in (one copy, in
-//!   wasm memory; JavaScript never holds a whole weight file).
+//! - [`Files`]: a model directory filled chunk by chunk as the files stream in: each
+//!   safetensors tensor is uploaded to the GPU as soon as its bytes are in and then dropped, so
+//!   neither JavaScript nor wasm memory ever holds a whole weight file.
 //! - [`Model`]: a loaded detached model with its tokenizer and one conversation; JavaScript
 //!   drives generation one token at a time (`start`, then `next` until it returns null), so an
 //!   abort takes effect between tokens.
@@ -16,7 +17,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::generate::{GenerateOptions, TokenStream};
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::source::MemSource;
+use crate::model::source::{MemSource, Source};
+use crate::model::stream::SafetensorsStream;
 use crate::model::{LoadOptions, Session, ShadowModel};
 use crate::tokenizer::{Message, StreamDecoder, TextTokenizer};
 
@@ -75,12 +77,24 @@ impl Engine {
         self.gpu.destroy();
     }
 
+    /// An empty model directory bound to this device, called `name` in error messages.
+    pub fn files(&self, name: String) -> Files {
+        Files {
+            gpu: self.gpu.clone(),
+            src: MemSource::new(name),
+            streams: std::collections::HashMap::new(),
+        }
+    }
+
     /// Loads a detached model (a Hugging Face causal LM or a causal_lm_with_hidden_projection
     /// export) from `files`, which are consumed. Resolves to a [`Model`].
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(&self, files: Files, max_seq: Option<u32>) -> js_sys::Promise {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
+            if let Some(f) = files.streams.keys().next() {
+                return Err(js_err(format!("{}: not finished", files.src.location(f))));
+            }
             let src = files.src;
             let opts = LoadOptions {
                 max_seq: max_seq.map_or(LoadOptions::default().max_seq, |m| m as usize),
@@ -110,30 +124,48 @@ impl Engine {
     }
 }
 
-/// A model directory assembled from streamed chunks.
+/// A model directory assembled from streamed chunks (create it with `Engine.files`).
 #[wasm_bindgen]
 pub struct Files {
+    gpu: Rc<Gpu>,
     src: MemSource,
+    streams: std::collections::HashMap<String, SafetensorsStream>,
+}
+
+fn is_weights(file: &str) -> bool {
+    file.ends_with(".safetensors")
 }
 
 #[wasm_bindgen]
 impl Files {
-    /// An empty directory called `name` in error messages (e.g. the model URL).
-    #[wasm_bindgen(constructor)]
-    pub fn new(name: String) -> Files {
-        Files {
-            src: MemSource::new(name),
+    /// Reserves room for a (non-weight) file of `bytes` bytes.
+    pub fn reserve(&mut self, file: &str, bytes: f64) {
+        if !is_weights(file) {
+            self.src.reserve(file, bytes as usize);
         }
     }
 
-    /// Reserves room for a file of `bytes` bytes.
-    pub fn reserve(&mut self, file: &str, bytes: f64) {
-        self.src.reserve(file, bytes as usize);
+    /// Appends the next chunk of `file`; weight tensors it completes go to the GPU now.
+    pub fn append(&mut self, file: &str, chunk: &[u8]) -> Result<(), JsValue> {
+        if !is_weights(file) {
+            self.src.append(file, chunk);
+            return Ok(());
+        }
+        let location = self.src.location(file);
+        let stream = self
+            .streams
+            .entry(file.to_string())
+            .or_insert_with(|| SafetensorsStream::new(location));
+        stream.push(&self.gpu, chunk).map_err(js_err)
     }
 
-    /// Appends a chunk of `file`.
-    pub fn append(&mut self, file: &str, chunk: &[u8]) {
-        self.src.append(file, chunk);
+    /// Marks `file` complete (fails for a truncated or inconsistent weight file).
+    pub fn finish(&mut self, file: &str) -> Result<(), JsValue> {
+        if let Some(s) = self.streams.remove(file) {
+            let up = s.finish().map_err(js_err)?;
+            self.src.insert_uploaded(file, up);
+        }
+        Ok(())
     }
 }
 

@@ -275,3 +275,128 @@ fn lost_device_is_reported() {
     eprintln!("error after destroy: {e}; lost: {:?}", g.lost_reason());
     assert!(g.lost_reason().is_some());
 }
+
+/// Reads every file of `dir` into memory; safetensors files go through the streaming uploader
+/// in chunks of `chunk` bytes, as a browser download does.
+fn streamed(gpu: &shadowpeft::Gpu, dir: &std::path::Path, chunk: usize) -> shadowpeft::MemSource {
+    use shadowpeft::model::stream::SafetensorsStream;
+    let mut src = shadowpeft::MemSource::new(dir.display().to_string());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let bytes = std::fs::read(&p).unwrap();
+        if name.ends_with(".safetensors") {
+            let mut s = SafetensorsStream::new(name.clone());
+            for c in bytes.chunks(chunk) {
+                s.push(gpu, c).unwrap();
+            }
+            src.insert_uploaded(name, s.finish().unwrap());
+        } else {
+            src.insert(name, bytes);
+        }
+    }
+    src
+}
+
+/// Weights uploaded tensor by tensor while their bytes stream in give the golden logits, for
+/// any chunking (1 byte, odd sizes, whole tensors), bf16 and sharded files, and adapters.
+#[test]
+fn streamed_uploads_match_golden() {
+    let Some(gpu) = gpu() else { return };
+    for (name, chunk) in [
+        ("qwen3_bf16", 1usize),
+        ("qwen2_gqa", 4099),
+        ("qwen3_explicit_proj", 65536),
+    ] {
+        let dir = fixture(name);
+        let g = Golden::load(&dir);
+        let ids = g.ids("input_ids");
+        let export = pollster::block_on(ShadowModel::load_export(
+            gpu,
+            &streamed(gpu, &dir.join("export"), chunk),
+            &LoadOptions::default(),
+        ))
+        .unwrap();
+        let mut s = export.new_session(gpu);
+        let out = pollster::block_on(export.forward(gpu, &mut s, &ids, Readout::AllLogits, false))
+            .unwrap();
+        assert_logits(
+            &format!("{name} streamed export"),
+            &out.logits,
+            &g.f32("export_logits").0,
+        );
+        let shadow = g.json["shadow"]
+            .as_str()
+            .map(|d| DirSource::open(dir.join(d)).unwrap());
+        let attached = pollster::block_on(ShadowModel::load_adapter(
+            gpu,
+            &streamed(gpu, &dir.join("base"), chunk),
+            &streamed(gpu, &dir.join("adapter"), chunk),
+            shadow.as_ref(),
+            Mode::Attached,
+            &LoadOptions::default(),
+        ))
+        .unwrap();
+        let mut s = attached.new_session(gpu);
+        let out =
+            pollster::block_on(attached.forward(gpu, &mut s, &ids, Readout::AllLogits, false))
+                .unwrap();
+        assert_logits(
+            &format!("{name} streamed attached"),
+            &out.logits,
+            &g.f32("attached_logits").0,
+        );
+    }
+}
+
+/// A streamed file that stops early, or whose header is corrupt, is an error naming the file.
+#[test]
+fn streamed_truncated_or_corrupt_files_fail_clearly() {
+    use shadowpeft::model::stream::SafetensorsStream;
+    let Some(gpu) = gpu() else { return };
+    let bytes = std::fs::read(fixture("qwen3_implicit").join("export/model.safetensors")).unwrap();
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        let mut s = SafetensorsStream::new("model.safetensors");
+        s.push(gpu, &bytes[..cut]).unwrap();
+        let e = s
+            .finish()
+            .err()
+            .expect("truncated file accepted")
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+    }
+    let mut extra = bytes.clone();
+    extra.extend([0u8; 8]);
+    let mut s = SafetensorsStream::new("model.safetensors");
+    s.push(gpu, &extra).unwrap();
+    assert!(s
+        .finish()
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not fully covered"));
+    let mut bad = bytes.clone();
+    bad[8..40].fill(b'#');
+    let mut s = SafetensorsStream::new("model.safetensors");
+    let e = s
+        .push(gpu, &bad)
+        .err()
+        .expect("corrupt header accepted")
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("invalid header"),
+        "{e}"
+    );
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut s = SafetensorsStream::new("model.safetensors");
+    assert!(s
+        .push(gpu, &huge)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("header too large"));
+}

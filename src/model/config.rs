@@ -231,7 +231,14 @@ impl ArchConfig {
             ));
         }
         if self.head_dim > 1024 {
-            return Err(Error::config(file, "head_dim", format!("{} is larger than the supported maximum of 1024", self.head_dim)));
+            return Err(Error::config(
+                file,
+                "head_dim",
+                format!(
+                    "{} is larger than the supported maximum of 1024",
+                    self.head_dim
+                ),
+            ));
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(

@@ -24,11 +24,10 @@ pub(crate) fn load_linear(
     inp: usize,
     bias: bool,
 ) -> Result<Linear> {
-    let wt = w.get(&format!("{name}.weight"), &[out, inp])?;
     Ok(Linear {
-        w: gpu.upload_matrix(name, &wt, out, inp)?,
+        w: w.matrix(gpu, &format!("{name}.weight"), out, inp)?,
         b: if bias {
-            Some(gpu.upload_f32(name, &w.get(&format!("{name}.bias"), &[out])?))
+            Some(w.vector(gpu, &format!("{name}.bias"), out)?)
         } else {
             None
         },
@@ -36,7 +35,7 @@ pub(crate) fn load_linear(
 }
 
 pub(crate) fn load_vec(gpu: &Gpu, w: &Weights, name: &str, n: usize) -> Result<Tensor> {
-    Ok(gpu.upload_f32(name, &w.get(name, &[n])?))
+    w.vector(gpu, name, n)
 }
 
 struct Layer {
@@ -48,7 +47,8 @@ struct Layer {
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    gate_up: Linear,
+    gate: Linear,
+    up: Linear,
     down: Linear,
 }
 
@@ -103,16 +103,6 @@ impl Decoder {
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = format!("{prefix}layers.{l}");
-            let gate = w.get(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, h])?;
-            let up = w.get(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate, h])?;
-            let gate_up_b = if c.mlp_bias {
-                let mut b = w.get(&format!("{p}.mlp.gate_proj.bias"), &[c.intermediate])?;
-                b.extend(w.get(&format!("{p}.mlp.up_proj.bias"), &[c.intermediate])?);
-                Some(gpu.upload_f32("gate_up bias", &b))
-            } else {
-                None
-            };
-            let gate_up = [gate, up].concat();
             layers.push(Layer {
                 in_norm: load_vec(gpu, w, &format!("{p}.input_layernorm.weight"), h)?,
                 post_norm: load_vec(gpu, w, &format!("{p}.post_attention_layernorm.weight"), h)?,
@@ -128,10 +118,22 @@ impl Decoder {
                     .qk_norm
                     .then(|| load_vec(gpu, w, &format!("{p}.self_attn.k_norm.weight"), c.head_dim))
                     .transpose()?,
-                gate_up: Linear {
-                    w: gpu.upload_matrix("gate_up", &gate_up, 2 * c.intermediate, h)?,
-                    b: gate_up_b,
-                },
+                gate: load_linear(
+                    gpu,
+                    w,
+                    &format!("{p}.mlp.gate_proj"),
+                    c.intermediate,
+                    h,
+                    c.mlp_bias,
+                )?,
+                up: load_linear(
+                    gpu,
+                    w,
+                    &format!("{p}.mlp.up_proj"),
+                    c.intermediate,
+                    h,
+                    c.mlp_bias,
+                )?,
                 down: load_linear(
                     gpu,
                     w,
@@ -243,9 +245,20 @@ impl Decoder {
         );
         ops::linear(step, &s.attn, 0, m, &ly.o, &s.tmp, 0, h);
         ops::add(step, &s.tmp, x, m * h, 1.0);
-        // 4. MLP: SwiGLU over the fused gate|up projection, down projection, residual.
+        // 4. MLP: SwiGLU of the gate and up projections, down projection, residual.
         ops::rms_norm(step, x, 0, &ly.post_norm, &s.xn, 0, m, h, c.rms_eps);
-        ops::linear(step, &s.xn, 0, m, &ly.gate_up, &s.gu, 0, 2 * c.intermediate);
+        // gate into columns [0, I) and up into [I, 2I) of one [m, 2I] buffer.
+        ops::linear(step, &s.xn, 0, m, &ly.gate, &s.gu, 0, 2 * c.intermediate);
+        ops::linear(
+            step,
+            &s.xn,
+            0,
+            m,
+            &ly.up,
+            &s.gu,
+            c.intermediate,
+            2 * c.intermediate,
+        );
         ops::silu_mul(step, &s.gu, &s.act, m, c.intermediate);
         ops::linear(step, &s.act, 0, m, &ly.down, &s.tmp, 0, h);
         ops::add(step, &s.tmp, x, m * h, 1.0);

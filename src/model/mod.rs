@@ -15,6 +15,7 @@ pub mod adapter;
 pub mod config;
 pub mod decoder;
 pub mod source;
+pub mod stream;
 pub mod weights;
 
 use crate::error::{Error, Result};
@@ -24,7 +25,7 @@ use crate::ops::{self, Linear};
 use adapter::{Adapter, AdapterScratch};
 use config::{ArchConfig, ProjectedConfig, ShadowConfig};
 use decoder::{load_linear, Decoder, KvCache, Scratch};
-use source::{read_json, read_json_opt, read_required, Source};
+use source::{read_json, read_json_opt, Source};
 use weights::Weights;
 
 /// Which output a model produces.
@@ -168,7 +169,7 @@ fn head_or_tied(
 }
 
 fn load_matrix(gpu: &Gpu, w: &Weights, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-    gpu.upload_matrix(name, &w.get(name, &[rows, cols])?, rows, cols)
+    w.matrix(gpu, name, rows, cols)
 }
 
 async fn eos_ids<S: Source>(src: &S, cfg_eos: &[u32]) -> Result<Vec<u32>> {
@@ -223,15 +224,15 @@ impl ShadowModel {
             ));
         }
         let mut aw = Weights::default();
-        let af = "shadow_adapter.safetensors";
-        aw.add_file(
-            adapter_src.location(af),
-            read_required(adapter_src, af, "shadow adapter weights").await?,
-        )?;
+        aw.add_from(
+            adapter_src,
+            "shadow_adapter.safetensors",
+            "shadow adapter weights",
+        )
+        .await?;
         let mut mw = Weights::default();
-        if let Some(b) = adapter_src.read("shadow_modules.safetensors").await? {
-            mw.add_file(adapter_src.location("shadow_modules.safetensors"), b)?;
-        }
+        mw.add_optional(adapter_src, "shadow_modules.safetensors")
+            .await?;
 
         // Shadow architecture: explicit (from its directory) or implicit (derived).
         let mut shadow_dir_weights = None;
@@ -252,7 +253,11 @@ impl ShadowModel {
             None => base_cfg.implicit_shadow(&base_json, &sc, &sc_file)?,
         };
         let (d, ds, v) = (base_cfg.hidden, shadow_cfg.hidden, base_cfg.vocab);
-        ops::precompile(gpu, &[base_cfg.head_dim, shadow_cfg.head_dim], mode == Mode::Attached);
+        ops::precompile(
+            gpu,
+            &[base_cfg.head_dim, shadow_cfg.head_dim],
+            mode == Mode::Attached,
+        );
         let max_seq = opts
             .max_seq
             .min(base_cfg.max_positions)
@@ -341,12 +346,13 @@ impl ShadowModel {
     pub async fn load_export<S: Source>(gpu: &Gpu, src: &S, opts: &LoadOptions) -> Result<Self> {
         let loc = src.location("config.json");
         let v = read_json(src, "config.json", "model config").await?;
-        let (cfg, prefix, proj_cfg) = if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
-            let pc = ProjectedConfig::from_json(&loc, &v)?;
-            (pc.inner.clone(), "shadow_model.", Some(pc))
-        } else {
-            (ArchConfig::from_hf(&loc, &v)?, "model.", None)
-        };
+        let (cfg, prefix, proj_cfg) =
+            if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
+                let pc = ProjectedConfig::from_json(&loc, &v)?;
+                (pc.inner.clone(), "shadow_model.", Some(pc))
+            } else {
+                (ArchConfig::from_hf(&loc, &v)?, "model.", None)
+            };
         // Compile while the weights are read.
         ops::precompile(gpu, &[cfg.head_dim], false);
         let w = Weights::load_hf(src).await?;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+use super::stream::UploadedFile;
+
 /// A set of named files (a model directory).
 pub trait Source {
     /// How to name `file` in messages, e.g. `models/tiny/base/config.json`.
@@ -15,13 +17,29 @@ pub trait Source {
     /// Reads a whole file; `Ok(None)` when it does not exist. The bytes are shared, not
     /// copied, when the source already holds them.
     fn read(&self, file: &str) -> impl Future<Output = Result<Option<Arc<Vec<u8>>>>>;
+
+    /// A safetensors file already parsed and uploaded to the device as it streamed in.
+    fn uploaded(&self, _file: &str) -> Option<UploadedFile> {
+        None
+    }
 }
 
 /// Files held in memory.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct MemSource {
     name: String,
     files: HashMap<String, Arc<Vec<u8>>>,
+    uploaded: HashMap<String, UploadedFile>,
+}
+
+impl std::fmt::Debug for MemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemSource")
+            .field("name", &self.name)
+            .field("files", &self.files.len())
+            .field("uploaded", &self.uploaded.len())
+            .finish()
+    }
 }
 
 impl MemSource {
@@ -30,6 +48,7 @@ impl MemSource {
         MemSource {
             name: name.into(),
             files: HashMap::new(),
+            uploaded: HashMap::new(),
         }
     }
 
@@ -50,6 +69,11 @@ impl MemSource {
         Arc::make_mut(f).extend_from_slice(chunk);
     }
 
+    /// Adds a safetensors file that was uploaded while it streamed in.
+    pub fn insert_uploaded(&mut self, file: impl Into<String>, up: UploadedFile) {
+        self.uploaded.insert(file.into(), up);
+    }
+
     /// Names of the files held.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
@@ -63,6 +87,10 @@ impl Source for MemSource {
 
     async fn read(&self, file: &str) -> Result<Option<Arc<Vec<u8>>>> {
         Ok(self.files.get(file).cloned())
+    }
+
+    fn uploaded(&self, file: &str) -> Option<UploadedFile> {
+        self.uploaded.get(file).cloned()
     }
 }
 

@@ -47,7 +47,12 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], with_adapter: bool
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
     if with_adapter {
-        specs.extend([layer_norm::spec(), silu::spec(), sub::spec(), shadow_update::spec()]);
+        specs.extend([
+            layer_norm::spec(),
+            silu::spec(),
+            sub::spec(),
+            shadow_update::spec(),
+        ]);
     }
     for s in &specs {
         gpu.kernel(s);

@@ -1,7 +1,7 @@
 // The engine in the current thread: loading (download -> wasm `Files` -> GPU) and token-by-token
 // generation. The worker (worker.js) and the main-thread mode both run this.
 
-import init, { Engine, Files } from '../pkg/shadowpeft.js';
+import init, { Engine } from '../pkg/shadowpeft.js';
 import { ShadowError, abortError, engineError } from './errors.js';
 import { openSource, pump } from './fetch.js';
 
@@ -42,7 +42,7 @@ export class Core {
       throw engineError(e);
     }
     const src = openSource(source, { cache, signal });
-    const files = new Files(src.name());
+    const files = engine.files(src.name());
     let model;
     try {
       // 1. Open every file (headers only) so progress has a total from the start.
@@ -83,7 +83,13 @@ export class Core {
         if (o.size) files.reserve(o.file, o.size);
         await pump(
           o.body,
-          (chunk) => files.append(o.file, chunk),
+          (chunk) => {
+            try {
+              files.append(o.file, chunk);
+            } catch (e) {
+              throw engineError(e);
+            }
+          },
           (n) => {
             loaded += n;
             done += n;
@@ -91,6 +97,11 @@ export class Core {
           },
           signal,
         );
+        try {
+          files.finish(o.file);
+        } catch (e) {
+          throw engineError(e);
+        }
         await o.stored;
       }
       for (const w of src.warnings || []) onProgress({ phase: 'warning', error: w, message: w.message, code: w.code });
