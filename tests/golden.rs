@@ -383,8 +383,7 @@ fn streamed_truncated_or_corrupt_files_fail_clearly() {
     let mut s = SafetensorsStream::new("model.safetensors");
     let e = s
         .push(gpu, &bad)
-        .err()
-        .expect("corrupt header accepted")
+        .expect_err("corrupt header accepted")
         .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("invalid header"),
