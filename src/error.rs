@@ -75,6 +75,15 @@ pub enum Error {
     #[error("GPU unavailable: {0}")]
     NoGpu(String),
 
+    /// The backbone server could not be reached or refused a request.
+    #[error("backbone {url}: {msg}")]
+    Remote {
+        url: String,
+        /// HTTP status, when the server answered.
+        status: Option<u16>,
+        msg: String,
+    },
+
     /// The GPU reported an error (out of memory, device lost, validation).
     #[error("GPU error: {0}")]
     Gpu(String),

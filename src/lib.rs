@@ -18,6 +18,7 @@ pub mod generate;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod remote;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -230,3 +230,58 @@ fn chat_uses_the_template() {
     ]));
     assert!(v["prompt_tokens"].as_u64().unwrap() > bare["prompt_tokens"].as_u64().unwrap() + 8);
 }
+
+/// `shadowpeft serve` in one process, `generate --backbone` in another: the official attached
+/// greedy tokens, and the traffic reported in the JSON.
+#[test]
+fn serve_and_generate_with_a_remote_backbone() {
+    if gpu().is_none() {
+        return;
+    }
+    use std::io::BufRead;
+    let d = root().join("models/tiny");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+    let mut server = bin()
+        .args(["serve", "--base"])
+        .arg(d.join("base"))
+        .args(["--listen", "127.0.0.1:0", "--token", "t0k"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let _server = Kill(server);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(i) = line.find("http://") {
+            break line[i..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let g = Golden::load(&d);
+    let args = [
+        "--model".to_string(),
+        d.join("export").display().to_string(),
+        "--adapter".into(),
+        d.join("adapter").display().to_string(),
+        "--backbone".into(),
+        url.clone(),
+        "--token".into(),
+        "t0k".into(),
+        "--tokens".into(),
+        ids_arg(&g.ids("input_ids")),
+        "--max-new-tokens".into(),
+        "12".into(),
+        "--ignore-eos".into(),
+    ];
+    let v = generate_json(&args);
+    assert_eq!(tokens(&v), g.ids("greedy_attached"));
+    assert_eq!(v["mode"], "attached");
+    // Prefill + 11 decode requests, plus the adapter check, upload and session.
+    assert_eq!(v["remote"]["round_trips"], 15);
+}

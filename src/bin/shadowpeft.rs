@@ -44,19 +44,56 @@ mod cli {
         Generate(GenerateArgs),
         /// Write the logits of a token sequence to a safetensors file.
         Logits(LogitsArgs),
+        /// Serve a frozen base model to remote shadow clients (attached mode over HTTP).
+        Serve(ServeArgs),
+    }
+
+    #[derive(Args)]
+    struct ServeArgs {
+        /// The base model dir (Hugging Face layout).
+        #[arg(long)]
+        base: PathBuf,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Require `Authorization: Bearer SECRET` on every request.
+        #[arg(long)]
+        token: Option<String>,
+        /// Most sessions alive at once.
+        #[arg(long, default_value_t = 64)]
+        max_sessions: usize,
+        /// Seconds an idle session is kept.
+        #[arg(long, default_value_t = 600)]
+        session_ttl: u64,
+        /// Longest sequence per session (KV cache length).
+        #[arg(long, default_value_t = 2048)]
+        max_seq: usize,
+        /// Largest request body in MiB (adapter uploads included).
+        #[arg(long, default_value_t = 256)]
+        max_body_mib: usize,
     }
 
     #[derive(Args)]
     struct ModelArgs {
-        /// A detached export: a Hugging Face causal LM dir or a causal_lm_with_hidden_projection dir.
-        #[arg(long, conflicts_with_all = ["base", "adapter", "shadow", "mode"])]
+        /// A detached export: a Hugging Face causal LM dir or a causal_lm_with_hidden_projection
+        /// dir (with --adapter and --backbone: the client side of remote attached mode).
+        #[arg(long, conflicts_with_all = ["base", "shadow", "mode"])]
         model: Option<PathBuf>,
         /// The base model dir (Hugging Face layout).
         #[arg(long, requires = "adapter")]
         base: Option<PathBuf>,
         /// The shadow-peft adapter dir (shadow_config.json + shadow_adapter.safetensors).
-        #[arg(long, requires = "base")]
+        #[arg(long)]
         adapter: Option<PathBuf>,
+        /// URL of a backbone server (`shadowpeft serve`): run attached with the base remote.
+        #[arg(long, requires_all = ["model", "adapter"])]
+        backbone: Option<String>,
+        /// Bearer token for the backbone server.
+        #[arg(long, requires = "backbone")]
+        token: Option<String>,
+        /// Tensor encoding on the wire to the backbone: f16 or f32.
+        #[arg(long, default_value = "f32", requires = "backbone")]
+        wire: String,
         /// The explicit shadow model dir (its config gives the shadow architecture).
         #[arg(long, requires = "adapter")]
         shadow: Option<PathBuf>,
@@ -126,10 +163,23 @@ mod cli {
 
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
-        let r = match cli.cmd {
-            Cmd::Generate(a) => pollster::block_on(run_generate(a)),
-            Cmd::Logits(a) => pollster::block_on(run_logits(a)),
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
         };
+        let r = rt.block_on(async {
+            match cli.cmd {
+                Cmd::Generate(a) => run_generate(a).await,
+                Cmd::Logits(a) => run_logits(a).await,
+                Cmd::Serve(a) => run_serve(a).await,
+            }
+        });
         match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -167,7 +217,15 @@ mod cli {
         .await?;
         let opts = LoadOptions { max_seq: a.max_seq };
         let (model, text_dir) = match (&a.model, &a.base, &a.adapter) {
-            (Some(dir), _, _) => (ShadowModel::load_export(&gpu, &DirSource::open(dir)?, &opts).await?, dir.clone()),
+            (Some(dir), _, Some(adapter)) => {
+                let Some(url) = &a.backbone else {
+                    bail!("--model with --adapter needs --backbone URL (or give --base DIR --adapter DIR)");
+                };
+                let wire = a.wire.parse()?;
+                let m = ShadowModel::load_remote(&gpu, &DirSource::open(dir)?, &DirSource::open(adapter)?, url, a.token.clone(), wire, &opts).await?;
+                (m, dir.clone())
+            }
+            (Some(dir), _, None) => (ShadowModel::load_export(&gpu, &DirSource::open(dir)?, &opts).await?, dir.clone()),
             (None, Some(base), Some(adapter)) => {
                 let mode: Mode = a.mode.as_deref().unwrap_or("attached").parse()?;
                 let shadow = a.shadow.as_ref().map(DirSource::open).transpose()?;
@@ -227,6 +285,37 @@ mod cli {
             model.vocab_size(),
             model.mode()
         );
+        Ok(())
+    }
+
+    async fn run_serve(a: ServeArgs) -> Result<()> {
+        use std::sync::Arc;
+        let gpu = Arc::new(Gpu::new(GpuOptions::default()).await?);
+        let base =
+            shadowpeft::remote::server::load_base(&gpu, &DirSource::open(&a.base)?, a.max_seq)
+                .await?;
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("--listen {}", a.listen))?;
+        let cfg = shadowpeft::remote::server::ServerConfig {
+            token: a.token.clone(),
+            max_sessions: a.max_sessions.max(1),
+            session_ttl: std::time::Duration::from_secs(a.session_ttl.max(1)),
+            max_body: a.max_body_mib.max(1) << 20,
+            ..Default::default()
+        };
+        eprintln!(
+            "serving {} ({} layers, hidden {}) on http://{} with {}",
+            a.base.display(),
+            base.cfg().layers,
+            base.cfg().hidden,
+            listener.local_addr()?,
+            gpu.adapter_name()
+        );
+        tokio::select! {
+            r = shadowpeft::remote::server::serve(listener, gpu.clone(), Arc::new(base), cfg) => r?,
+            _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+        }
         Ok(())
     }
 
@@ -344,7 +433,7 @@ mod cli {
         printer.stops.clear();
         printer.feed("")?;
         if a.json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "tokens": g.tokens,
                 "text": printer.text,
                 "prompt_tokens": prompt.len(),
@@ -355,6 +444,9 @@ mod cli {
                 "time_to_first_token_s": g.prefill_secs,
                 "adapter": gpu.adapter_name(),
             });
+            if let Some((trips, sent, received)) = sess.remote_traffic() {
+                v["remote"] = serde_json::json!({ "round_trips": trips, "bytes_sent": sent, "bytes_received": received });
+            }
             println!("{v}");
         } else {
             println!();

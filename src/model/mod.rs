@@ -12,6 +12,7 @@
 //! so decoding one token costs one token's work.
 
 pub mod adapter;
+pub mod base;
 pub mod config;
 pub mod decoder;
 pub mod source;
@@ -22,7 +23,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor};
 use crate::ops::{self, Linear};
 
-use adapter::{Adapter, AdapterScratch};
+use crate::remote::client::{RemoteBase, RemoteState};
+use crate::remote::frame::{self, Wire};
+use adapter::Adapter;
+use base::{BaseModel, BaseState};
 use config::{ArchConfig, ProjectedConfig, ShadowConfig};
 use decoder::{load_linear, Decoder, KvCache, Scratch};
 use source::{read_json, read_json_opt, Source};
@@ -65,16 +69,22 @@ impl Default for LoadOptions {
 }
 
 struct Base {
-    decoder: Decoder,
-    embed: Matrix,
-    norm_head: Linear,
+    model: BaseModel,
+    head: Linear,
     adapter: Adapter,
 }
 
-/// A loaded ShadowPEFT model, attached or detached.
+/// The base on a backbone server: the client keeps the head.
+struct RemoteAttach {
+    client: RemoteBase,
+    head: Linear,
+}
+
+/// A loaded ShadowPEFT model, attached (base local or remote) or detached.
 pub struct ShadowModel {
     mode: Mode,
     base: Option<Base>,
+    remote: Option<RemoteAttach>,
     shadow: Decoder,
     shadow_embed: Matrix,
     proj: Option<Linear>,
@@ -121,15 +131,8 @@ pub struct Session {
     shadow_logits: Tensor,
     logit_rows: usize,
     token: Tensor,
-}
-
-struct BaseState {
-    cache: KvCache,
-    x: Tensor,
-    s: Tensor,
-    xn: Tensor,
-    scratch: Scratch,
-    adapter: AdapterScratch,
+    remote: Option<RemoteState>,
+    remote_xn: Tensor,
 }
 
 impl Session {
@@ -138,9 +141,20 @@ impl Session {
         self.pos
     }
 
-    /// Forgets the conversation (the caches are overwritten from position 0).
+    /// Forgets the conversation (the caches are overwritten from position 0; a remote
+    /// conversation starts a new server session).
     pub fn reset(&mut self) {
         self.pos = 0;
+        if let Some(r) = &mut self.remote {
+            *r = RemoteState::default();
+        }
+    }
+
+    /// Round trips and bytes exchanged with the backbone server so far (remote mode).
+    pub fn remote_traffic(&self) -> Option<(u64, u64, u64)> {
+        self.remote
+            .as_ref()
+            .map(|r| (r.round_trips, r.bytes_sent, r.bytes_received))
     }
 }
 
@@ -321,9 +335,8 @@ impl ShadowModel {
         };
         let base = match mode {
             Mode::Attached => Some(Base {
-                decoder: Decoder::load(gpu, &bw, "model.", &base_cfg, max_seq)?,
-                embed,
-                norm_head: head,
+                model: BaseModel::load(gpu, &bw, &base_cfg, max_seq, Some(embed))?,
+                head,
                 adapter: Adapter::load(gpu, &aw, &sc, base_cfg.layers, d)?,
             }),
             Mode::Detached => None,
@@ -331,6 +344,7 @@ impl ShadowModel {
         Ok(ShadowModel {
             mode,
             base,
+            remote: None,
             shadow,
             shadow_embed,
             proj,
@@ -397,6 +411,7 @@ impl ShadowModel {
         Ok(ShadowModel {
             mode: Mode::Detached,
             base: None,
+            remote: None,
             shadow,
             shadow_embed: embed,
             proj,
@@ -405,6 +420,95 @@ impl ShadowModel {
             hidden,
             eos: eos_ids(src, &cfg.eos).await?,
         })
+    }
+
+    /// Attached mode with the base on a backbone server: loads the detached export (shadow,
+    /// projection, head) and the adapter's injection/update weights, never base layers, and
+    /// connects to `url`. The adapter weights are uploaded once per server (content-addressed).
+    pub async fn load_remote<S: Source, A: Source>(
+        gpu: &Gpu,
+        export_src: &S,
+        adapter_src: &A,
+        url: &str,
+        token: Option<String>,
+        wire: Wire,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let mut model = Self::load_export(gpu, export_src, opts).await?;
+        let sc_file = adapter_src.location("shadow_config.json");
+        let sc = ShadowConfig::from_json(
+            &sc_file,
+            &read_json(adapter_src, "shadow_config.json", "shadow adapter config").await?,
+        )?;
+        let af = "shadow_adapter.safetensors";
+        let bytes = source::read_required(adapter_src, af, "shadow adapter weights").await?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+            file: adapter_src.location(af),
+            msg: e.to_string(),
+        })?;
+        let mut tensors = Vec::new();
+        let mut stacked = None;
+        for (name, view) in st.tensors() {
+            if crate::remote::is_adapter_tensor(&name) {
+                if name == "shadow_injection_model.injection_downs" {
+                    stacked = view.shape().first().copied();
+                }
+                tensors.push((
+                    name,
+                    view.dtype(),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                ));
+            }
+        }
+        let meta = std::collections::HashMap::from([
+            ("alpha".to_string(), sc.alpha.to_string()),
+            (
+                "injection_hidden_size".to_string(),
+                sc.injection_hidden_size.to_string(),
+            ),
+            (
+                "gate_hidden_size".to_string(),
+                sc.gate_hidden_size.to_string(),
+            ),
+        ]);
+        let client =
+            RemoteBase::connect(url, token, frame::adapter_upload(tensors, meta), wire).await?;
+        let mismatch = |what: &str, ours: usize, theirs: usize| {
+            Err(Error::Remote {
+                url: url.to_string(),
+                status: None,
+                msg: format!("serves a base with {what} {theirs}, but this model needs {ours}"),
+            })
+        };
+        if client.hidden != model.hidden {
+            return mismatch("hidden size", model.hidden, client.hidden);
+        }
+        if client.vocab != model.vocab {
+            return mismatch("vocabulary size", model.vocab, client.vocab);
+        }
+        let need_layers = stacked.map_or(0, |n| n + 1);
+        if client.layers != need_layers {
+            return mismatch("layer count", need_layers, client.layers);
+        }
+        // Trained heads in shadow_modules.safetensors replace the exported (base) head.
+        let mut mw = Weights::default();
+        mw.add_optional(adapter_src, "shadow_modules.safetensors")
+            .await?;
+        let wanted =
+            |m: &str| sc.modules_to_save.is_empty() || sc.modules_to_save.iter().any(|x| x == m);
+        let (v, d) = (model.vocab, model.hidden);
+        let mut head = model.shadow_head.clone();
+        if wanted("lm_head") && mw.has("lm_head.weight") {
+            head = load_linear(gpu, &mw, "lm_head", v, d, false)?;
+            model.shadow_head = head.clone();
+        }
+        if wanted("shadow_lm_head") && mw.has("shadow_lm_head.weight") {
+            model.shadow_head = load_linear(gpu, &mw, "shadow_lm_head", v, d, false)?;
+        }
+        model.mode = Mode::Attached;
+        model.remote = Some(RemoteAttach { client, head });
+        Ok(model)
     }
 
     /// Attached or detached.
@@ -424,9 +528,10 @@ impl ShadowModel {
 
     /// Longest sequence a session holds.
     pub fn max_seq(&self) -> usize {
-        match &self.base {
-            Some(b) => b.decoder.max_seq().min(self.shadow.max_seq()),
-            None => self.shadow.max_seq(),
+        match (&self.base, &self.remote) {
+            (Some(b), _) => b.model.decoder.max_seq().min(self.shadow.max_seq()),
+            (None, Some(r)) => r.client.max_seq.min(self.shadow.max_seq()),
+            _ => self.shadow.max_seq(),
         }
     }
 
@@ -448,18 +553,16 @@ impl ShadowModel {
             shadow_h: gpu.zeros("shadow h", rows * self.shadow.cfg.hidden),
             shadow_scratch: self.shadow.new_scratch(gpu, rows),
             s0: gpu.zeros("s0", rows * self.hidden),
-            base: self.base.as_ref().map(|b| BaseState {
-                cache: b.decoder.new_cache(gpu),
-                x: gpu.zeros("x", rows * self.hidden),
-                s: gpu.zeros("s", rows * self.hidden),
-                xn: gpu.zeros("xn", rows * self.hidden),
-                scratch: b.decoder.new_scratch(gpu, rows),
-                adapter: b.adapter.new_scratch(gpu, rows),
-            }),
+            base: self
+                .base
+                .as_ref()
+                .map(|b| b.model.new_state(gpu, &b.adapter, rows)),
             logits: gpu.zeros("logits", self.vocab),
             shadow_logits: gpu.zeros("shadow logits", self.vocab),
             logit_rows: 1,
             token: gpu.zeros("token", 1),
+            remote: self.remote.as_ref().map(|_| RemoteState::default()),
+            remote_xn: gpu.zeros("remote hidden", self.hidden),
         }
     }
 
@@ -475,11 +578,7 @@ impl ShadowModel {
         s.shadow_scratch = self.shadow.new_scratch(gpu, rows);
         s.s0 = gpu.zeros("s0", rows * d);
         if let (Some(b), Some(st)) = (&self.base, &mut s.base) {
-            st.x = gpu.zeros("x", rows * d);
-            st.s = gpu.zeros("s", rows * d);
-            st.xn = gpu.zeros("xn", rows * d);
-            st.scratch = b.decoder.new_scratch(gpu, rows);
-            st.adapter = b.adapter.new_scratch(gpu, rows);
+            b.model.grow(gpu, &b.adapter, st, rows);
         }
     }
 
@@ -513,10 +612,18 @@ impl ShadowModel {
                 self.max_seq()
             )));
         }
+        let rows = if readout == Readout::AllLogits { m } else { 1 };
+        let v = self.vocab;
+        if rows > self.max_logit_rows(gpu) {
+            return Err(Error::InvalidRequest(format!(
+                "{rows} rows of {v} logits exceed one storage binding; run at most {} tokens per call",
+                self.max_logit_rows(gpu)
+            )));
+        }
         self.grow(gpu, sess, m);
         gpu.write_u32(&sess.ids, ids);
         let pos0 = sess.pos;
-        let (d, v) = (self.hidden, self.vocab);
+        let d = self.hidden;
         let mut step = Step::new(gpu);
 
         // 1. Shadow backbone -> s0 (projected to the base width when they differ).
@@ -546,40 +653,30 @@ impl ShadowModel {
             }
         };
 
-        // 2. Base with injection before and update after every layer l >= 1.
-        let main_hidden = match (&self.base, &sess.base) {
-            (Some(b), Some(st)) => {
-                ops::embedding(&mut step, &sess.ids, &b.embed, &st.x, m);
-                step.copy(s0, 0, &st.s, 0, m * d);
-                let n = b.decoder.num_layers();
-                for l in 0..n {
-                    if l > 0 {
-                        b.adapter
-                            .inject(&mut step, l - 1, &st.x, &st.s, m, &st.adapter);
-                    }
-                    b.decoder
-                        .layer(&mut step, l, &st.x, m, pos0, &st.cache, &st.scratch);
-                    // The update after the last layer is never read: skip it.
-                    if l > 0 && l + 1 < n {
-                        b.adapter
-                            .update(&mut step, l - 1, &st.x, &st.s, m, &st.adapter);
-                    }
+        let first = m - rows;
+        // 2. Base with injection before and update after every layer l >= 1: here, or on the
+        //    backbone server (s0 goes out, the final normed hidden rows come back).
+        let main_hidden = match (&self.base, &sess.base, &self.remote, &mut sess.remote) {
+            (Some(b), Some(st), _, _) => {
+                b.model
+                    .record(&mut step, &b.adapter, st, &sess.ids, s0, m, pos0);
+                Some((&st.xn, first * d, &b.head))
+            }
+            (_, _, Some(r), Some(rs)) => {
+                step.submit()?;
+                let s0_host = gpu.read_f32(&sess.s0, 0, m * d).await?;
+                let h = r.client.forward(rs, pos0, ids, &s0_host, rows > 1).await?;
+                if sess.remote_xn.len() < rows * d {
+                    sess.remote_xn = gpu.zeros("remote hidden", rows * d);
                 }
-                b.decoder.final_norm(&mut step, &st.x, &st.xn, m);
-                Some((&st.xn, &b.norm_head))
+                gpu.write_f32(&sess.remote_xn, &h);
+                step = Step::new(gpu);
+                Some((&sess.remote_xn, 0, &r.head))
             }
             _ => None,
         };
 
         // 3. Heads and readout.
-        let rows = if readout == Readout::AllLogits { m } else { 1 };
-        if rows > self.max_logit_rows(gpu) {
-            return Err(Error::InvalidRequest(format!(
-                "{rows} rows of {v} logits exceed one storage binding; run at most {} tokens per call",
-                self.max_logit_rows(gpu)
-            )));
-        }
-        let first = m - rows;
         if rows > sess.logit_rows {
             sess.logits = gpu.zeros("logits", rows * v);
             sess.shadow_logits = gpu.zeros("shadow logits", rows * v);
@@ -598,8 +695,8 @@ impl ShadowModel {
                 v,
             );
         }
-        if let Some((h, head)) = main_hidden {
-            ops::linear(&mut step, h, first * d, rows, head, &sess.logits, 0, v);
+        if let Some((h, off, head)) = main_hidden {
+            ops::linear(&mut step, h, off, rows, head, &sess.logits, 0, v);
         }
         let main = if main_hidden.is_some() {
             &sess.logits

@@ -1,0 +1,119 @@
+//! The frozen base model run with the shadow adapter: embeddings, the decoder layers with
+//! injection before and update after every layer l >= 1, and the final norm. Used in-process
+//! for local attached mode and by the backbone server for remote sessions.
+//!
+//! ```text
+//! h = E[ids];  s = s0;  h = Layer_0(h)
+//! for l in 1..L:  h = inject_{l-1}(h, s);  h = Layer_l(h);  s = update_{l-1}(h, s)
+//! out = norm(h)
+//! ```
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Matrix, Step, Tensor};
+use crate::ops;
+
+use super::adapter::{Adapter, AdapterScratch};
+use super::config::ArchConfig;
+use super::decoder::{Decoder, KvCache, Scratch};
+use super::weights::Weights;
+
+/// The frozen base: token embeddings and the decoder stack (no head).
+pub struct BaseModel {
+    pub decoder: Decoder,
+    pub embed: Matrix,
+}
+
+/// One conversation on the base: its KV cache and activations for up to `rows` tokens.
+pub struct BaseState {
+    pub(crate) cache: KvCache,
+    pub(crate) rows: usize,
+    pub(crate) x: Tensor,
+    pub(crate) s: Tensor,
+    /// The final normed hidden state `[rows, hidden]` of the last run.
+    pub(crate) xn: Tensor,
+    scratch: Scratch,
+    adapter: AdapterScratch,
+}
+
+impl BaseModel {
+    /// Loads `model.embed_tokens` and `model.layers.*` / `model.norm` of a Hugging Face model.
+    pub fn load(
+        gpu: &Gpu,
+        w: &Weights,
+        cfg: &ArchConfig,
+        max_seq: usize,
+        embed: Option<Matrix>,
+    ) -> Result<Self> {
+        let embed = match embed {
+            Some(e) => e,
+            None => w.matrix(gpu, "model.embed_tokens.weight", cfg.vocab, cfg.hidden)?,
+        };
+        Ok(BaseModel {
+            decoder: Decoder::load(gpu, w, "model.", cfg, max_seq)?,
+            embed,
+        })
+    }
+
+    /// Architecture.
+    pub fn cfg(&self) -> &ArchConfig {
+        &self.decoder.cfg
+    }
+
+    /// A fresh conversation state sized for `rows` tokens per call.
+    pub fn new_state(&self, gpu: &Gpu, adapter: &Adapter, rows: usize) -> BaseState {
+        let d = self.decoder.cfg.hidden;
+        BaseState {
+            cache: self.decoder.new_cache(gpu),
+            rows,
+            x: gpu.zeros("x", rows * d),
+            s: gpu.zeros("s", rows * d),
+            xn: gpu.zeros("xn", rows * d),
+            scratch: self.decoder.new_scratch(gpu, rows),
+            adapter: adapter.new_scratch(gpu, rows),
+        }
+    }
+
+    /// Grows the activations of `st` to hold `rows` tokens (the KV cache is kept).
+    pub fn grow(&self, gpu: &Gpu, adapter: &Adapter, st: &mut BaseState, rows: usize) {
+        if rows <= st.rows {
+            return;
+        }
+        let d = self.decoder.cfg.hidden;
+        st.rows = rows;
+        st.x = gpu.zeros("x", rows * d);
+        st.s = gpu.zeros("s", rows * d);
+        st.xn = gpu.zeros("xn", rows * d);
+        st.scratch = self.decoder.new_scratch(gpu, rows);
+        st.adapter = adapter.new_scratch(gpu, rows);
+    }
+
+    /// Records the base over `m` tokens `ids` at positions `pos0..pos0 + m` with shadow state
+    /// `s0` `[m, hidden]`; the normed output lands in `st.xn`.
+    pub fn record(
+        &self,
+        step: &mut Step,
+        adapter: &Adapter,
+        st: &BaseState,
+        ids: &Tensor,
+        s0: &Tensor,
+        m: usize,
+        pos0: usize,
+    ) {
+        let d = self.decoder.cfg.hidden;
+        ops::embedding(step, ids, &self.embed, &st.x, m);
+        step.copy(s0, 0, &st.s, 0, m * d);
+        let n = self.decoder.num_layers();
+        for l in 0..n {
+            if l > 0 {
+                adapter.inject(step, l - 1, &st.x, &st.s, m, &st.adapter);
+            }
+            self.decoder
+                .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);
+            // The update after the last layer is never read: skip it.
+            if l > 0 && l + 1 < n {
+                adapter.update(step, l - 1, &st.x, &st.s, m, &st.adapter);
+            }
+        }
+        self.decoder.final_norm(step, &st.x, &st.xn, m);
+    }
+}

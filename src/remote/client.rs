@@ -1,0 +1,301 @@
+//! The client side of a remote backbone: adapter upload, sessions, and the fused forward. A
+//! session the server lost (expiry, restart) is rebuilt by re-sending the prefix, which gives
+//! the same result because every position's state depends only on the tokens before it.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+use super::frame::{self, Frame, Wire};
+use super::PROTOCOL;
+
+/// A connection to a backbone server, with the adapter this client runs.
+pub struct RemoteBase {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    wire: Wire,
+    upload: Arc<Vec<u8>>,
+    sha: String,
+    /// The server's base width, layers, vocabulary and longest sequence.
+    pub hidden: usize,
+    pub layers: usize,
+    pub vocab: usize,
+    pub max_seq: usize,
+}
+
+/// One conversation with the server: its session id and the prefix sent so far (to rebuild a
+/// lost session).
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    session: Option<String>,
+    ids: Vec<u32>,
+    s0: Vec<f32>,
+    /// Requests and bytes, for reporting.
+    pub round_trips: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+enum Failure {
+    Gone,
+    Other(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl RemoteBase {
+    fn err(&self, status: Option<u16>, msg: impl Into<String>) -> Error {
+        Error::Remote {
+            url: self.url.clone(),
+            status,
+            msg: msg.into(),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}/v1{path}", self.url));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            r = r.timeout(std::time::Duration::from_secs(120));
+        }
+        r
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| self.err(None, format!("unreachable: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.err(Some(status), format!("reply cut off: {e}")))?;
+        Ok((status, body.to_vec()))
+    }
+
+    fn fail(&self, status: u16, body: &[u8]) -> Error {
+        let msg = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        self.err(Some(status), msg)
+    }
+
+    /// Connects to `url` (e.g. `http://host:8080`), checks the protocol, and prepares the
+    /// adapter upload (`upload` from [`frame::adapter_upload`]).
+    pub async fn connect(
+        url: &str,
+        token: Option<String>,
+        upload: Vec<u8>,
+        wire: Wire,
+    ) -> Result<Self> {
+        let sha: String = Sha256::digest(&upload)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        let mut rb = RemoteBase {
+            http: reqwest::Client::new(),
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            wire,
+            upload: Arc::new(upload),
+            sha,
+            hidden: 0,
+            layers: 0,
+            vocab: 0,
+            max_seq: 0,
+        };
+        let (status, body) = rb.send(rb.req(reqwest::Method::GET, "/info")).await?;
+        if status != 200 {
+            return Err(rb.fail(status, &body));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| rb.err(Some(status), format!("/v1/info is not JSON: {e}")))?;
+        if v.get("protocol").and_then(|p| p.as_str()) != Some(PROTOCOL) {
+            return Err(rb.err(
+                Some(status),
+                format!(
+                    "speaks protocol {}, this client speaks {PROTOCOL}",
+                    v.get("protocol").unwrap_or(&serde_json::Value::Null)
+                ),
+            ));
+        }
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("/v1/info lacks `{k}`"))
+        };
+        let dims = (|| {
+            Ok::<_, String>((
+                num("hidden_size")?,
+                num("num_hidden_layers")?,
+                num("vocab_size")?,
+                num("max_seq")?,
+            ))
+        })();
+        (rb.hidden, rb.layers, rb.vocab, rb.max_seq) = dims.map_err(|m| rb.err(Some(status), m))?;
+        Ok(rb)
+    }
+
+    /// Uploads the adapter unless the server already has these exact bytes.
+    async fn ensure_adapter(&self, st: &mut RemoteState) -> Result<()> {
+        let path = format!("/adapters/{}", self.sha);
+        let (status, _) = self.send(self.req(reqwest::Method::HEAD, &path)).await?;
+        st.round_trips += 1;
+        if status == 200 {
+            return Ok(());
+        }
+        let (status, body) = self
+            .send(
+                self.req(reqwest::Method::PUT, &path)
+                    .body(self.upload.to_vec()),
+            )
+            .await?;
+        st.round_trips += 1;
+        st.bytes_sent += self.upload.len() as u64;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(status, &body));
+        }
+        Ok(())
+    }
+
+    async fn open(&self, st: &mut RemoteState) -> Result<()> {
+        for _ in 0..2 {
+            self.ensure_adapter(st).await?;
+            let body = serde_json::json!({ "adapter": self.sha }).to_string();
+            let r = self
+                .req(reqwest::Method::POST, "/sessions")
+                .header("content-type", "application/json")
+                .body(body);
+            let (status, body) = self.send(r).await?;
+            st.round_trips += 1;
+            match status {
+                201 => {
+                    let v: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| self.err(Some(status), e.to_string()))?;
+                    let id = v
+                        .get("session")
+                        .and_then(|s| s.as_str())
+                        .ok_or_else(|| self.err(Some(status), "no session id"))?;
+                    st.session = Some(id.to_string());
+                    return Ok(());
+                }
+                // The adapter was evicted between the check and the session: upload again.
+                404 => continue,
+                _ => return Err(self.fail(status, &body)),
+            }
+        }
+        Err(self.err(Some(404), "the server keeps dropping the adapter"))
+    }
+
+    async fn post_forward(
+        &self,
+        st: &mut RemoteState,
+        pos: usize,
+        ids: &[u32],
+        s0: &[f32],
+        all_rows: bool,
+    ) -> std::result::Result<Vec<f32>, Failure> {
+        let id = st
+            .session
+            .clone()
+            .ok_or_else(|| self.err(None, "no session"))?;
+        let req = frame::forward_request(pos, ids, s0, self.hidden, all_rows, self.wire);
+        st.bytes_sent += req.len() as u64;
+        let (status, body) = self
+            .send(
+                self.req(reqwest::Method::POST, &format!("/sessions/{id}/forward"))
+                    .header("content-type", "application/octet-stream")
+                    .body(req),
+            )
+            .await?;
+        st.round_trips += 1;
+        st.bytes_received += body.len() as u64;
+        match status {
+            200 => {}
+            // Expired, restarted, or out of step: rebuild from the prefix.
+            404 | 409 => return Err(Failure::Gone),
+            _ => return Err(Failure::Other(self.fail(status, &body))),
+        }
+        let rows = if all_rows { ids.len() } else { 1 };
+        let f = Frame::parse(&body)
+            .map_err(|e| self.err(Some(status), format!("garbage reply: {e}")))?;
+        let (h, _) = f
+            .f32("hidden", &[rows, self.hidden])
+            .map_err(|e| self.err(Some(status), format!("garbage reply: {e}")))?;
+        if h.iter().any(|x| !x.is_finite()) {
+            return Err(Failure::Other(
+                self.err(Some(status), "garbage reply: non-finite hidden state"),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Runs the base over `ids` at `pos` with shadow state `s0` `[m, hidden]`; returns the final
+    /// normed hidden state of the last row, or of every row with `all_rows`.
+    pub async fn forward(
+        &self,
+        st: &mut RemoteState,
+        pos: usize,
+        ids: &[u32],
+        s0: &[f32],
+        all_rows: bool,
+    ) -> Result<Vec<f32>> {
+        if pos != st.ids.len() {
+            return Err(Error::InvalidRequest(format!(
+                "remote position {pos} does not follow the {} tokens sent",
+                st.ids.len()
+            )));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if st.session.is_none() {
+                self.open(st).await?;
+                if !st.ids.is_empty() {
+                    let (pids, ps0) = (st.ids.clone(), st.s0.clone());
+                    match self.post_forward(st, 0, &pids, &ps0, false).await {
+                        Ok(_) => {}
+                        Err(Failure::Gone) => {
+                            return Err(self.err(Some(404), "the rebuilt session was lost again"))
+                        }
+                        Err(Failure::Other(e)) => return Err(e),
+                    }
+                }
+            }
+            match self.post_forward(st, pos, ids, s0, all_rows).await {
+                Ok(h) => {
+                    st.ids.extend_from_slice(ids);
+                    st.s0.extend_from_slice(s0);
+                    return Ok(h);
+                }
+                Err(Failure::Gone) if attempt == 1 => st.session = None,
+                Err(Failure::Gone) => {
+                    return Err(self.err(Some(404), "session lost twice in a row"))
+                }
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Ends a session on the server (best effort).
+    pub async fn close(&self, st: &mut RemoteState) {
+        if let Some(id) = st.session.take() {
+            let _ = self
+                .send(self.req(reqwest::Method::DELETE, &format!("/sessions/{id}")))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Attached mode across the network: the shadow runs on the client, the frozen base on a
+//! backbone server shared by many clients. Protocol version 1 is documented in
+//! `docs/protocol.md`; this module holds the wire format both sides use.
+//!
+//! Fused mode, one round trip per token: the client uploads its injection/update weights once
+//! (content-addressed by SHA-256, so a second upload is skipped), opens a session, then sends
+//! `ids` + `s0` for the new tokens and receives the base's final normed hidden state, to which
+//! it applies its own head.
+
+pub mod client;
+pub mod frame;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod server;
+
+/// The protocol version spoken (URL prefix `/v1`, frame metadata `protocol`).
+pub const PROTOCOL: &str = "1";
+
+/// Adapter tensors that travel to the server: the injection and update weights only.
+pub fn is_adapter_tensor(name: &str) -> bool {
+    name.starts_with("shadow_injection_model.") || name.starts_with("shadow_update_model.")
+}

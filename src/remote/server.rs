@@ -1,0 +1,490 @@
+//! The backbone server: one frozen base model on the GPU, many sessions, each with its own KV
+//! cache and adapter (shared between sessions that upload the same adapter bytes).
+//!
+//! Endpoints (all under `/v1`, JSON errors `{"error": ...}`; see docs/protocol.md):
+//! `GET /info`, `HEAD|PUT /adapters/{sha256}`, `POST /sessions`, `POST /sessions/{id}/forward`,
+//! `DELETE /sessions/{id}`. With a token, every request needs `Authorization: Bearer <token>`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Step, Tensor};
+use crate::model::adapter::Adapter;
+use crate::model::base::{BaseModel, BaseState};
+use crate::model::config::ShadowConfig;
+use crate::model::weights::Weights;
+
+use super::frame::{self, Frame};
+use super::{is_adapter_tensor, PROTOCOL};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Required bearer token; `None` serves everyone.
+    pub token: Option<String>,
+    /// Most sessions alive at once.
+    pub max_sessions: usize,
+    /// A session idle this long is dropped (its client rebuilds it by re-sending the prefix).
+    pub session_ttl: Duration,
+    /// Largest request body, in bytes (adapter uploads included).
+    pub max_body: usize,
+    /// Most adapters kept on the GPU; the least recently used one goes first.
+    pub max_adapters: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            token: None,
+            max_sessions: 64,
+            session_ttl: Duration::from_secs(600),
+            max_body: 256 << 20,
+            max_adapters: 16,
+        }
+    }
+}
+
+struct RemoteSession {
+    state: BaseState,
+    adapter: Arc<Adapter>,
+    pos: usize,
+    ids: Tensor,
+    s0: Tensor,
+    last_used: Instant,
+}
+
+struct AdapterEntry {
+    adapter: Arc<Adapter>,
+    last_used: Instant,
+}
+
+struct App {
+    gpu: Arc<Gpu>,
+    base: Arc<BaseModel>,
+    cfg: ServerConfig,
+    sessions: Mutex<HashMap<String, Arc<Mutex<RemoteSession>>>>,
+    adapters: Mutex<HashMap<String, AdapterEntry>>,
+}
+
+/// An HTTP error with a JSON body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::InvalidRequest(_)
+            | Error::TokenOutOfRange { .. }
+            | Error::Safetensors { .. }
+            | Error::Shape { .. }
+            | Error::MissingTensor { .. }
+            | Error::Dtype { .. }
+            | Error::Config { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A 128-bit random session id (hex).
+fn new_session_id() -> ApiResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no randomness: {e}"),
+        )
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.cfg.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if !ok {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let c = app.base.cfg();
+    Json(serde_json::json!({
+        "protocol": PROTOCOL,
+        "hidden_size": c.hidden,
+        "num_hidden_layers": c.layers,
+        "vocab_size": c.vocab,
+        "max_seq": app.base.decoder.max_seq(),
+        "wire": ["f32", "f16"],
+        "max_sessions": app.cfg.max_sessions,
+        "session_ttl_s": app.cfg.session_ttl.as_secs(),
+        "max_body": app.cfg.max_body,
+    }))
+}
+
+fn check_sha(sha: &str) -> ApiResult<()> {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "adapter id must be a lowercase hex SHA-256".into(),
+        ))
+    }
+}
+
+async fn has_adapter(State(app): State<Arc<App>>, Path(sha): Path<String>) -> StatusCode {
+    if lock(&app.adapters).contains_key(&sha) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn put_adapter(
+    State(app): State<Arc<App>>,
+    Path(sha): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    check_sha(&sha)?;
+    if lock(&app.adapters).contains_key(&sha) {
+        return Ok(StatusCode::OK);
+    }
+    let got: String = Sha256::digest(&body)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    if got != sha {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body hashes to {got}, not {sha}"),
+        ));
+    }
+    let app2 = app.clone();
+    let adapter = tokio::task::spawn_blocking(move || load_adapter(&app2, &body))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let mut ads = lock(&app.adapters);
+    while ads.len() >= app.cfg.max_adapters {
+        let oldest = ads
+            .iter()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => ads.remove(&k),
+            None => break,
+        };
+    }
+    ads.insert(
+        sha,
+        AdapterEntry {
+            adapter: Arc::new(adapter),
+            last_used: Instant::now(),
+        },
+    );
+    Ok(StatusCode::CREATED)
+}
+
+fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
+    let f = Frame::parse(body)?;
+    let num = |k: &str| f.meta_usize(k);
+    let alpha: f32 = f.meta("alpha")?.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "adapter `alpha` is not a number".into(),
+        )
+    })?;
+    let sc = ShadowConfig {
+        num_shadow_layers: 1,
+        injection_hidden_size: num("injection_hidden_size")?,
+        gate_hidden_size: num("gate_hidden_size")?,
+        alpha,
+        intermediate: None,
+        heads: None,
+        kv_heads: None,
+        head_dim: None,
+        modules_to_save: Vec::new(),
+    };
+    let mut w = Weights::default();
+    w.add_file("adapter upload".into(), Arc::new(body.to_vec()))?;
+    if let Some(n) = w.names().find(|n| !is_adapter_tensor(n)) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("unexpected tensor `{n}` in the adapter upload"),
+        ));
+    }
+    let c = app.base.cfg();
+    Ok(Adapter::load(&app.gpu, &w, &sc, c.layers, c.hidden)?)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSession {
+    adapter: String,
+}
+
+async fn new_session(
+    State(app): State<Arc<App>>,
+    Json(req): Json<NewSession>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    check_sha(&req.adapter)?;
+    let adapter = {
+        let mut ads = lock(&app.adapters);
+        let e = ads.get_mut(&req.adapter).ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown adapter {}: upload it first", req.adapter),
+            )
+        })?;
+        e.last_used = Instant::now();
+        e.adapter.clone()
+    };
+    let id = new_session_id()?;
+    {
+        let sessions = lock(&app.sessions);
+        if sessions.len() >= app.cfg.max_sessions {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the server holds its maximum of {} sessions; retry later",
+                    app.cfg.max_sessions
+                ),
+            ));
+        }
+    }
+    let gpu = &app.gpu;
+    let s = RemoteSession {
+        state: app.base.new_state(gpu, &adapter, 1),
+        adapter,
+        pos: 0,
+        ids: gpu.zeros("ids", 1),
+        s0: gpu.zeros("s0", app.base.cfg().hidden),
+        last_used: Instant::now(),
+    };
+    let mut sessions = lock(&app.sessions);
+    if sessions.len() >= app.cfg.max_sessions {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the server holds its maximum of {} sessions; retry later",
+                app.cfg.max_sessions
+            ),
+        ));
+    }
+    sessions.insert(id.clone(), Arc::new(Mutex::new(s)));
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "session": id, "max_seq": app.base.decoder.max_seq() })),
+    ))
+}
+
+async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> StatusCode {
+    match lock(&app.sessions).remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn forward(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let sess = lock(&app.sessions)
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))?;
+    let app2 = app.clone();
+    let out = tokio::task::spawn_blocking(move || run_forward(&app2, &sess, &body))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok((StatusCode::OK, h, out).into_response())
+}
+
+fn run_forward(app: &App, sess: &Mutex<RemoteSession>, body: &[u8]) -> ApiResult<Vec<u8>> {
+    let f = Frame::parse(body)?;
+    let c = app.base.cfg();
+    let d = c.hidden;
+    let ids = f.ids("ids")?;
+    let m = ids.len();
+    if m == 0 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "no tokens".into()));
+    }
+    let (s0, wire) = f.f32("s0", &[m, d])?;
+    let pos = f.meta_usize("pos")?;
+    let all = match f.meta("rows")? {
+        "all" => true,
+        "last" => false,
+        o => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`rows` is `{o}`, expected all or last"),
+            ))
+        }
+    };
+    if let Some((i, &id)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= c.vocab)
+    {
+        return Err(Error::TokenOutOfRange {
+            id,
+            position: i,
+            vocab_size: c.vocab,
+        }
+        .into());
+    }
+    let gpu = &app.gpu;
+    let mut s = lock(sess);
+    s.last_used = Instant::now();
+    if pos != s.pos {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "position {pos} does not follow the session's {} tokens",
+                s.pos
+            ),
+        ));
+    }
+    if pos + m > app.base.decoder.max_seq() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "sequence of {} tokens exceeds the server's maximum of {}",
+                pos + m,
+                app.base.decoder.max_seq()
+            ),
+        ));
+    }
+    if m > s.state.rows {
+        let s = &mut *s;
+        app.base.grow(gpu, &s.adapter, &mut s.state, m);
+        s.ids = gpu.zeros("ids", m);
+        s.s0 = gpu.zeros("s0", m * d);
+    }
+    gpu.write_u32(&s.ids, &ids);
+    gpu.write_f32(&s.s0, &s0);
+    let mut step = Step::new(gpu);
+    app.base
+        .record(&mut step, &s.adapter, &s.state, &s.ids, &s.s0, m, pos);
+    step.submit()?;
+    let rows = if all { m } else { 1 };
+    let h = pollster::block_on(gpu.read_f32(&s.state.xn, (m - rows) * d, rows * d))?;
+    s.pos += m;
+    Ok(frame::hidden_response(&h, rows, d, wire))
+}
+
+/// Builds the HTTP app around a loaded base.
+pub fn router(
+    gpu: Arc<Gpu>,
+    base: Arc<BaseModel>,
+    cfg: ServerConfig,
+) -> (Router, impl std::future::Future<Output = ()>) {
+    let ttl = cfg.session_ttl;
+    let max_body = cfg.max_body;
+    let app = Arc::new(App {
+        gpu,
+        base,
+        cfg,
+        sessions: Mutex::new(HashMap::new()),
+        adapters: Mutex::new(HashMap::new()),
+    });
+    let sweeper = {
+        let app = app.clone();
+        async move {
+            let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            loop {
+                tokio::time::sleep(every).await;
+                // A session busy in a forward is in use: keep it.
+                lock(&app.sessions)
+                    .retain(|_, s| s.try_lock().map_or(true, |g| g.last_used.elapsed() < ttl));
+            }
+        }
+    };
+    let api = Router::new()
+        .route("/info", get(info))
+        .route("/adapters/{sha}", put(put_adapter).head(has_adapter))
+        .route("/sessions", post(new_session))
+        .route("/sessions/{id}/forward", post(forward))
+        .route("/sessions/{id}", axum::routing::delete(delete_session))
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app);
+    (Router::new().nest("/v1", api), sweeper)
+}
+
+/// Serves `base` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gpu: Arc<Gpu>,
+    base: Arc<BaseModel>,
+    cfg: ServerConfig,
+) -> Result<()> {
+    let (app, sweeper) = router(gpu, base, cfg);
+    tokio::spawn(sweeper);
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    log::info!("backbone server listening on {addr:?}");
+    axum::serve(listener, app).await.map_err(|e| Error::Io {
+        path: format!("{addr:?}"),
+        msg: e.to_string(),
+    })
+}
+
+/// Loads the frozen base a server holds (`config.json` + weights of a Hugging Face model dir).
+pub async fn load_base<S: crate::model::source::Source>(
+    gpu: &Gpu,
+    src: &S,
+    max_seq: usize,
+) -> Result<BaseModel> {
+    let v = crate::model::source::read_json(src, "config.json", "base model config").await?;
+    let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
+    let w = Weights::load_hf(src).await?;
+    crate::ops::precompile(gpu, &[cfg.head_dim], true);
+    BaseModel::load(gpu, &w, &cfg, max_seq.min(cfg.max_positions).max(1), None)
+}

@@ -1,0 +1,373 @@
+//! Attached mode across the network: a backbone server on loopback and the native client
+//! reproduce the official attached outputs; auth, limits, expiry and garbage are handled.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use shadowpeft::remote::frame::Wire;
+use shadowpeft::remote::server::{load_base, serve, ServerConfig};
+use shadowpeft::{generate, DirSource, GenerateOptions, Gpu, LoadOptions, Readout, ShadowModel};
+
+/// Starts a server for `fixture`'s base on 127.0.0.1 (its own thread, runtime and device).
+fn start(fixture_name: &str, cfg: ServerConfig) -> String {
+    let base_dir = fixture(fixture_name).join("base");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let gpu = Arc::new(Gpu::new(Default::default()).await.unwrap());
+            let base = load_base(&gpu, &DirSource::open(&base_dir).unwrap(), 256)
+                .await
+                .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, gpu, Arc::new(base), cfg).await.unwrap();
+        });
+    });
+    format!(
+        "http://{}",
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("server did not start")
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(
+    rt: &tokio::runtime::Runtime,
+    gpu: &Gpu,
+    name: &str,
+    url: &str,
+    token: Option<&str>,
+    wire: Wire,
+) -> shadowpeft::Result<ShadowModel> {
+    let d = fixture(name);
+    rt.block_on(ShadowModel::load_remote(
+        gpu,
+        &DirSource::open(d.join("export")).unwrap(),
+        &DirSource::open(d.join("adapter")).unwrap(),
+        url,
+        token.map(str::to_string),
+        wire,
+        &LoadOptions::default(),
+    ))
+}
+
+fn greedy(
+    rt: &tokio::runtime::Runtime,
+    gpu: &Gpu,
+    m: &ShadowModel,
+    s: &mut shadowpeft::Session,
+    ids: &[u32],
+    n: usize,
+) -> Vec<u32> {
+    let o = GenerateOptions {
+        max_new_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    rt.block_on(generate(gpu, m, s, ids, &o, |_| Ok(true)))
+        .unwrap()
+        .tokens
+}
+
+#[test]
+fn remote_attached_equals_the_official_attached_output() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    for name in ["qwen3_implicit", "qwen3_explicit_proj", "qwen2_gqa"] {
+        let url = start(name, ServerConfig::default());
+        let g = Golden::load(&fixture(name));
+        let ids = g.ids("input_ids");
+        for wire in [Wire::F32, Wire::F16] {
+            let m = client(&rt, gpu, name, &url, None, wire).unwrap();
+            let mut s = m.new_session(gpu);
+            let out = rt
+                .block_on(m.forward(gpu, &mut s, &ids, Readout::AllLogits, true))
+                .unwrap();
+            if wire == Wire::F32 {
+                assert_logits(
+                    &format!("{name} remote attached"),
+                    &out.logits,
+                    &g.f32("attached_logits").0,
+                );
+                assert_logits(
+                    &format!("{name} remote shadow"),
+                    &out.shadow_logits,
+                    &g.f32("attached_shadow_logits").0,
+                );
+            } else {
+                // f16 frames round s0 and the hidden state to 11 bits; report, and check the tokens.
+                let (e, mx) = max_err(&out.logits, &g.f32("attached_logits").0);
+                eprintln!(
+                    "{name} remote attached over f16: max abs error {e:.3e} ({:.2e} of max|logit|)",
+                    e / mx
+                );
+                assert!(e <= 2e-2 * mx, "{name}: f16 wire error {e}");
+            }
+            let mut s = m.new_session(gpu);
+            assert_eq!(
+                greedy(&rt, gpu, &m, &mut s, &ids, 12),
+                g.ids("greedy_attached"),
+                "{name} {wire:?}: greedy tokens"
+            );
+            let (trips, sent, recv) = s.remote_traffic().unwrap();
+            eprintln!("{name} {wire:?}: 12 tokens in {trips} round trips, {sent} bytes sent, {recv} received");
+        }
+    }
+}
+
+#[test]
+fn expired_sessions_are_rebuilt_with_identical_output() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let url = start(
+        name,
+        ServerConfig {
+            session_ttl: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    let want = g.ids("greedy_attached");
+    let m = client(&rt, gpu, name, &url, None, Wire::F32).unwrap();
+    let mut s = m.new_session(gpu);
+    let first = greedy(&rt, gpu, &m, &mut s, &ids, 4);
+    assert_eq!(first, want[..4]);
+    std::thread::sleep(Duration::from_millis(1200));
+    // The server dropped the session; the client re-sends the prefix and carries on.
+    let mut rest = Vec::new();
+    let mut tok = *first.last().unwrap();
+    for _ in 0..8 {
+        let o = rt
+            .block_on(m.forward(gpu, &mut s, &[tok], Readout::Argmax, false))
+            .unwrap();
+        tok = o.argmax.unwrap();
+        rest.push(tok);
+    }
+    assert_eq!(rest, want[4..]);
+}
+
+/// Sends a request; (0, error) when the server closed the connection before answering.
+fn http(rt: &tokio::runtime::Runtime, req: reqwest::RequestBuilder) -> (u16, String) {
+    rt.block_on(async {
+        match req.send().await {
+            Ok(r) => {
+                let st = r.status().as_u16();
+                (st, r.text().await.unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+#[test]
+fn auth_limits_and_garbage_are_refused_clearly() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let url = start(
+        name,
+        ServerConfig {
+            token: Some("s3cret".into()),
+            max_sessions: 1,
+            max_body: 1 << 20,
+            ..Default::default()
+        },
+    );
+    let c = reqwest::Client::new();
+    // No token, wrong token: 401, and the client says so.
+    assert_eq!(http(&rt, c.get(format!("{url}/v1/info"))).0, 401);
+    assert_eq!(
+        http(&rt, c.get(format!("{url}/v1/info")).bearer_auth("nope")).0,
+        401
+    );
+    let e = client(&rt, gpu, name, &url, None, Wire::F32)
+        .err()
+        .expect("unauthenticated client accepted")
+        .to_string();
+    assert!(e.contains("401") || e.contains("bearer token"), "{e}");
+    // With the token: works, and the second concurrent session is refused (max 1).
+    let m = client(&rt, gpu, name, &url, Some("s3cret"), Wire::F32).unwrap();
+    let mut s1 = m.new_session(gpu);
+    rt.block_on(m.forward(gpu, &mut s1, &[1, 2, 3], Readout::Argmax, false))
+        .unwrap();
+    let mut s2 = m.new_session(gpu);
+    let e = rt
+        .block_on(m.forward(gpu, &mut s2, &[1, 2, 3], Readout::Argmax, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("maximum of 1 sessions"), "{e}");
+    // Garbage frames, unknown sessions, bad adapter ids, oversized bodies.
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
+    let (st, body) = http(
+        &rt,
+        auth(
+            c.post(format!("{url}/v1/sessions/0123/forward"))
+                .body(vec![7u8; 64]),
+        ),
+    );
+    assert_eq!(st, 404, "{body}");
+    let (st, body) = http(
+        &rt,
+        auth(c.put(format!("{url}/v1/adapters/xyz")).body(vec![1u8; 10])),
+    );
+    assert_eq!(st, 400, "{body}");
+    let sha = "0".repeat(64);
+    let (st, body) = http(
+        &rt,
+        auth(
+            c.put(format!("{url}/v1/adapters/{sha}"))
+                .body(vec![1u8; 10]),
+        ),
+    );
+    assert!(st == 400 && body.contains("hashes to"), "{st} {body}");
+    // Over the 1 MiB body limit: 413, or the connection is closed while the body is still
+    // being written (the server answers before reading it).
+    let (st, body) = http(
+        &rt,
+        auth(
+            c.put(format!("{url}/v1/adapters/{sha}"))
+                .body(vec![0u8; 2 << 20]),
+        ),
+    );
+    assert!(
+        st == 413 || (st == 0 && body.contains("error sending request")),
+        "{st} {body}"
+    );
+    // (A fresh connection: the server closed the previous one after the 413.)
+    let c = reqwest::Client::new();
+    let (st, body) = http(
+        &rt,
+        auth(
+            c.post(format!("{url}/v1/sessions"))
+                .header("content-type", "application/json")
+                .body("{\"adapter\": 5}"),
+        ),
+    );
+    assert!((400..500).contains(&st), "{st} {body}");
+}
+
+#[test]
+fn garbage_frames_get_400_with_a_reason() {
+    if gpu().is_none() {
+        return;
+    }
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let url = start(name, ServerConfig::default());
+    let c = reqwest::Client::new();
+    let (st, body) = http(&rt, c.get(format!("{url}/v1/info")));
+    assert_eq!(st, 200, "{body}");
+    let hidden = serde_json::from_str::<serde_json::Value>(&body).unwrap()["hidden_size"]
+        .as_u64()
+        .unwrap() as usize;
+    let sid = open_session_like_client(&rt, &url);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0xff; 40], "bad frame"),
+        (
+            shadowpeft::remote::frame::hidden_response(&vec![0.0; hidden], 1, hidden, Wire::F32),
+            "missing tensor `ids`",
+        ),
+        (
+            shadowpeft::remote::frame::forward_request(
+                0,
+                &[1],
+                &vec![0.0; hidden + 1],
+                hidden + 1,
+                false,
+                Wire::F32,
+            ),
+            "has shape",
+        ),
+        (
+            shadowpeft::remote::frame::forward_request(
+                0,
+                &[99999],
+                &vec![0.0; hidden],
+                hidden,
+                false,
+                Wire::F32,
+            ),
+            "out of vocabulary",
+        ),
+        (
+            shadowpeft::remote::frame::forward_request(
+                7,
+                &[1],
+                &vec![0.0; hidden],
+                hidden,
+                false,
+                Wire::F32,
+            ),
+            "does not follow",
+        ),
+    ];
+    for (body, want) in cases {
+        let (st, text) = http(
+            &rt,
+            c.post(format!("{url}/v1/sessions/{sid}/forward"))
+                .body(body),
+        );
+        assert!(
+            (400..500).contains(&st) && text.contains(want),
+            "{st} {text} (wanted {want})"
+        );
+    }
+}
+
+/// Uploads the qwen3_implicit adapter the way the client does and opens a session by hand.
+fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
+    use sha2::Digest;
+    let d = fixture("qwen3_implicit").join("adapter");
+    let bytes = std::fs::read(d.join("shadow_adapter.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| shadowpeft::remote::is_adapter_tensor(n))
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("shadow_config.json")).unwrap()).unwrap();
+    let meta = std::collections::HashMap::from([
+        ("alpha".to_string(), cfg["alpha"].to_string()),
+        (
+            "injection_hidden_size".to_string(),
+            cfg["injection_hidden_size"].to_string(),
+        ),
+        (
+            "gate_hidden_size".to_string(),
+            cfg["gate_hidden_size"].to_string(),
+        ),
+    ]);
+    let up = shadowpeft::remote::frame::adapter_upload(tensors, meta);
+    let sha: String = sha2::Sha256::digest(&up)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let c = reqwest::Client::new();
+    let (st, body) = http(rt, c.put(format!("{url}/v1/adapters/{sha}")).body(up));
+    assert!(st == 200 || st == 201, "{st} {body}");
+    let (st, body) = http(
+        rt,
+        c.post(format!("{url}/v1/sessions"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"adapter\":\"{sha}\"}}")),
+    );
+    assert_eq!(st, 201, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
