@@ -7,7 +7,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::{Readout, Session, ShadowModel};
+use crate::model::{Mode, Readout, Session, ShadowModel};
 
 /// Sampling and stopping settings. From JavaScript the fields are camelCase
 /// (`maxNewTokens`, `topK`, ...) and every one is optional.
@@ -81,6 +81,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub tokens: Vec<u32>,
+    /// Which model produced each token (attached, or detached after a backbone failure).
+    pub modes: Vec<Mode>,
     pub stop: StopReason,
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
@@ -187,6 +189,7 @@ pub struct TokenStream {
     input: Vec<u32>,
     produced: usize,
     stop: Option<StopReason>,
+    last_mode: Option<Mode>,
 }
 
 impl TokenStream {
@@ -206,12 +209,18 @@ impl TokenStream {
             input: prompt.to_vec(),
             produced: 0,
             stop: None,
+            last_mode: None,
         })
     }
 
     /// Why the stream ended, once it has.
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.stop
+    }
+
+    /// Which model produced the last token.
+    pub fn last_mode(&self) -> Option<Mode> {
+        self.last_mode
     }
 
     /// Marks the stream as stopped by the caller (e.g. a stop string or an abort).
@@ -241,6 +250,7 @@ impl TokenStream {
         let f = model
             .forward(gpu, sess, &self.input, readout, false)
             .await?;
+        self.last_mode = f.mode;
         let tok = match f.argmax {
             Some(t) => t,
             None => {
@@ -272,6 +282,7 @@ pub async fn generate(
     let mut stream = TokenStream::new(model, prompt, o)?;
     let mut out = Generation {
         tokens: Vec::new(),
+        modes: Vec::new(),
         stop: StopReason::Length,
         prefill_tokens: prompt.len(),
         prefill_secs: 0.0,
@@ -285,6 +296,7 @@ pub async fn generate(
             t_decode = web_time::Instant::now();
         }
         out.tokens.push(tok);
+        out.modes.push(stream.last_mode().unwrap_or(model.mode()));
         if !on_token(tok)? {
             stream.cancel();
         }

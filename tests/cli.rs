@@ -282,6 +282,16 @@ fn serve_and_generate_with_a_remote_backbone() {
     let v = generate_json(&args);
     assert_eq!(tokens(&v), g.ids("greedy_attached"));
     assert_eq!(v["mode"], "attached");
+    assert!(
+        v["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m == "attached"),
+        "{}",
+        v["modes"]
+    );
+    assert!(v.get("fallback_error").is_none());
     // Prefill + 11 decode requests, plus the adapter check, upload and session.
     assert_eq!(v["remote"]["round_trips"], 15);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use shadowpeft::remote::client::Connect;
 use shadowpeft::remote::frame::Wire;
 use shadowpeft::remote::server::{load_base, serve, ServerConfig};
 use shadowpeft::{generate, DirSource, GenerateOptions, Gpu, LoadOptions, Readout, ShadowModel};
@@ -50,13 +51,16 @@ fn client(
     wire: Wire,
 ) -> shadowpeft::Result<ShadowModel> {
     let d = fixture(name);
+    let c = Connect {
+        token: token.map(str::to_string),
+        wire,
+        ..Connect::new(url)
+    };
     rt.block_on(ShadowModel::load_remote(
         gpu,
         &DirSource::open(d.join("export")).unwrap(),
         &DirSource::open(d.join("adapter")).unwrap(),
-        url,
-        token.map(str::to_string),
-        wire,
+        &c,
         &LoadOptions::default(),
     ))
 }
@@ -370,4 +374,193 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// 16 clients at once on one server, each with its own session and KV cache: every one gets
+/// the official greedy tokens.
+#[test]
+fn sixteen_concurrent_sessions_are_all_exact() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen2_gqa";
+    let url = start(name, ServerConfig::default());
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    let want = g.ids("greedy_attached");
+    // 16 independent clients (each its own connection pool and runtime), one server.
+    let t0 = std::time::Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let (ids, url) = (ids.clone(), url.clone());
+            std::thread::spawn(move || {
+                let rt = crate::rt();
+                let gpu = common::gpu().unwrap();
+                let model = client(&rt, gpu, name, &url, None, Wire::F32).unwrap();
+                let mut s = model.new_session(gpu);
+                greedy(&rt, gpu, &model, &mut s, &ids, 12)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "16 sessions x 12 tokens in {secs:.2} s: {:.1} tokens/s through one server",
+        16.0 * 12.0 / secs
+    );
+}
+
+/// Starts `shadowpeft serve` as a process (so it can be killed); returns it and its URL.
+fn serve_process(base: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowpeft"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--base"])
+        .arg(base)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(i) = line.find("http://") {
+            break line[i..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    (child, url)
+}
+
+/// The server is killed mid-generation: without fallback the next token is a clear error (no
+/// hang); with `fallback: detached` generation continues with the shadow alone, exactly as a
+/// detached model would continue the same text, and says so.
+#[test]
+fn killed_server_is_an_error_or_a_visible_detached_fallback() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let (mut server, url) = serve_process(&fixture(name).join("base"));
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    let want = g.ids("greedy_attached");
+    let m = client(&rt, gpu, name, &url, None, Wire::F32).unwrap();
+    let (mut strict, mut lenient) = (m.new_session(gpu), m.new_session(gpu));
+    lenient.set_fallback_detached(true);
+    let step = |s: &mut shadowpeft::Session, input: &[u32]| {
+        rt.block_on(m.forward(gpu, s, input, Readout::Argmax, false))
+    };
+    let mut history = ids.clone();
+    let mut tok = 0;
+    for (i, s) in [&mut strict, &mut lenient].into_iter().enumerate() {
+        let mut t = step(s, &ids).unwrap().argmax.unwrap();
+        for _ in 0..3 {
+            t = step(s, &[t]).unwrap().argmax.unwrap();
+        }
+        if i == 1 {
+            tok = t;
+        }
+    }
+    history.extend(&want[..3]);
+    assert_eq!(tok, want[3]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let t0 = std::time::Instant::now();
+    let e = step(&mut strict, &[tok]).unwrap_err().to_string();
+    assert!(e.contains("backbone") && e.contains("unreachable"), "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the failure took {:?}",
+        t0.elapsed()
+    );
+
+    let mut after = Vec::new();
+    let mut t = tok;
+    for _ in 0..5 {
+        let o = step(&mut lenient, &[t]).unwrap();
+        assert_eq!(o.mode, Some(shadowpeft::Mode::Detached));
+        t = o.argmax.unwrap();
+        after.push(t);
+    }
+    assert!(lenient.fallback_error().unwrap().contains("unreachable"));
+    // Reference: a detached model continuing prompt + the attached tokens.
+    let export = rt
+        .block_on(ShadowModel::load_export(
+            gpu,
+            &DirSource::open(fixture(name).join("export")).unwrap(),
+            &LoadOptions::default(),
+        ))
+        .unwrap();
+    let mut s = export.new_session(gpu);
+    history.push(tok);
+    let mut r = rt
+        .block_on(export.forward(gpu, &mut s, &history, Readout::Argmax, false))
+        .unwrap()
+        .argmax
+        .unwrap();
+    let mut reference = vec![r];
+    for _ in 0..4 {
+        r = rt
+            .block_on(export.forward(gpu, &mut s, &[r], Readout::Argmax, false))
+            .unwrap()
+            .argmax
+            .unwrap();
+        reference.push(r);
+    }
+    assert_eq!(after, reference);
+}
+
+/// A server that accepts connections but never answers: the client gives up after its
+/// timeout with a clear error. One that answers garbage is rejected as such.
+#[test]
+fn slow_or_garbage_servers_fail_clearly() {
+    let Some(gpu) = gpu() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (silent, garbage) = rt.block_on(async {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (silent, garbage)
+    });
+    let (su, gu) = (silent.local_addr().unwrap(), garbage.local_addr().unwrap());
+    rt.spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    rt.spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut c, _)) = garbage.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\n\x00\x01garbage").await;
+        }
+    });
+    let d = fixture("qwen3_implicit");
+    let load = |url: String, timeout: Duration| {
+        let c = Connect {
+            timeout,
+            ..Connect::new(url)
+        };
+        rt.block_on(ShadowModel::load_remote(
+            gpu,
+            &DirSource::open(d.join("export")).unwrap(),
+            &DirSource::open(d.join("adapter")).unwrap(),
+            &c,
+            &LoadOptions::default(),
+        ))
+        .err()
+        .expect("a broken server was accepted")
+        .to_string()
+    };
+    let t0 = std::time::Instant::now();
+    let e = load(format!("http://{su}"), Duration::from_secs(1));
+    assert!(e.contains("no answer in time"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let e = load(format!("http://{gu}"), Duration::from_secs(5));
+    assert!(e.contains("not JSON"), "{e}");
 }

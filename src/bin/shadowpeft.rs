@@ -94,6 +94,13 @@ mod cli {
         /// Tensor encoding on the wire to the backbone: f16 or f32.
         #[arg(long, default_value = "f32", requires = "backbone")]
         wire: String,
+        /// Seconds to wait for the backbone server before giving up on a request.
+        #[arg(long, default_value_t = 120.0, requires = "backbone")]
+        backbone_timeout: f64,
+        /// What to do when the backbone fails mid-generation: `error` (stop with the error) or
+        /// `detached` (continue with the shadow alone; the output says from which token on).
+        #[arg(long, default_value = "error", value_parser = ["error", "detached"], requires = "backbone")]
+        fallback: String,
         /// The explicit shadow model dir (its config gives the shadow architecture).
         #[arg(long, requires = "adapter")]
         shadow: Option<PathBuf>,
@@ -222,7 +229,9 @@ mod cli {
                     bail!("--model with --adapter needs --backbone URL (or give --base DIR --adapter DIR)");
                 };
                 let wire = a.wire.parse()?;
-                let m = ShadowModel::load_remote(&gpu, &DirSource::open(dir)?, &DirSource::open(adapter)?, url, a.token.clone(), wire, &opts).await?;
+                let timeout = std::time::Duration::try_from_secs_f64(a.backbone_timeout).context("--backbone-timeout: expected a positive number of seconds")?;
+                let remote = shadowpeft::remote::client::Connect { url: url.clone(), token: a.token.clone(), wire, timeout };
+                let m = ShadowModel::load_remote(&gpu, &DirSource::open(dir)?, &DirSource::open(adapter)?, &remote, &opts).await?;
                 (m, dir.clone())
             }
             (Some(dir), _, None) => (ShadowModel::load_export(&gpu, &DirSource::open(dir)?, &opts).await?, dir.clone()),
@@ -412,6 +421,7 @@ mod cli {
             eos_ids,
         };
         let mut sess = model.new_session(gpu);
+        sess.set_fallback_detached(a.model.fallback == "detached");
         let mut dec = StreamDecoder::default();
         let mut printer = Printer {
             text: String::new(),
@@ -444,12 +454,28 @@ mod cli {
                 "time_to_first_token_s": g.prefill_secs,
                 "adapter": gpu.adapter_name(),
             });
+            v["modes"] = serde_json::json!(g
+                .modes
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect::<Vec<_>>());
+            if let Some(e) = sess.fallback_error() {
+                v["fallback_error"] = serde_json::json!(e);
+            }
             if let Some((trips, sent, received)) = sess.remote_traffic() {
                 v["remote"] = serde_json::json!({ "round_trips": trips, "bytes_sent": sent, "bytes_received": received });
             }
             println!("{v}");
         } else {
             println!();
+            if let Some(e) = sess.fallback_error() {
+                let k = g
+                    .modes
+                    .iter()
+                    .position(|m| *m == Mode::Detached)
+                    .unwrap_or(0);
+                eprintln!("[the backbone failed ({e}); tokens from #{k} on are detached]");
+            }
             eprintln!(
                 "[{} prompt tokens, {} new; prefill {:.1} tok/s, decode {:.1} tok/s on {}]",
                 prompt.len(),

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor};
 use crate::ops::{self, Linear};
 
-use crate::remote::client::{RemoteBase, RemoteState};
-use crate::remote::frame::{self, Wire};
+use crate::remote::client::{Connect, RemoteBase, RemoteState};
+use crate::remote::frame;
 use adapter::Adapter;
 use base::{BaseModel, BaseState};
 use config::{ArchConfig, ProjectedConfig, ShadowConfig};
@@ -114,6 +114,9 @@ pub struct ForwardOutput {
     pub shadow_logits: Vec<f32>,
     /// Greedy token of the last position, for [`Readout::Argmax`].
     pub argmax: Option<u32>,
+    /// Which model produced `logits`: attached, or detached (a detached model, or an
+    /// attached one that fell back after its backbone failed).
+    pub mode: Option<Mode>,
 }
 
 /// Per-conversation state: KV caches, position, and activation buffers.
@@ -133,6 +136,8 @@ pub struct Session {
     token: Tensor,
     remote: Option<RemoteState>,
     remote_xn: Tensor,
+    fallback: bool,
+    fallback_error: Option<String>,
 }
 
 impl Session {
@@ -148,6 +153,18 @@ impl Session {
         if let Some(r) = &mut self.remote {
             *r = RemoteState::default();
         }
+    }
+
+    /// With a remote backbone: when the server fails (unreachable, killed, too slow, garbage),
+    /// carry on detached (shadow logits) instead of returning the error. Each forward says
+    /// which mode produced its logits.
+    pub fn set_fallback_detached(&mut self, on: bool) {
+        self.fallback = on;
+    }
+
+    /// The backbone failure that switched this session to detached, if any.
+    pub fn fallback_error(&self) -> Option<&str> {
+        self.fallback_error.as_deref()
     }
 
     /// Round trips and bytes exchanged with the backbone server so far (remote mode).
@@ -429,11 +446,10 @@ impl ShadowModel {
         gpu: &Gpu,
         export_src: &S,
         adapter_src: &A,
-        url: &str,
-        token: Option<String>,
-        wire: Wire,
+        remote: &Connect,
         opts: &LoadOptions,
     ) -> Result<Self> {
+        let url = remote.url.as_str();
         let mut model = Self::load_export(gpu, export_src, opts).await?;
         let sc_file = adapter_src.location("shadow_config.json");
         let sc = ShadowConfig::from_json(
@@ -472,8 +488,7 @@ impl ShadowModel {
                 sc.gate_hidden_size.to_string(),
             ),
         ]);
-        let client =
-            RemoteBase::connect(url, token, frame::adapter_upload(tensors, meta), wire).await?;
+        let client = RemoteBase::connect(remote, frame::adapter_upload(tensors, meta)).await?;
         let mismatch = |what: &str, ours: usize, theirs: usize| {
             Err(Error::Remote {
                 url: url.to_string(),
@@ -563,6 +578,8 @@ impl ShadowModel {
             token: gpu.zeros("token", 1),
             remote: self.remote.as_ref().map(|_| RemoteState::default()),
             remote_xn: gpu.zeros("remote hidden", self.hidden),
+            fallback: false,
+            fallback_error: None,
         }
     }
 
@@ -662,16 +679,25 @@ impl ShadowModel {
                     .record(&mut step, &b.adapter, st, &sess.ids, s0, m, pos0);
                 Some((&st.xn, first * d, &b.head))
             }
-            (_, _, Some(r), Some(rs)) => {
+            (_, _, Some(r), Some(rs)) if sess.fallback_error.is_none() => {
                 step.submit()?;
                 let s0_host = gpu.read_f32(&sess.s0, 0, m * d).await?;
-                let h = r.client.forward(rs, pos0, ids, &s0_host, rows > 1).await?;
-                if sess.remote_xn.len() < rows * d {
-                    sess.remote_xn = gpu.zeros("remote hidden", rows * d);
-                }
-                gpu.write_f32(&sess.remote_xn, &h);
                 step = Step::new(gpu);
-                Some((&sess.remote_xn, 0, &r.head))
+                match r.client.forward(rs, pos0, ids, &s0_host, rows > 1).await {
+                    Ok(h) => {
+                        if sess.remote_xn.len() < rows * d {
+                            sess.remote_xn = gpu.zeros("remote hidden", rows * d);
+                        }
+                        gpu.write_f32(&sess.remote_xn, &h);
+                        Some((&sess.remote_xn, 0, &r.head))
+                    }
+                    Err(e @ Error::Remote { .. }) if sess.fallback => {
+                        log::warn!("{e}; continuing detached");
+                        sess.fallback_error = Some(e.to_string());
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             _ => None,
         };
@@ -698,6 +724,7 @@ impl ShadowModel {
         if let Some((h, off, head)) = main_hidden {
             ops::linear(&mut step, h, off, rows, head, &sess.logits, 0, v);
         }
+        let main_is_base = main_hidden.is_some();
         let main = if main_hidden.is_some() {
             &sess.logits
         } else {
@@ -709,7 +736,14 @@ impl ShadowModel {
         step.submit()?;
         sess.pos += m;
 
-        let mut out = ForwardOutput::default();
+        let mut out = ForwardOutput {
+            mode: Some(if main_is_base {
+                Mode::Attached
+            } else {
+                Mode::Detached
+            }),
+            ..Default::default()
+        };
         match readout {
             Readout::Argmax => out.argmax = Some(gpu.read_u32(&sess.token, 0, 1).await?[0]),
             _ => out.logits = gpu.read_f32(main, 0, rows * v).await?,

@@ -11,12 +11,39 @@ use crate::error::{Error, Result};
 use super::frame::{self, Frame, Wire};
 use super::PROTOCOL;
 
+/// Where and how to reach a backbone server.
+#[derive(Debug, Clone)]
+pub struct Connect {
+    /// Base URL, e.g. `http://host:8080`.
+    pub url: String,
+    /// Bearer token, when the server requires one.
+    pub token: Option<String>,
+    /// Encoding of the tensors sent and received.
+    pub wire: Wire,
+    /// Longest wait for one request (native; the browser's own limits apply there).
+    pub timeout: std::time::Duration,
+}
+
+impl Connect {
+    /// `url` with f32 frames, no token, and a 120 s timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Connect {
+            url: url.into(),
+            token: None,
+            wire: Wire::F32,
+            timeout: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
 /// A connection to a backbone server, with the adapter this client runs.
 pub struct RemoteBase {
     http: reqwest::Client,
     url: String,
     token: Option<String>,
     wire: Wire,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    timeout: std::time::Duration,
     upload: Arc<Vec<u8>>,
     sha: String,
     /// The server's base width, layers, vocabulary and longest sequence.
@@ -37,6 +64,18 @@ pub struct RemoteState {
     pub round_trips: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+/// An error with its causes, e.g. "error sending request: connection refused".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 enum Failure {
@@ -66,21 +105,25 @@ impl RemoteBase {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            r = r.timeout(std::time::Duration::from_secs(120));
+            r = r.timeout(self.timeout);
         }
         r
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
-        let resp = r
-            .send()
-            .await
-            .map_err(|e| self.err(None, format!("unreachable: {e}")))?;
+        let resp = r.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "no answer in time"
+            } else {
+                "unreachable"
+            };
+            self.err(None, format!("{why}: {}", chain(&e)))
+        })?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| self.err(Some(status), format!("reply cut off: {e}")))?;
+            .map_err(|e| self.err(Some(status), format!("reply cut off: {}", chain(&e))))?;
         Ok((status, body.to_vec()))
     }
 
@@ -92,23 +135,19 @@ impl RemoteBase {
         self.err(Some(status), msg)
     }
 
-    /// Connects to `url` (e.g. `http://host:8080`), checks the protocol, and prepares the
+    /// Connects to the server of `c`, checks the protocol, and prepares the
     /// adapter upload (`upload` from [`frame::adapter_upload`]).
-    pub async fn connect(
-        url: &str,
-        token: Option<String>,
-        upload: Vec<u8>,
-        wire: Wire,
-    ) -> Result<Self> {
+    pub async fn connect(c: &Connect, upload: Vec<u8>) -> Result<Self> {
         let sha: String = Sha256::digest(&upload)
             .iter()
             .map(|x| format!("{x:02x}"))
             .collect();
         let mut rb = RemoteBase {
             http: reqwest::Client::new(),
-            url: url.trim_end_matches('/').to_string(),
-            token,
-            wire,
+            url: c.url.trim_end_matches('/').to_string(),
+            token: c.token.clone(),
+            wire: c.wire,
+            timeout: c.timeout,
             upload: Arc::new(upload),
             sha,
             hidden: 0,
