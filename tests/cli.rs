@@ -238,31 +238,9 @@ fn serve_and_generate_with_a_remote_backbone() {
     if gpu().is_none() {
         return;
     }
-    use std::io::BufRead;
     let d = root().join("models/tiny");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-    let mut server = bin()
-        .args(["serve", "--base"])
-        .arg(d.join("base"))
-        .args(["--listen", "127.0.0.1:0", "--token", "t0k"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let _server = Kill(server);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(i) = line.find("http://") {
-            break line[i..].split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let server = ServerProcess::start(&d.join("base"), &["--token", "t0k"]);
+    let url = server.url.clone();
     let g = Golden::load(&d);
     let args = [
         "--model".to_string(),

@@ -412,26 +412,6 @@ fn sixteen_concurrent_sessions_are_all_exact() {
     );
 }
 
-/// Starts `shadowpeft serve` as a process (so it can be killed); returns it and its URL.
-fn serve_process(base: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowpeft"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--base"])
-        .arg(base)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(i) = line.find("http://") {
-            break line[i..].split_whitespace().next().unwrap().to_string();
-        }
-    };
-    (child, url)
-}
-
 /// The server is killed mid-generation: without fallback the next token is a clear error (no
 /// hang); with `fallback: detached` generation continues with the shadow alone, exactly as a
 /// detached model would continue the same text, and says so.
@@ -440,7 +420,8 @@ fn killed_server_is_an_error_or_a_visible_detached_fallback() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
     let name = "qwen3_implicit";
-    let (mut server, url) = serve_process(&fixture(name).join("base"));
+    let mut server = ServerProcess::start(&fixture(name).join("base"), &[]);
+    let url = server.url.clone();
     let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
     let want = g.ids("greedy_attached");
@@ -463,8 +444,7 @@ fn killed_server_is_an_error_or_a_visible_detached_fallback() {
     }
     history.extend(&want[..3]);
     assert_eq!(tok, want[3]);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     let t0 = std::time::Instant::now();
     let e = step(&mut strict, &[tok]).unwrap_err().to_string();

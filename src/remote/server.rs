@@ -78,6 +78,21 @@ struct App {
     adapters: Mutex<HashMap<String, AdapterEntry>>,
 }
 
+impl App {
+    fn check_room(&self, sessions: &HashMap<String, Arc<Mutex<RemoteSession>>>) -> ApiResult<()> {
+        if sessions.len() >= self.cfg.max_sessions {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the server holds its maximum of {} sessions; retry later",
+                    self.cfg.max_sessions
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An HTTP error with a JSON body.
 struct ApiError(StatusCode, String);
 
@@ -281,18 +296,8 @@ async fn new_session(
         e.adapter.clone()
     };
     let id = new_session_id()?;
-    {
-        let sessions = lock(&app.sessions);
-        if sessions.len() >= app.cfg.max_sessions {
-            return Err(ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "the server holds its maximum of {} sessions; retry later",
-                    app.cfg.max_sessions
-                ),
-            ));
-        }
-    }
+    // Checked before allocating the session's KV cache, and again when inserting it.
+    app.check_room(&lock(&app.sessions))?;
     let gpu = &app.gpu;
     let s = RemoteSession {
         state: app.base.new_state(gpu, &adapter, 1),
@@ -303,15 +308,7 @@ async fn new_session(
         last_used: Instant::now(),
     };
     let mut sessions = lock(&app.sessions);
-    if sessions.len() >= app.cfg.max_sessions {
-        return Err(ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "the server holds its maximum of {} sessions; retry later",
-                app.cfg.max_sessions
-            ),
-        ));
-    }
+    app.check_room(&sessions)?;
     sessions.insert(id.clone(), Arc::new(Mutex::new(s)));
     Ok((
         StatusCode::CREATED,

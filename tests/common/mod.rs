@@ -108,3 +108,56 @@ pub fn assert_logits(what: &str, got: &[f32], want: &[f32]) -> f32 {
     );
     e / m
 }
+
+/// `shadowpeft serve` in its own process (killed when dropped), and its URL.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Serves `base` on a free loopback port, with extra `serve` flags.
+    pub fn start(base: &Path, extra: &[&str]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowpeft"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--base"])
+            .arg(base)
+            .args(extra)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn shadowpeft serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut server = ServerProcess {
+            child,
+            url: String::new(),
+        };
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        server.url = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .expect("server stderr");
+            if let Some(i) = line.find("http://") {
+                break line[i..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        server
+    }
+
+    /// Kills the server now (as a crash would).
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
