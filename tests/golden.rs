@@ -48,60 +48,74 @@ fn greedy(model: &ShadowModel, prompt: &[u32], n: usize) -> Vec<u32> {
         .tokens
 }
 
-fn check_fixture(name: &str) {
+/// Runs `model` on the golden prompt: its logits (and, when `shadow_key` is given, its shadow
+/// logits) against the golden tensors, and its greedy continuation against `greedy_key`.
+fn check_model(
+    name: &str,
+    what: &str,
+    model: &ShadowModel,
+    g: &Golden,
+    logits_key: &str,
+    shadow_key: Option<&str>,
+    greedy_key: &str,
+) {
     let gpu = gpu().unwrap();
-    let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
     let n = g.json["max_new_tokens"].as_u64().unwrap() as usize;
+    let mut s = model.new_session(gpu);
+    let out = pollster::block_on(model.forward(
+        gpu,
+        &mut s,
+        &ids,
+        Readout::AllLogits,
+        shadow_key.is_some(),
+    ))
+    .unwrap();
+    assert_logits(&format!("{name} {what}"), &out.logits, &g.f32(logits_key).0);
+    if let Some(k) = shadow_key {
+        assert_logits(
+            &format!("{name} {what} shadow"),
+            &out.shadow_logits,
+            &g.f32(k).0,
+        );
+    }
+    assert_eq!(
+        greedy(model, &ids, n),
+        g.ids(greedy_key),
+        "{name}: greedy {what} tokens"
+    );
+}
 
+fn check_fixture(name: &str) {
+    let g = Golden::load(&fixture(name));
     let attached = load(name, Mode::Attached);
-    let mut s = attached.new_session(gpu);
-    let out =
-        pollster::block_on(attached.forward(gpu, &mut s, &ids, Readout::AllLogits, true)).unwrap();
-    assert_logits(
-        &format!("{name} attached"),
-        &out.logits,
-        &g.f32("attached_logits").0,
+    check_model(
+        name,
+        "attached",
+        &attached,
+        &g,
+        "attached_logits",
+        Some("attached_shadow_logits"),
+        "greedy_attached",
     );
-    assert_logits(
-        &format!("{name} attached shadow"),
-        &out.shadow_logits,
-        &g.f32("attached_shadow_logits").0,
-    );
-    assert_eq!(
-        greedy(&attached, &ids, n),
-        g.ids("greedy_attached"),
-        "{name}: greedy attached tokens"
-    );
-
     let detached = load(name, Mode::Detached);
-    let mut s = detached.new_session(gpu);
-    let out =
-        pollster::block_on(detached.forward(gpu, &mut s, &ids, Readout::AllLogits, false)).unwrap();
-    assert_logits(
-        &format!("{name} detached"),
-        &out.logits,
-        &g.f32("detached_logits").0,
+    check_model(
+        name,
+        "detached",
+        &detached,
+        &g,
+        "detached_logits",
+        None,
+        "greedy_detached",
     );
-    assert_eq!(
-        greedy(&detached, &ids, n),
-        g.ids("greedy_detached"),
-        "{name}: greedy detached tokens"
-    );
-
-    let export = load_export(name);
-    let mut s = export.new_session(gpu);
-    let out =
-        pollster::block_on(export.forward(gpu, &mut s, &ids, Readout::AllLogits, false)).unwrap();
-    assert_logits(
-        &format!("{name} export"),
-        &out.logits,
-        &g.f32("export_logits").0,
-    );
-    assert_eq!(
-        greedy(&export, &ids, n),
-        g.ids("greedy_export"),
-        "{name}: greedy export tokens"
+    check_model(
+        name,
+        "export",
+        &load_export(name),
+        &g,
+        "export_logits",
+        None,
+        "greedy_export",
     );
 }
 
