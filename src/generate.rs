@@ -28,6 +28,25 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Extra ids that end generation (the model's EOS ids are always used unless ignored).
     pub eos_ids: Vec<u32>,
+    /// Start detached and escalate to the attached model on a marker or low confidence.
+    pub escalate: Option<Escalate>,
+}
+
+/// Escalation: the generation starts detached (the shadow alone, the base deferred) and
+/// switches to attached for good when the detached model emits `marker_ids`, or when its
+/// top probability falls below `min_prob`. The base then catches up on every earlier
+/// position in one pass, and the attached model produces the token in place of the marker
+/// (the marker's tokens are dropped) or of the unsure token. Each token reports its mode.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Escalate {
+    /// The marker as text (e.g. `[REMOTE]`); callers with a tokenizer resolve it into
+    /// `marker_ids` (one id when the vocabulary has the marker as a token).
+    pub marker: Option<String>,
+    /// The marker's token ids.
+    pub marker_ids: Vec<u32>,
+    /// Escalate when the detached model's highest next-token probability is below this.
+    pub min_prob: Option<f32>,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +60,7 @@ impl Default for GenerateOptions {
             seed: 0,
             ignore_eos: false,
             eos_ids: Vec::new(),
+            escalate: None,
         }
     }
 }
@@ -56,6 +76,19 @@ impl GenerateOptions {
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad("repetition_penalty must be a finite number > 0");
+        }
+        if let Some(e) = &self.escalate {
+            if e.marker.is_some() && e.marker_ids.is_empty() {
+                return bad("escalate.marker must be turned into marker_ids with the tokenizer");
+            }
+            if let Some(p) = e.min_prob {
+                if !(p > 0.0 && p <= 1.0) {
+                    return bad("escalate.min_prob must be in (0, 1]");
+                }
+            }
+            if e.marker_ids.is_empty() && e.min_prob.is_none() {
+                return bad("escalate needs a marker, a min_prob, or both");
+            }
         }
         Ok(())
     }
@@ -104,6 +137,13 @@ impl Generation {
             n as f64 / self.decode_secs.max(1e-9)
         }
     }
+}
+
+/// The highest probability of a softmax over `logits`.
+pub fn top_prob(logits: &[f32]) -> f32 {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - mx) as f64).exp()).sum();
+    (1.0 / sum) as f32
 }
 
 /// Host sampler over one row of logits.
@@ -190,6 +230,11 @@ pub struct TokenStream {
     produced: usize,
     stop: Option<StopReason>,
     last_mode: Option<Mode>,
+    /// Tokens decided and not yet handed out.
+    ready: std::collections::VecDeque<(u32, Mode)>,
+    /// Detached tokens that match the start of the escalation marker, held back.
+    held: Vec<u32>,
+    escalated: bool,
 }
 
 impl TokenStream {
@@ -198,6 +243,11 @@ impl TokenStream {
         opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if opts.escalate.is_some() && model.mode() != Mode::Attached {
+            return Err(Error::InvalidRequest(
+                "escalation needs an attached model (a local or remote base)".into(),
+            ));
         }
         let mut eos: Vec<u32> = model.eos_ids().to_vec();
         eos.extend(&opts.eos_ids);
@@ -210,6 +260,9 @@ impl TokenStream {
             produced: 0,
             stop: None,
             last_mode: None,
+            ready: Default::default(),
+            held: Vec::new(),
+            escalated: false,
         })
     }
 
@@ -235,36 +288,120 @@ impl TokenStream {
         model: &ShadowModel,
         sess: &mut Session,
     ) -> Result<Option<u32>> {
-        if self.stop.is_some() {
-            return Ok(None);
+        loop {
+            if let Some((t, m)) = self.ready.pop_front() {
+                self.last_mode = Some(m);
+                return Ok(Some(t));
+            }
+            if self.stop.is_some() {
+                return Ok(None);
+            }
+            if self.produced >= self.opts.max_new_tokens {
+                if self.held.is_empty() {
+                    self.stop = Some(StopReason::Length);
+                } else {
+                    // Out of room: a partial marker is ordinary output.
+                    self.ready
+                        .extend(self.held.drain(..).map(|t| (t, Mode::Detached)));
+                }
+                continue;
+            }
+            self.step(gpu, model, sess).await?;
         }
-        if self.produced >= self.opts.max_new_tokens {
-            self.stop = Some(StopReason::Length);
-            return Ok(None);
+    }
+
+    /// The forward for the next position: detached while escalation is pending.
+    async fn step(&mut self, gpu: &Gpu, model: &ShadowModel, sess: &mut Session) -> Result<()> {
+        let esc = self.opts.escalate.clone().filter(|_| !self.escalated);
+        if esc.is_some() && !sess.is_deferred() {
+            sess.defer_base(true);
         }
+        let min_prob = esc.as_ref().and_then(|e| e.min_prob);
+        let readout = if self.opts.greedy_on_gpu() && min_prob.is_none() {
+            Readout::Argmax
+        } else {
+            Readout::LastLogits
+        };
+        let mut f = model
+            .forward(gpu, sess, &self.input, readout, false)
+            .await?;
+        if let Some(p) = min_prob {
+            if f.mode == Some(Mode::Detached) && top_prob(&f.logits) < p {
+                f = self.escalate(gpu, model, sess).await?;
+            }
+        }
+        let mut tok = self.pick(f.argmax, f.logits);
+        let mut mode = f.mode.unwrap_or(model.mode());
+        let marker = match &esc {
+            Some(e) if !self.escalated && mode == Mode::Detached => e.marker_ids.as_slice(),
+            _ => &[],
+        };
+        if !marker.is_empty() {
+            self.held.push(tok);
+            if self.held == marker {
+                // Drop the marker and rewind past the marker tokens already fed; the
+                // attached model answers at the marker's first position.
+                let n = self.held.len();
+                sess.truncate(sess.position() - (n - 1));
+                self.history.truncate(self.history.len() - (n - 1));
+                self.produced -= n - 1;
+                self.held.clear();
+                let f = self.escalate(gpu, model, sess).await?;
+                tok = self.pick(f.argmax, f.logits);
+                mode = f.mode.unwrap_or(model.mode());
+            } else if marker.starts_with(&self.held) {
+                self.advance(tok);
+                return Ok(());
+            } else {
+                // Hand out everything that can no longer start the marker.
+                let cut = (1..=self.held.len())
+                    .find(|&i| marker.starts_with(&self.held[i..]))
+                    .unwrap_or(self.held.len());
+                self.ready
+                    .extend(self.held.drain(..cut).map(|t| (t, Mode::Detached)));
+                self.advance(tok);
+                if self.held.is_empty() && !self.opts.ignore_eos && self.eos.contains(&tok) {
+                    self.stop = Some(StopReason::Eos);
+                }
+                return Ok(());
+            }
+        }
+        self.ready.push_back((tok, mode));
+        self.advance(tok);
+        if !self.opts.ignore_eos && self.eos.contains(&tok) {
+            self.stop = Some(StopReason::Eos);
+        }
+        Ok(())
+    }
+
+    /// Ends the deferred stretch: the base catches up and gives the logits in place of the
+    /// detached ones for the same position.
+    async fn escalate(
+        &mut self,
+        gpu: &Gpu,
+        model: &ShadowModel,
+        sess: &mut Session,
+    ) -> Result<crate::model::ForwardOutput> {
+        self.escalated = true;
         let readout = if self.opts.greedy_on_gpu() {
             Readout::Argmax
         } else {
             Readout::LastLogits
         };
-        let f = model
-            .forward(gpu, sess, &self.input, readout, false)
-            .await?;
-        self.last_mode = f.mode;
-        let tok = match f.argmax {
+        model.escalate(gpu, sess, readout).await
+    }
+
+    fn pick(&mut self, argmax: Option<u32>, mut logits: Vec<f32>) -> u32 {
+        match argmax {
             Some(t) => t,
-            None => {
-                let mut logits = f.logits;
-                self.sampler.sample(&mut logits, &self.history, &self.opts)
-            }
-        };
+            None => self.sampler.sample(&mut logits, &self.history, &self.opts),
+        }
+    }
+
+    fn advance(&mut self, tok: u32) {
         self.produced += 1;
         self.history.push(tok);
         self.input = vec![tok];
-        if !self.opts.ignore_eos && self.eos.contains(&tok) {
-            self.stop = Some(StopReason::Eos);
-        }
-        Ok(Some(tok))
     }
 }
 

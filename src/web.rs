@@ -83,6 +83,17 @@ impl Engine {
             gpu: self.gpu.clone(),
             src: MemSource::new(name),
             streams: std::collections::HashMap::new(),
+            raw: false,
+        }
+    }
+
+    /// An empty adapter directory (kept as bytes: its tensors are uploaded to a backbone
+    /// server or loaded for the stepped protocol by `Model.attach`).
+    #[wasm_bindgen(js_name = adapterFiles)]
+    pub fn adapter_files(&self, name: String) -> Files {
+        Files {
+            raw: true,
+            ..self.files(name)
         }
     }
 
@@ -130,6 +141,8 @@ pub struct Files {
     gpu: Rc<Gpu>,
     src: MemSource,
     streams: std::collections::HashMap<String, SafetensorsStream>,
+    /// Keep weight files as bytes instead of streaming them to the GPU.
+    raw: bool,
 }
 
 fn is_weights(file: &str) -> bool {
@@ -140,14 +153,14 @@ fn is_weights(file: &str) -> bool {
 impl Files {
     /// Reserves room for a (non-weight) file of `bytes` bytes.
     pub fn reserve(&mut self, file: &str, bytes: f64) {
-        if !is_weights(file) {
+        if self.raw || !is_weights(file) {
             self.src.reserve(file, bytes as usize);
         }
     }
 
     /// Appends the next chunk of `file`; weight tensors it completes go to the GPU now.
     pub fn append(&mut self, file: &str, chunk: &[u8]) -> Result<(), JsValue> {
-        if !is_weights(file) {
+        if self.raw || !is_weights(file) {
             self.src.append(file, chunk);
             return Ok(());
         }
@@ -188,6 +201,24 @@ pub struct Model {
 struct Step {
     token: u32,
     text: String,
+    /// "attached" or "detached": which model produced the token.
+    mode: &'static str,
+}
+
+/// `Model.attach` options (camelCase from JavaScript).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AttachOptions {
+    backbone: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    protocol: Option<crate::remote::client::Protocol>,
+    #[serde(default)]
+    wire: Option<crate::remote::frame::Wire>,
+    /// "error" (default) or "detached".
+    #[serde(default)]
+    fallback: Option<String>,
 }
 
 impl Model {
@@ -267,17 +298,106 @@ impl Model {
         self.with(|i| Ok(Self::tokenizer(i)?.token_id(token)))
     }
 
+    /// Attaches this (detached) model to a backbone server with the adapter in `files`
+    /// (`shadow_config.json`, `shadow_adapter.safetensors`, optional
+    /// `shadow_modules.safetensors`). `options`: `{ backbone, token?, protocol?: "fused" |
+    /// "stepped", wire?: "f32" | "f16", fallback?: "error" | "detached" }`. On failure the
+    /// model stays as it was.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn attach(&self, files: Files, options: JsValue) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o: AttachOptions = serde_wasm_bindgen::from_value(options)
+                .map_err(|e| js_err(format!("attach options: {e}")))?;
+            let fallback = match o.fallback.as_deref() {
+                None | Some("error") => false,
+                Some("detached") => true,
+                Some(f) => {
+                    return Err(js_err(format!(
+                        "attach options: fallback `{f}`, expected error or detached"
+                    )))
+                }
+            };
+            let connect = crate::remote::client::Connect {
+                token: o.token,
+                wire: o.wire.unwrap_or(crate::remote::frame::Wire::F32),
+                protocol: o.protocol.unwrap_or(crate::remote::client::Protocol::Fused),
+                ..crate::remote::client::Connect::new(o.backbone)
+            };
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| js_err("the model is busy with another call"))?;
+            let i = &mut *guard;
+            i.model
+                .attach_remote(&i.gpu, &files.src, &connect)
+                .await
+                .map_err(js_err)?;
+            i.session = i.model.new_session(&i.gpu);
+            i.session.set_fallback_detached(fallback);
+            i.stream = None;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Back to detached (the shadow alone); forgets the backbone server.
+    pub fn detach(&self) -> Result<(), JsValue> {
+        self.with(|i| {
+            i.model.detach_remote();
+            i.session = i.model.new_session(&i.gpu);
+            i.stream = None;
+            Ok(())
+        })
+    }
+
+    /// "attached" or "detached".
+    pub fn mode(&self) -> Result<String, JsValue> {
+        self.with(|i| Ok(format!("{:?}", i.model.mode()).to_lowercase()))
+    }
+
+    /// Backbone traffic so far and the failure that switched to detached, if any:
+    /// `{ roundTrips, bytesSent, bytesReceived, fallbackError }` (undefined when detached).
+    pub fn traffic(&self) -> Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Traffic<'a> {
+            round_trips: f64,
+            bytes_sent: f64,
+            bytes_received: f64,
+            fallback_error: Option<&'a str>,
+        }
+        self.with(|i| match i.session.remote_traffic() {
+            None => Ok(JsValue::UNDEFINED),
+            Some((t, s, r)) => serde_wasm_bindgen::to_value(&Traffic {
+                round_trips: t as f64,
+                bytes_sent: s as f64,
+                bytes_received: r as f64,
+                fallback_error: i.session.fallback_error(),
+            })
+            .map_err(js_err),
+        })
+    }
+
     /// Starts a new generation after `prompt` (the conversation state is reset). `options`
     /// are the sampling settings (`maxNewTokens`, `temperature`, `topK`, `topP`,
-    /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`).
+    /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`, `escalate: { marker, minProb }`).
     pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<(), JsValue> {
-        let opts: GenerateOptions = if options.is_undefined() || options.is_null() {
+        let mut opts: GenerateOptions = if options.is_undefined() || options.is_null() {
             GenerateOptions::default()
         } else {
             serde_wasm_bindgen::from_value(options)
                 .map_err(|e| js_err(format!("generation options: {e}")))?
         };
         self.with(|i| {
+            if let Some(e) = &mut opts.escalate {
+                if let (Some(m), true) = (&e.marker, e.marker_ids.is_empty()) {
+                    let tok = Self::tokenizer(i)?;
+                    e.marker_ids = match tok.token_id(m) {
+                        Some(id) => vec![id],
+                        None => tok.encode(m, false).map_err(js_err)?,
+                    };
+                }
+            }
+            i.session.defer_base(false);
             let stream = TokenStream::new(&i.model, &prompt, &opts).map_err(js_err)?;
             i.session.reset();
             i.stream = Some(stream);
@@ -313,7 +433,12 @@ impl Model {
                         Some(t) => i.text.push(t, token).map_err(js_err)?,
                         None => String::new(),
                     };
-                    serde_wasm_bindgen::to_value(&Step { token, text }).map_err(js_err)
+                    let mode = match stream.last_mode() {
+                        Some(crate::model::Mode::Detached) => "detached",
+                        _ if i.model.mode() == crate::model::Mode::Detached => "detached",
+                        _ => "attached",
+                    };
+                    serde_wasm_bindgen::to_value(&Step { token, text, mode }).map_err(js_err)
                 }
             }
         })

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use shadowpeft::remote::client::Connect;
+use shadowpeft::generate::Escalate;
+use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::frame::Wire;
 use shadowpeft::remote::server::{load_base, serve, ServerConfig};
-use shadowpeft::{generate, DirSource, GenerateOptions, Gpu, LoadOptions, Readout, ShadowModel};
+use shadowpeft::{
+    generate, DirSource, GenerateOptions, Gpu, LoadOptions, Mode, Readout, ShadowModel,
+};
 
 /// Starts a server for `fixture`'s base on 127.0.0.1 (its own thread, runtime and device).
 fn start(fixture_name: &str, cfg: ServerConfig) -> String {
@@ -50,17 +53,26 @@ fn client(
     token: Option<&str>,
     wire: Wire,
 ) -> shadowpeft::Result<ShadowModel> {
-    let d = fixture(name);
     let c = Connect {
         token: token.map(str::to_string),
         wire,
         ..Connect::new(url)
     };
+    client_with(rt, gpu, name, &c)
+}
+
+fn client_with(
+    rt: &tokio::runtime::Runtime,
+    gpu: &Gpu,
+    name: &str,
+    c: &Connect,
+) -> shadowpeft::Result<ShadowModel> {
+    let d = fixture(name);
     rt.block_on(ShadowModel::load_remote(
         gpu,
         &DirSource::open(d.join("export")).unwrap(),
         &DirSource::open(d.join("adapter")).unwrap(),
-        &c,
+        c,
         &LoadOptions::default(),
     ))
 }
@@ -91,20 +103,30 @@ fn remote_attached_equals_the_official_attached_output() {
         let url = start(name, ServerConfig::default());
         let g = Golden::load(&fixture(name));
         let ids = g.ids("input_ids");
-        for wire in [Wire::F32, Wire::F16] {
-            let m = client(&rt, gpu, name, &url, None, wire).unwrap();
+        for (protocol, wire) in [
+            (Protocol::Fused, Wire::F32),
+            (Protocol::Fused, Wire::F16),
+            (Protocol::Stepped, Wire::F32),
+            (Protocol::Stepped, Wire::F16),
+        ] {
+            let c = Connect {
+                wire,
+                protocol,
+                ..Connect::new(&url)
+            };
+            let m = client_with(&rt, gpu, name, &c).unwrap();
             let mut s = m.new_session(gpu);
             let out = rt
                 .block_on(m.forward(gpu, &mut s, &ids, Readout::AllLogits, true))
                 .unwrap();
             if wire == Wire::F32 {
                 assert_logits(
-                    &format!("{name} remote attached"),
+                    &format!("{name} remote attached {protocol:?}"),
                     &out.logits,
                     &g.f32("attached_logits").0,
                 );
                 assert_logits(
-                    &format!("{name} remote shadow"),
+                    &format!("{name} remote shadow {protocol:?}"),
                     &out.shadow_logits,
                     &g.f32("attached_shadow_logits").0,
                 );
@@ -112,7 +134,7 @@ fn remote_attached_equals_the_official_attached_output() {
                 // f16 frames round s0 and the hidden state to 11 bits; report, and check the tokens.
                 let (e, mx) = max_err(&out.logits, &g.f32("attached_logits").0);
                 eprintln!(
-                    "{name} remote attached over f16: max abs error {e:.3e} ({:.2e} of max|logit|)",
+                    "{name} remote attached {protocol:?} over f16: max abs error {e:.3e} ({:.2e} of max|logit|)",
                     e / mx
                 );
                 assert!(e <= 2e-2 * mx, "{name}: f16 wire error {e}");
@@ -121,10 +143,33 @@ fn remote_attached_equals_the_official_attached_output() {
             assert_eq!(
                 greedy(&rt, gpu, &m, &mut s, &ids, 12),
                 g.ids("greedy_attached"),
-                "{name} {wire:?}: greedy tokens"
+                "{name} {protocol:?} {wire:?}: greedy tokens"
             );
             let (trips, sent, recv) = s.remote_traffic().unwrap();
-            eprintln!("{name} {wire:?}: 12 tokens in {trips} round trips, {sent} bytes sent, {recv} received");
+            eprintln!("{name} {protocol:?} {wire:?}: 12 tokens in {trips} round trips, {sent} bytes sent, {recv} received");
+            // Per decoded token: one round trip fused, one per base layer stepped.
+            let (t0, s0, r0) = (trips, sent, recv);
+            let mut s2 = m.new_session(gpu);
+            greedy(&rt, gpu, &m, &mut s2, &ids, 2);
+            let (t1, s1, r1) = s2.remote_traffic().unwrap();
+            let per = |a: u64, b: u64| (a - b) as f64 / 10.0;
+            eprintln!(
+                "{name} {protocol:?} {wire:?} per decoded token: {} round trips, {} B sent, {} B received",
+                per(t0, t1),
+                per(s0, s1),
+                per(r0, r1)
+            );
+            let layers = m.remote_layers().unwrap() as f64;
+            let want_trips = if protocol == Protocol::Fused {
+                1.0
+            } else {
+                layers
+            };
+            assert_eq!(
+                per(t0, t1),
+                want_trips,
+                "{name} {protocol:?}: round trips per token"
+            );
         }
     }
 }
@@ -144,22 +189,144 @@ fn expired_sessions_are_rebuilt_with_identical_output() {
     let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
     let want = g.ids("greedy_attached");
-    let m = client(&rt, gpu, name, &url, None, Wire::F32).unwrap();
-    let mut s = m.new_session(gpu);
-    let first = greedy(&rt, gpu, &m, &mut s, &ids, 4);
-    assert_eq!(first, want[..4]);
-    std::thread::sleep(Duration::from_millis(1200));
-    // The server dropped the session; the client re-sends the prefix and carries on.
-    let mut rest = Vec::new();
-    let mut tok = *first.last().unwrap();
-    for _ in 0..8 {
-        let o = rt
-            .block_on(m.forward(gpu, &mut s, &[tok], Readout::Argmax, false))
-            .unwrap();
-        tok = o.argmax.unwrap();
-        rest.push(tok);
+    for protocol in [Protocol::Fused, Protocol::Stepped] {
+        let c = Connect {
+            protocol,
+            ..Connect::new(&url)
+        };
+        let m = client_with(&rt, gpu, name, &c).unwrap();
+        let mut s = m.new_session(gpu);
+        let first = greedy(&rt, gpu, &m, &mut s, &ids, 4);
+        assert_eq!(first, want[..4]);
+        std::thread::sleep(Duration::from_millis(1200));
+        // The server dropped the session; the client re-sends the prefix and carries on.
+        let mut rest = Vec::new();
+        let mut tok = *first.last().unwrap();
+        for _ in 0..8 {
+            let o = rt
+                .block_on(m.forward(gpu, &mut s, &[tok], Readout::Argmax, false))
+                .unwrap();
+            tok = o.argmax.unwrap();
+            rest.push(tok);
+        }
+        assert_eq!(rest, want[4..], "{protocol:?}");
+        // A reset session starts over on the same server session (it rewinds).
+        s.reset();
+        assert_eq!(
+            greedy(&rt, gpu, &m, &mut s, &ids, 12),
+            want,
+            "{protocol:?} after reset"
+        );
     }
-    assert_eq!(rest, want[4..]);
+}
+
+fn local_attached(gpu: &Gpu, name: &str) -> ShadowModel {
+    let d = fixture(name);
+    pollster::block_on(ShadowModel::load_adapter(
+        gpu,
+        &DirSource::open(d.join("base")).unwrap(),
+        &DirSource::open(d.join("adapter")).unwrap(),
+        None::<&DirSource>,
+        Mode::Attached,
+        &LoadOptions::default(),
+    ))
+    .unwrap()
+}
+
+/// Escalation: detached tokens up to the marker, then exactly what the attached model
+/// produces after that prefix; locally and over both protocols.
+#[test]
+fn escalation_on_a_marker_continues_exactly_attached() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let url = start(name, ServerConfig::default());
+    let g = Golden::load(&fixture(name));
+    let (ids, det) = (g.ids("input_ids"), g.ids("greedy_detached"));
+    let n = 12;
+    let local = local_attached(gpu, name);
+    let remote = |protocol| {
+        client_with(
+            &rt,
+            gpu,
+            name,
+            &Connect {
+                protocol,
+                ..Connect::new(&url)
+            },
+        )
+        .unwrap()
+    };
+    let models = [
+        ("local", local_attached(gpu, name)),
+        ("fused", remote(Protocol::Fused)),
+        ("stepped", remote(Protocol::Stepped)),
+    ];
+    // A one-token marker at the first detached token not seen before it, and a two-token
+    // marker ending there (held back, then rewound).
+    let k = (2..n).find(|&k| !det[..k].contains(&det[k])).unwrap();
+    for marker in [vec![det[k]], det[k - 1..=k].to_vec()] {
+        let keep = k + 1 - marker.len();
+        let mut prefix = ids.clone();
+        prefix.extend(&det[..keep]);
+        let mut s = local.new_session(gpu);
+        let mut want = det[..keep].to_vec();
+        want.extend(greedy(&rt, gpu, &local, &mut s, &prefix, n - keep));
+        let o = GenerateOptions {
+            max_new_tokens: n,
+            ignore_eos: true,
+            escalate: Some(Escalate {
+                marker_ids: marker.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (what, m) in &models {
+            let mut s = m.new_session(gpu);
+            let out = rt
+                .block_on(generate(gpu, m, &mut s, &ids, &o, |_| Ok(true)))
+                .unwrap();
+            assert_eq!(out.tokens, want, "{what}, marker {marker:?}");
+            let mut modes = vec![Mode::Detached; keep];
+            modes.resize(n, Mode::Attached);
+            assert_eq!(out.modes, modes, "{what}, marker {marker:?}");
+        }
+    }
+    // Unsure from the first token (every top probability is below 1): all attached, equal
+    // to the official attached output.
+    let o = GenerateOptions {
+        max_new_tokens: n,
+        ignore_eos: true,
+        escalate: Some(Escalate {
+            min_prob: Some(1.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for (what, m) in &models {
+        let mut s = m.new_session(gpu);
+        let out = rt
+            .block_on(generate(gpu, m, &mut s, &ids, &o, |_| Ok(true)))
+            .unwrap();
+        assert_eq!(out.tokens, g.ids("greedy_attached"), "{what}: min_prob");
+        assert!(out.modes.iter().all(|m| *m == Mode::Attached), "{what}");
+    }
+    // A marker the detached model never emits: the detached output, all detached.
+    let o = GenerateOptions {
+        max_new_tokens: n,
+        ignore_eos: true,
+        escalate: Some(Escalate {
+            marker_ids: vec![u32::MAX - 1],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut s = local.new_session(gpu);
+    let out = rt
+        .block_on(generate(gpu, &local, &mut s, &ids, &o, |_| Ok(true)))
+        .unwrap();
+    assert_eq!(out.tokens, det);
+    assert!(out.modes.iter().all(|m| *m == Mode::Detached));
 }
 
 /// Sends a request; (0, error) when the server closed the connection before answering.
@@ -314,7 +481,7 @@ fn garbage_frames_get_400_with_a_reason() {
                 false,
                 Wire::F32,
             ),
-            "does not follow",
+            "is past the session",
         ),
     ];
     for (body, want) in cases {

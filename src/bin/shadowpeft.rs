@@ -91,6 +91,11 @@ mod cli {
         /// Bearer token for the backbone server.
         #[arg(long, requires = "backbone")]
         token: Option<String>,
+        /// How the work is shared with the backbone: `fused` (one round trip per token; the
+        /// injection/update weights are uploaded once) or `stepped` (one round trip per layer;
+        /// the adapter never leaves this machine).
+        #[arg(long, default_value = "fused", value_parser = ["fused", "stepped"], requires = "backbone")]
+        protocol: String,
         /// Tensor encoding on the wire to the backbone: f16 or f32.
         #[arg(long, default_value = "f32", requires = "backbone")]
         wire: String,
@@ -154,6 +159,14 @@ mod cli {
         /// Print one JSON object (tokens, text, speeds) instead of streaming text.
         #[arg(long)]
         json: bool,
+        /// Start detached and switch to attached when the detached model emits this text
+        /// (e.g. `[REMOTE]`); the marker is dropped and the attached model answers instead.
+        #[arg(long)]
+        escalate_marker: Option<String>,
+        /// Start detached and switch to attached when the detached model's top
+        /// probability falls below this (0..1).
+        #[arg(long)]
+        escalate_below: Option<f32>,
     }
 
     #[derive(Args)]
@@ -230,7 +243,7 @@ mod cli {
                 };
                 let wire = a.wire.parse()?;
                 let timeout = std::time::Duration::try_from_secs_f64(a.backbone_timeout).context("--backbone-timeout: expected a positive number of seconds")?;
-                let remote = shadowpeft::remote::client::Connect { url: url.clone(), token: a.token.clone(), wire, timeout };
+                let remote = shadowpeft::remote::client::Connect { url: url.clone(), token: a.token.clone(), wire, timeout, protocol: a.protocol.parse()? };
                 let m = ShadowModel::load_remote(&gpu, &DirSource::open(dir)?, &DirSource::open(adapter)?, &remote, &opts).await?;
                 (m, dir.clone())
             }
@@ -419,7 +432,24 @@ mod cli {
             seed: a.seed,
             ignore_eos: a.ignore_eos,
             eos_ids,
+            escalate: None,
         };
+        let mut opts = opts;
+        if a.escalate_marker.is_some() || a.escalate_below.is_some() {
+            let marker_ids = match (&a.escalate_marker, &tokenizer) {
+                (Some(m), Some(tok)) => match tok.token_id(m) {
+                    Some(id) => vec![id],
+                    None => tok.encode(m, false)?,
+                },
+                (Some(_), None) => bail!("--escalate-marker needs the model's tokenizer.json"),
+                (None, _) => Vec::new(),
+            };
+            opts.escalate = Some(shadowpeft::generate::Escalate {
+                marker: a.escalate_marker.clone(),
+                marker_ids,
+                min_prob: a.escalate_below,
+            });
+        }
         let mut sess = model.new_session(gpu);
         sess.set_fallback_detached(a.model.fallback == "detached");
         let mut dec = StreamDecoder::default();

@@ -8,7 +8,7 @@
 //! out = norm(h)
 //! ```
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor};
 use crate::ops;
 
@@ -32,7 +32,8 @@ pub struct BaseState {
     /// The final normed hidden state `[rows, hidden]` of the last run.
     pub(crate) xn: Tensor,
     scratch: Scratch,
-    adapter: AdapterScratch,
+    /// The adapter's activations; `None` for a stepped session (its client runs the adapter).
+    adapter: Option<AdapterScratch>,
 }
 
 impl BaseModel {
@@ -60,7 +61,7 @@ impl BaseModel {
     }
 
     /// A fresh conversation state sized for `rows` tokens per call.
-    pub fn new_state(&self, gpu: &Gpu, adapter: &Adapter, rows: usize) -> BaseState {
+    pub fn new_state(&self, gpu: &Gpu, adapter: Option<&Adapter>, rows: usize) -> BaseState {
         let d = self.decoder.cfg.hidden;
         BaseState {
             cache: self.decoder.new_cache(gpu),
@@ -69,12 +70,12 @@ impl BaseModel {
             s: gpu.zeros("s", rows * d),
             xn: gpu.zeros("xn", rows * d),
             scratch: self.decoder.new_scratch(gpu, rows),
-            adapter: adapter.new_scratch(gpu, rows),
+            adapter: adapter.map(|a| a.new_scratch(gpu, rows)),
         }
     }
 
     /// Grows the activations of `st` to hold `rows` tokens (the KV cache is kept).
-    pub fn grow(&self, gpu: &Gpu, adapter: &Adapter, st: &mut BaseState, rows: usize) {
+    pub fn grow(&self, gpu: &Gpu, adapter: Option<&Adapter>, st: &mut BaseState, rows: usize) {
         if rows <= st.rows {
             return;
         }
@@ -84,7 +85,7 @@ impl BaseModel {
         st.s = gpu.zeros("s", rows * d);
         st.xn = gpu.zeros("xn", rows * d);
         st.scratch = self.decoder.new_scratch(gpu, rows);
-        st.adapter = adapter.new_scratch(gpu, rows);
+        st.adapter = adapter.map(|a| a.new_scratch(gpu, rows));
     }
 
     /// Records the base over `m` tokens `ids` at positions `pos0..pos0 + m` with shadow state
@@ -98,22 +99,49 @@ impl BaseModel {
         s0: &Tensor,
         m: usize,
         pos0: usize,
-    ) {
+    ) -> Result<()> {
+        let sc = st.adapter.as_ref().ok_or_else(|| {
+            Error::InvalidRequest("this base state was made without adapter activations".into())
+        })?;
         let d = self.decoder.cfg.hidden;
         ops::embedding(step, ids, &self.embed, &st.x, m);
         step.copy(s0, 0, &st.s, 0, m * d);
         let n = self.decoder.num_layers();
         for l in 0..n {
             if l > 0 {
-                adapter.inject(step, l - 1, &st.x, &st.s, m, &st.adapter);
+                adapter.inject(step, l - 1, &st.x, &st.s, m, sc);
             }
             self.decoder
                 .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);
             // The update after the last layer is never read: skip it.
             if l > 0 && l + 1 < n {
-                adapter.update(step, l - 1, &st.x, &st.s, m, &st.adapter);
+                adapter.update(step, l - 1, &st.x, &st.s, m, sc);
             }
         }
         self.decoder.final_norm(step, &st.x, &st.xn, m);
+        Ok(())
+    }
+
+    /// Records base layer `l` alone over `m` rows at positions `pos0..pos0 + m`, for the
+    /// stepped protocol: layer 0 starts from the embeddings of `ids`, later layers from
+    /// `st.x` (the client's injected input, written there by the caller). The output stays
+    /// in `st.x`; after the last layer its normed form is in `st.xn`.
+    pub fn record_layer(
+        &self,
+        step: &mut Step,
+        st: &BaseState,
+        l: usize,
+        ids: &Tensor,
+        m: usize,
+        pos0: usize,
+    ) {
+        if l == 0 {
+            ops::embedding(step, ids, &self.embed, &st.x, m);
+        }
+        self.decoder
+            .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);
+        if l + 1 == self.decoder.num_layers() {
+            self.decoder.final_norm(step, &st.x, &st.xn, m);
+        }
     }
 }

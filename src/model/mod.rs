@@ -23,9 +23,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor};
 use crate::ops::{self, Linear};
 
-use crate::remote::client::{Connect, RemoteBase, RemoteState};
+use crate::remote::client::{Connect, LocalAdapter, Protocol, RemoteBase, RemoteState};
 use crate::remote::frame;
-use adapter::Adapter;
+use adapter::{Adapter, AdapterScratch};
 use base::{BaseModel, BaseState};
 use config::{ArchConfig, ProjectedConfig, ShadowConfig};
 use decoder::{load_linear, Decoder, KvCache, Scratch};
@@ -74,10 +74,66 @@ struct Base {
     adapter: Adapter,
 }
 
-/// The base on a backbone server: the client keeps the head.
+/// The base on a backbone server: the client keeps the head, and in the stepped protocol
+/// the injection/update weights.
 struct RemoteAttach {
     client: RemoteBase,
     head: Linear,
+    adapter: Option<Adapter>,
+}
+
+/// Client-side activations of the stepped protocol.
+struct StepBuffers {
+    rows: usize,
+    x: Tensor,
+    s: Tensor,
+    scratch: AdapterScratch,
+}
+
+/// Runs the injection and update between the server's layers (stepped protocol).
+struct Stepper<'a> {
+    gpu: &'a Gpu,
+    adapter: &'a Adapter,
+    hidden: usize,
+    buf: &'a mut Option<StepBuffers>,
+}
+
+impl Stepper<'_> {
+    fn buffers(&mut self, m: usize) -> &StepBuffers {
+        let (gpu, d) = (self.gpu, self.hidden);
+        if self.buf.as_ref().is_none_or(|b| b.rows < m) {
+            *self.buf = Some(StepBuffers {
+                rows: m,
+                x: gpu.zeros("stepped x", m * d),
+                s: gpu.zeros("stepped s", m * d),
+                scratch: self.adapter.new_scratch(gpu, m),
+            });
+        }
+        // Just filled when absent.
+        self.buf.as_ref().expect("stepped buffers")
+    }
+}
+
+impl LocalAdapter for Stepper<'_> {
+    async fn begin(&mut self, s0: &[f32], m: usize) -> Result<()> {
+        let gpu = self.gpu;
+        let b = self.buffers(m);
+        gpu.write_f32(&b.s, s0);
+        Ok(())
+    }
+
+    async fn between(&mut self, layer: usize, h: &[f32], m: usize) -> Result<Vec<f32>> {
+        let (gpu, adapter, d) = (self.gpu, self.adapter, self.hidden);
+        let b = self.buffers(m);
+        gpu.write_f32(&b.x, h);
+        let mut step = Step::new(gpu);
+        if layer >= 1 {
+            adapter.update(&mut step, layer - 1, &b.x, &b.s, m, &b.scratch);
+        }
+        adapter.inject(&mut step, layer, &b.x, &b.s, m, &b.scratch);
+        step.submit()?;
+        gpu.read_f32(&b.x, 0, m * d).await
+    }
 }
 
 /// A loaded ShadowPEFT model, attached (base local or remote) or detached.
@@ -92,6 +148,15 @@ pub struct ShadowModel {
     vocab: usize,
     hidden: usize,
     eos: Vec<u32>,
+}
+
+/// Where a forward's final normed base rows are.
+#[derive(Clone, Copy)]
+enum Main {
+    /// In the local base state, from this element offset.
+    Local(usize),
+    /// In the session's copy of the server's answer.
+    Remote,
 }
 
 /// What a forward pass reads back.
@@ -136,8 +201,13 @@ pub struct Session {
     token: Tensor,
     remote: Option<RemoteState>,
     remote_xn: Tensor,
+    stepped: Option<StepBuffers>,
     fallback: bool,
     fallback_error: Option<String>,
+    /// Deferred base: run detached and keep what the base needs to catch up.
+    deferred: bool,
+    pending_ids: Vec<u32>,
+    pending_s0: Vec<f32>,
 }
 
 impl Session {
@@ -147,12 +217,48 @@ impl Session {
     }
 
     /// Forgets the conversation (the caches are overwritten from position 0; a remote
-    /// conversation starts a new server session).
+    /// session is rewound on the server by the next forward).
     pub fn reset(&mut self) {
-        self.pos = 0;
-        if let Some(r) = &mut self.remote {
-            *r = RemoteState::default();
+        self.truncate(0);
+    }
+
+    /// Forgets the tokens from position `pos` on (no-op when `pos` is not before the current
+    /// position): the next forward continues from `pos`.
+    pub fn truncate(&mut self, pos: usize) {
+        if pos >= self.pos {
+            return;
         }
+        let start = self.pos - self.pending_ids.len();
+        let keep = pos.saturating_sub(start);
+        let width = self.pending_width();
+        self.pending_ids.truncate(keep);
+        self.pending_s0.truncate(keep * width);
+        self.pos = pos;
+    }
+
+    fn pending_width(&self) -> usize {
+        if self.pending_ids.is_empty() {
+            0
+        } else {
+            self.pending_s0.len() / self.pending_ids.len()
+        }
+    }
+
+    /// Defers the base: forwards run detached (shadow logits) and keep each position's ids
+    /// and shadow state, so that [`ShadowModel::escalate`] can later bring the base up to
+    /// date in one pass and continue attached. Used to start detached and escalate on a
+    /// marker or low confidence.
+    pub fn defer_base(&mut self, on: bool) {
+        self.deferred = on;
+        if !on {
+            self.pending_ids.clear();
+            self.pending_s0.clear();
+        }
+    }
+
+    /// Whether the base is deferred (see [`Session::defer_base`]).
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// With a remote backbone: when the server fails (unreachable, killed, too slow, garbage),
@@ -449,8 +555,34 @@ impl ShadowModel {
         remote: &Connect,
         opts: &LoadOptions,
     ) -> Result<Self> {
-        let url = remote.url.as_str();
         let mut model = Self::load_export(gpu, export_src, opts).await?;
+        model.attach_remote(gpu, adapter_src, remote).await?;
+        Ok(model)
+    }
+
+    /// Back to detached: forgets the backbone server (new sessions run the shadow alone).
+    pub fn detach_remote(&mut self) {
+        if self.remote.take().is_some() {
+            self.mode = Mode::Detached;
+        }
+    }
+
+    /// Attaches a loaded detached export to a backbone server with the adapter in
+    /// `adapter_src` (see [`ShadowModel::load_remote`]). On failure the model is unchanged.
+    /// Sessions made before the call stay detached.
+    pub async fn attach_remote<A: Source>(
+        &mut self,
+        gpu: &Gpu,
+        adapter_src: &A,
+        remote: &Connect,
+    ) -> Result<()> {
+        if self.base.is_some() {
+            return Err(Error::InvalidRequest(
+                "this model already runs its base locally".into(),
+            ));
+        }
+        let url = remote.url.as_str();
+        let model = self;
         let sc_file = adapter_src.location("shadow_config.json");
         let sc = ShadowConfig::from_json(
             &sc_file,
@@ -514,16 +646,38 @@ impl ShadowModel {
             |m: &str| sc.modules_to_save.is_empty() || sc.modules_to_save.iter().any(|x| x == m);
         let (v, d) = (model.vocab, model.hidden);
         let mut head = model.shadow_head.clone();
+        let mut shadow_head = None;
         if wanted("lm_head") && mw.has("lm_head.weight") {
             head = load_linear(gpu, &mw, "lm_head", v, d, false)?;
-            model.shadow_head = head.clone();
+            shadow_head = Some(head.clone());
         }
         if wanted("shadow_lm_head") && mw.has("shadow_lm_head.weight") {
-            model.shadow_head = load_linear(gpu, &mw, "shadow_lm_head", v, d, false)?;
+            shadow_head = Some(load_linear(gpu, &mw, "shadow_lm_head", v, d, false)?);
         }
+        // Stepped: the injection and update run here, between the server's layers.
+        let adapter = match remote.protocol {
+            Protocol::Fused => None,
+            Protocol::Stepped => {
+                let mut w = Weights::default();
+                w.add_file(adapter_src.location(af), bytes.clone())?;
+                Some(Adapter::load(gpu, &w, &sc, client.layers, d)?)
+            }
+        };
         model.mode = Mode::Attached;
-        model.remote = Some(RemoteAttach { client, head });
-        Ok(model)
+        model.remote = Some(RemoteAttach {
+            client,
+            head,
+            adapter,
+        });
+        if let Some(h) = shadow_head {
+            model.shadow_head = h;
+        }
+        Ok(())
+    }
+
+    /// The base layer count of a remote backbone (`None` without one).
+    pub fn remote_layers(&self) -> Option<usize> {
+        self.remote.as_ref().map(|r| r.client.layers)
     }
 
     /// Attached or detached.
@@ -571,15 +725,19 @@ impl ShadowModel {
             base: self
                 .base
                 .as_ref()
-                .map(|b| b.model.new_state(gpu, &b.adapter, rows)),
+                .map(|b| b.model.new_state(gpu, Some(&b.adapter), rows)),
             logits: gpu.zeros("logits", self.vocab),
             shadow_logits: gpu.zeros("shadow logits", self.vocab),
             logit_rows: 1,
             token: gpu.zeros("token", 1),
             remote: self.remote.as_ref().map(|_| RemoteState::default()),
             remote_xn: gpu.zeros("remote hidden", self.hidden),
+            stepped: None,
             fallback: false,
             fallback_error: None,
+            deferred: false,
+            pending_ids: Vec::new(),
+            pending_s0: Vec::new(),
         }
     }
 
@@ -595,7 +753,7 @@ impl ShadowModel {
         s.shadow_scratch = self.shadow.new_scratch(gpu, rows);
         s.s0 = gpu.zeros("s0", rows * d);
         if let (Some(b), Some(st)) = (&self.base, &mut s.base) {
-            b.model.grow(gpu, &b.adapter, st, rows);
+            b.model.grow(gpu, Some(&b.adapter), st, rows);
         }
     }
 
@@ -656,63 +814,174 @@ impl ShadowModel {
                 &sess.shadow_scratch,
             );
         }
-        let s0 = match &self.proj {
+        match &self.proj {
             Some(p) => {
                 self.shadow
                     .final_norm(&mut step, &sess.shadow_x, &sess.shadow_h, m);
                 ops::linear(&mut step, &sess.shadow_h, 0, m, p, &sess.s0, 0, d);
-                &sess.s0
             }
             None => {
                 self.shadow
                     .final_norm(&mut step, &sess.shadow_x, &sess.s0, m);
-                &sess.s0
+            }
+        }
+        let has_base = self.base.is_some() || self.remote.is_some();
+        if sess.deferred && has_base {
+            // Detached for now; keep what the base needs to catch up.
+            step.submit()?;
+            let s0 = gpu.read_f32(&sess.s0, 0, m * d).await?;
+            sess.pending_ids.extend_from_slice(ids);
+            sess.pending_s0.extend_from_slice(&s0);
+            step = Step::new(gpu);
+            sess.pos += m;
+            return self
+                .heads(gpu, sess, step, None, m, rows, readout, shadow_logits)
+                .await;
+        }
+        let main = self
+            .run_base(gpu, sess, &mut step, ids, None, pos0, rows)
+            .await?;
+        sess.pos += m;
+        self.heads(gpu, sess, step, main, m, rows, readout, shadow_logits)
+            .await
+    }
+
+    /// Ends a deferred stretch (see [`Session::defer_base`]): runs the base over every
+    /// deferred position in one pass and returns its logits for the last one, so the next
+    /// token comes from the attached model. Later forwards run attached.
+    pub async fn escalate(
+        &self,
+        gpu: &Gpu,
+        sess: &mut Session,
+        readout: Readout,
+    ) -> Result<ForwardOutput> {
+        if self.base.is_none() && self.remote.is_none() {
+            return Err(Error::InvalidRequest(
+                "escalation needs an attached model (a local or remote base)".into(),
+            ));
+        }
+        let ids = std::mem::take(&mut sess.pending_ids);
+        let s0 = std::mem::take(&mut sess.pending_s0);
+        sess.deferred = false;
+        let m = ids.len();
+        if m == 0 {
+            return Err(Error::InvalidRequest(
+                "nothing to escalate: no deferred positions".into(),
+            ));
+        }
+        let rows = if readout == Readout::AllLogits { m } else { 1 };
+        if rows > self.max_logit_rows(gpu) {
+            return Err(Error::InvalidRequest(format!(
+                "{rows} rows of logits exceed one storage binding"
+            )));
+        }
+        self.grow(gpu, sess, m);
+        gpu.write_u32(&sess.ids, &ids);
+        gpu.write_f32(&sess.s0, &s0);
+        let pos0 = sess.pos - m;
+        let mut step = Step::new(gpu);
+        let main = self
+            .run_base(gpu, sess, &mut step, &ids, Some(s0), pos0, rows)
+            .await?;
+        self.heads(gpu, sess, step, main, m, rows, readout, false)
+            .await
+    }
+
+    /// Step 2 of a forward: the base with injection before and update after every layer
+    /// l >= 1, here or on the backbone server (s0 goes out, the final normed hidden rows
+    /// come back). `sess.ids` / `sess.s0` hold the `m` rows; `s0_host` is their host copy
+    /// when the caller has one. Returns where the normed rows are (`None`: detached,
+    /// including after a backbone failure with fallback on).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_base<'g>(
+        &self,
+        gpu: &'g Gpu,
+        sess: &mut Session,
+        step: &mut Step<'g>,
+        ids: &[u32],
+        s0_host: Option<Vec<f32>>,
+        pos0: usize,
+        rows: usize,
+    ) -> Result<Option<Main>> {
+        let (m, d) = (ids.len(), self.hidden);
+        if let (Some(b), Some(st)) = (&self.base, &sess.base) {
+            b.model
+                .record(step, &b.adapter, st, &sess.ids, &sess.s0, m, pos0)?;
+            return Ok(Some(Main::Local((m - rows) * d)));
+        }
+        let (Some(r), Some(_)) = (&self.remote, &sess.remote) else {
+            return Ok(None);
+        };
+        if sess.fallback_error.is_some() {
+            return Ok(None);
+        }
+        let s0_host = match s0_host {
+            Some(v) => v,
+            None => {
+                std::mem::replace(step, Step::new(gpu)).submit()?;
+                gpu.read_f32(&sess.s0, 0, m * d).await?
             }
         };
-
-        let first = m - rows;
-        // 2. Base with injection before and update after every layer l >= 1: here, or on the
-        //    backbone server (s0 goes out, the final normed hidden rows come back).
-        let main_hidden = match (&self.base, &sess.base, &self.remote, &mut sess.remote) {
-            (Some(b), Some(st), _, _) => {
-                b.model
-                    .record(&mut step, &b.adapter, st, &sess.ids, s0, m, pos0);
-                Some((&st.xn, first * d, &b.head))
+        let rs = sess.remote.as_mut().expect("checked above");
+        let res = match &r.adapter {
+            Some(a) => {
+                let mut st = Stepper {
+                    gpu,
+                    adapter: a,
+                    hidden: d,
+                    buf: &mut sess.stepped,
+                };
+                r.client
+                    .forward(rs, pos0, ids, &s0_host, rows > 1, &mut st)
+                    .await
             }
-            (_, _, Some(r), Some(rs)) if sess.fallback_error.is_none() => {
-                step.submit()?;
-                let s0_host = gpu.read_f32(&sess.s0, 0, m * d).await?;
-                step = Step::new(gpu);
-                match r.client.forward(rs, pos0, ids, &s0_host, rows > 1).await {
-                    Ok(h) => {
-                        if sess.remote_xn.len() < rows * d {
-                            sess.remote_xn = gpu.zeros("remote hidden", rows * d);
-                        }
-                        gpu.write_f32(&sess.remote_xn, &h);
-                        Some((&sess.remote_xn, 0, &r.head))
-                    }
-                    Err(e @ Error::Remote { .. }) if sess.fallback => {
-                        log::warn!("{e}; continuing detached");
-                        sess.fallback_error = Some(e.to_string());
-                        None
-                    }
-                    Err(e) => return Err(e),
+            None => {
+                r.client
+                    .forward(rs, pos0, ids, &s0_host, rows > 1, &mut ())
+                    .await
+            }
+        };
+        match res {
+            Ok(h) => {
+                if sess.remote_xn.len() < rows * d {
+                    sess.remote_xn = gpu.zeros("remote hidden", rows * d);
                 }
+                gpu.write_f32(&sess.remote_xn, &h);
+                Ok(Some(Main::Remote))
             }
-            _ => None,
-        };
+            Err(e @ Error::Remote { .. }) if sess.fallback => {
+                log::warn!("{e}; continuing detached");
+                sess.fallback_error = Some(e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
 
-        // 3. Heads and readout.
+    /// Step 3: heads and readout.
+    #[allow(clippy::too_many_arguments)]
+    async fn heads(
+        &self,
+        gpu: &Gpu,
+        sess: &mut Session,
+        mut step: Step<'_>,
+        main: Option<Main>,
+        m: usize,
+        rows: usize,
+        readout: Readout,
+        shadow_logits: bool,
+    ) -> Result<ForwardOutput> {
+        let (v, d) = (self.vocab, self.hidden);
+        let first = m - rows;
         if rows > sess.logit_rows {
             sess.logits = gpu.zeros("logits", rows * v);
             sess.shadow_logits = gpu.zeros("shadow logits", rows * v);
             sess.logit_rows = rows;
         }
-        let want_shadow = shadow_logits || main_hidden.is_none();
-        if want_shadow {
+        if shadow_logits || main.is_none() {
             ops::linear(
                 &mut step,
-                s0,
+                &sess.s0,
                 first * d,
                 rows,
                 &self.shadow_head,
@@ -721,23 +990,28 @@ impl ShadowModel {
                 v,
             );
         }
-        if let Some((h, off, head)) = main_hidden {
+        let base_rows = match main {
+            Some(Main::Local(off)) => match (&self.base, &sess.base) {
+                (Some(b), Some(st)) => Some((&st.xn, off, &b.head)),
+                _ => None,
+            },
+            Some(Main::Remote) => self.remote.as_ref().map(|r| (&sess.remote_xn, 0, &r.head)),
+            None => None,
+        };
+        if let Some((h, off, head)) = base_rows {
             ops::linear(&mut step, h, off, rows, head, &sess.logits, 0, v);
         }
-        let main_is_base = main_hidden.is_some();
-        let main = if main_hidden.is_some() {
+        let out_logits = if main.is_some() {
             &sess.logits
         } else {
             &sess.shadow_logits
         };
         if readout == Readout::Argmax {
-            ops::argmax(&mut step, main, (rows - 1) * v, v, &sess.token);
+            ops::argmax(&mut step, out_logits, (rows - 1) * v, v, &sess.token);
         }
         step.submit()?;
-        sess.pos += m;
-
         let mut out = ForwardOutput {
-            mode: Some(if main_is_base {
+            mode: Some(if main.is_some() {
                 Mode::Attached
             } else {
                 Mode::Detached
@@ -746,7 +1020,7 @@ impl ShadowModel {
         };
         match readout {
             Readout::Argmax => out.argmax = Some(gpu.read_u32(&sess.token, 0, 1).await?[0]),
-            _ => out.logits = gpu.read_f32(main, 0, rows * v).await?,
+            _ => out.logits = gpu.read_f32(out_logits, 0, rows * v).await?,
         }
         if shadow_logits {
             out.shadow_logits = gpu.read_f32(&sess.shadow_logits, 0, rows * v).await?;

@@ -1,6 +1,7 @@
-//! The client side of a remote backbone: adapter upload, sessions, and the fused forward. A
-//! session the server lost (expiry, restart) is rebuilt by re-sending the prefix, which gives
-//! the same result because every position's state depends only on the tokens before it.
+//! The client side of a remote backbone: adapter upload, sessions, and the fused or stepped
+//! forward. A session the server lost (expiry, restart) is rebuilt by re-sending the prefix,
+//! which gives the same result because every position's state depends only on the tokens
+//! before it.
 
 use std::sync::Arc;
 
@@ -22,6 +23,55 @@ pub struct Connect {
     pub wire: Wire,
     /// Longest wait for one request (native; the browser's own limits apply there).
     pub timeout: std::time::Duration,
+    /// Fused (one round trip per token, the adapter runs on the server) or stepped (one round
+    /// trip per layer, the adapter never leaves the client).
+    pub protocol: Protocol,
+}
+
+/// How the client and the server share the attached forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Fused,
+    Stepped,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fused" => Ok(Protocol::Fused),
+            "stepped" => Ok(Protocol::Stepped),
+            o => Err(Error::InvalidRequest(format!(
+                "backbone protocol `{o}`: expected fused or stepped"
+            ))),
+        }
+    }
+}
+
+/// The client's own injection and update, for the stepped protocol: the server runs one base
+/// layer at a time and the client moves the hidden state between layers.
+#[allow(async_fn_in_trait)]
+pub trait LocalAdapter {
+    /// Starts a pass over `m` rows whose shadow state is `s0` `[m, hidden]`.
+    async fn begin(&mut self, s0: &[f32], m: usize) -> Result<()>;
+    /// Takes the output `h` of base layer `layer` (not the last) and returns the input of the
+    /// next one: the update after layer `layer` (when `layer >= 1`), then the injection.
+    async fn between(&mut self, layer: usize, h: &[f32], m: usize) -> Result<Vec<f32>>;
+}
+
+/// No local adapter (fused protocol).
+impl LocalAdapter for () {
+    async fn begin(&mut self, _: &[f32], _: usize) -> Result<()> {
+        Err(Error::InvalidRequest(
+            "the stepped protocol needs the adapter on the client".into(),
+        ))
+    }
+    async fn between(&mut self, _: usize, _: &[f32], _: usize) -> Result<Vec<f32>> {
+        Err(Error::InvalidRequest(
+            "the stepped protocol needs the adapter on the client".into(),
+        ))
+    }
 }
 
 impl Connect {
@@ -32,6 +82,7 @@ impl Connect {
             token: None,
             wire: Wire::F32,
             timeout: std::time::Duration::from_secs(120),
+            protocol: Protocol::Fused,
         }
     }
 }
@@ -44,6 +95,8 @@ pub struct RemoteBase {
     wire: Wire,
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     timeout: std::time::Duration,
+    /// Fused or stepped.
+    pub protocol: Protocol,
     upload: Arc<Vec<u8>>,
     sha: String,
     /// The server's base width, layers, vocabulary and longest sequence.
@@ -148,6 +201,7 @@ impl RemoteBase {
             token: c.token.clone(),
             wire: c.wire,
             timeout: c.timeout,
+            protocol: c.protocol,
             upload: Arc::new(upload),
             sha,
             hidden: 0,
@@ -212,8 +266,14 @@ impl RemoteBase {
 
     async fn open(&self, st: &mut RemoteState) -> Result<()> {
         for _ in 0..2 {
-            self.ensure_adapter(st).await?;
-            let body = serde_json::json!({ "adapter": self.sha }).to_string();
+            let body = match self.protocol {
+                Protocol::Fused => {
+                    self.ensure_adapter(st).await?;
+                    serde_json::json!({ "adapter": self.sha })
+                }
+                Protocol::Stepped => serde_json::json!({ "mode": "stepped" }),
+            }
+            .to_string();
             let r = self
                 .req(reqwest::Method::POST, "/sessions")
                 .header("content-type", "application/json")
@@ -239,23 +299,22 @@ impl RemoteBase {
         Err(self.err(Some(404), "the server keeps dropping the adapter"))
     }
 
-    async fn post_forward(
+    /// Posts one frame to `/sessions/{id}/{what}` and returns the `hidden` rows of the answer.
+    async fn post(
         &self,
         st: &mut RemoteState,
-        pos: usize,
-        ids: &[u32],
-        s0: &[f32],
-        all_rows: bool,
+        what: &str,
+        req: Vec<u8>,
+        rows: usize,
     ) -> std::result::Result<Vec<f32>, Failure> {
         let id = st
             .session
             .clone()
             .ok_or_else(|| self.err(None, "no session"))?;
-        let req = frame::forward_request(pos, ids, s0, self.hidden, all_rows, self.wire);
         st.bytes_sent += req.len() as u64;
         let (status, body) = self
             .send(
-                self.req(reqwest::Method::POST, &format!("/sessions/{id}/forward"))
+                self.req(reqwest::Method::POST, &format!("/sessions/{id}/{what}"))
                     .header("content-type", "application/octet-stream")
                     .body(req),
             )
@@ -268,36 +327,79 @@ impl RemoteBase {
             404 | 409 => return Err(Failure::Gone),
             _ => return Err(Failure::Other(self.fail(status, &body))),
         }
-        let rows = if all_rows { ids.len() } else { 1 };
-        let f = Frame::parse(&body)
-            .map_err(|e| self.err(Some(status), format!("garbage reply: {e}")))?;
+        let garbage =
+            |e: String| Failure::Other(self.err(Some(status), format!("garbage reply: {e}")));
+        let f = Frame::parse(&body).map_err(|e| garbage(e.to_string()))?;
         let (h, _) = f
             .f32("hidden", &[rows, self.hidden])
-            .map_err(|e| self.err(Some(status), format!("garbage reply: {e}")))?;
+            .map_err(|e| garbage(e.to_string()))?;
         if h.iter().any(|x| !x.is_finite()) {
-            return Err(Failure::Other(
-                self.err(Some(status), "garbage reply: non-finite hidden state"),
-            ));
+            return Err(garbage("non-finite hidden state".into()));
         }
         Ok(h)
     }
 
-    /// Runs the base over `ids` at `pos` with shadow state `s0` `[m, hidden]`; returns the final
-    /// normed hidden state of the last row, or of every row with `all_rows`.
-    pub async fn forward(
+    /// One attached pass over `ids` at `pos` on the current session.
+    async fn pass<A: LocalAdapter>(
         &self,
         st: &mut RemoteState,
         pos: usize,
         ids: &[u32],
         s0: &[f32],
         all_rows: bool,
+        adapter: &mut A,
+    ) -> std::result::Result<Vec<f32>, Failure> {
+        let (m, d) = (ids.len(), self.hidden);
+        let rows = if all_rows { m } else { 1 };
+        match self.protocol {
+            Protocol::Fused => {
+                let req = frame::forward_request(pos, ids, s0, d, all_rows, self.wire);
+                self.post(st, "forward", req, rows).await
+            }
+            Protocol::Stepped => {
+                adapter.begin(s0, m).await?;
+                let mut x = Vec::new();
+                for l in 0..self.layers {
+                    let last = l + 1 == self.layers;
+                    let req = if l == 0 {
+                        frame::layer_request(pos, 0, Some(ids), &[], d, all_rows, self.wire)
+                    } else {
+                        frame::layer_request(pos, l, None, &x, d, all_rows, self.wire)
+                    };
+                    let h = self
+                        .post(st, "layer", req, if last { rows } else { m })
+                        .await?;
+                    if last {
+                        return Ok(h);
+                    }
+                    x = adapter.between(l, &h, m).await?;
+                }
+                Err(Failure::Other(self.err(None, "the base has no layers")))
+            }
+        }
+    }
+
+    /// Runs the base over `ids` at `pos` with shadow state `s0` `[m, hidden]`; returns the final
+    /// normed hidden state of the last row, or of every row with `all_rows`. A `pos` before
+    /// the end of what was sent rewinds the conversation to it. `adapter` runs the injection
+    /// and update on the client in the stepped protocol (the fused one ignores it).
+    pub async fn forward<A: LocalAdapter>(
+        &self,
+        st: &mut RemoteState,
+        pos: usize,
+        ids: &[u32],
+        s0: &[f32],
+        all_rows: bool,
+        adapter: &mut A,
     ) -> Result<Vec<f32>> {
-        if pos != st.ids.len() {
+        if pos > st.ids.len() {
             return Err(Error::InvalidRequest(format!(
-                "remote position {pos} does not follow the {} tokens sent",
+                "remote position {pos} is past the {} tokens sent",
                 st.ids.len()
             )));
         }
+        st.ids.truncate(pos);
+        st.s0.truncate(pos * self.hidden);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -305,7 +407,7 @@ impl RemoteBase {
                 self.open(st).await?;
                 if !st.ids.is_empty() {
                     let (pids, ps0) = (st.ids.clone(), st.s0.clone());
-                    match self.post_forward(st, 0, &pids, &ps0, false).await {
+                    match self.pass(st, 0, &pids, &ps0, false, adapter).await {
                         Ok(_) => {}
                         Err(Failure::Gone) => {
                             return Err(self.err(Some(404), "the rebuilt session was lost again"))
@@ -314,7 +416,7 @@ impl RemoteBase {
                     }
                 }
             }
-            match self.post_forward(st, pos, ids, s0, all_rows).await {
+            match self.pass(st, pos, ids, s0, all_rows, adapter).await {
                 Ok(h) => {
                     st.ids.extend_from_slice(ids);
                     st.s0.extend_from_slice(s0);

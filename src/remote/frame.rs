@@ -183,6 +183,49 @@ pub fn forward_request(
     )
 }
 
+/// Encodes a stepped `layer` request: `ids` for layer 0, else `hidden` `[m, d]` (the injected
+/// input of `layer`). `wire` also sets the dtype of the answer.
+pub fn layer_request(
+    pos: usize,
+    layer: usize,
+    ids: Option<&[u32]>,
+    hidden: &[f32],
+    d: usize,
+    all_rows: bool,
+    wire: Wire,
+) -> Vec<u8> {
+    let meta = HashMap::from([
+        ("protocol".to_string(), PROTOCOL.to_string()),
+        ("pos".to_string(), pos.to_string()),
+        ("layer".to_string(), layer.to_string()),
+        (
+            "rows".to_string(),
+            if all_rows { "all" } else { "last" }.to_string(),
+        ),
+        (
+            "wire".to_string(),
+            match wire {
+                Wire::F32 => "f32",
+                Wire::F16 => "f16",
+            }
+            .to_string(),
+        ),
+    ]);
+    let t = match ids {
+        Some(ids) => (
+            "ids",
+            Dtype::U32,
+            vec![ids.len()],
+            bytemuck::cast_slice(ids).to_vec(),
+        ),
+        None => {
+            let (dt, b) = floats(wire, hidden);
+            ("hidden", dt, vec![hidden.len() / d.max(1), d], b)
+        }
+    };
+    encode(meta, vec![t])
+}
+
 /// Encodes a `forward` response: `rows` rows of the final normed hidden state.
 pub fn hidden_response(h: &[f32], rows: usize, hidden: usize, wire: Wire) -> Vec<u8> {
     let meta = HashMap::from([("protocol".to_string(), PROTOCOL.to_string())]);

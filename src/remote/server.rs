@@ -58,8 +58,11 @@ impl Default for ServerConfig {
 
 struct RemoteSession {
     state: BaseState,
-    adapter: Arc<Adapter>,
+    /// Fused sessions run the uploaded adapter; stepped sessions have none.
+    adapter: Option<Arc<Adapter>>,
     pos: usize,
+    /// A stepped pass in progress: its first position, row count and next layer.
+    pass: Option<(usize, usize, usize)>,
     ids: Tensor,
     s0: Tensor,
     last_used: Instant,
@@ -168,6 +171,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "vocab_size": c.vocab,
         "max_seq": app.base.decoder.max_seq(),
         "wire": ["f32", "f16"],
+        "modes": ["fused", "stepped"],
         "max_sessions": app.cfg.max_sessions,
         "session_ttl_s": app.cfg.session_ttl.as_secs(),
         "max_body": app.cfg.max_body,
@@ -276,33 +280,60 @@ fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewSession {
-    adapter: String,
+    /// The adapter of a fused session.
+    #[serde(default)]
+    adapter: Option<String>,
+    /// `fused` (default) or `stepped`.
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 async fn new_session(
     State(app): State<Arc<App>>,
     Json(req): Json<NewSession>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    check_sha(&req.adapter)?;
-    let adapter = {
-        let mut ads = lock(&app.adapters);
-        let e = ads.get_mut(&req.adapter).ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!("unknown adapter {}: upload it first", req.adapter),
-            )
-        })?;
-        e.last_used = Instant::now();
-        e.adapter.clone()
+    let adapter = match (req.mode.as_deref().unwrap_or("fused"), &req.adapter) {
+        ("fused", Some(sha)) => {
+            check_sha(sha)?;
+            let mut ads = lock(&app.adapters);
+            let e = ads.get_mut(sha).ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown adapter {sha}: upload it first"),
+                )
+            })?;
+            e.last_used = Instant::now();
+            Some(e.adapter.clone())
+        }
+        ("fused", None) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a fused session needs `adapter` (the SHA-256 of an uploaded adapter)".into(),
+            ))
+        }
+        ("stepped", None) => None,
+        ("stepped", Some(_)) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a stepped session takes no adapter: the client runs it".into(),
+            ))
+        }
+        (o, _) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`mode` is `{o}`, expected fused or stepped"),
+            ))
+        }
     };
     let id = new_session_id()?;
     // Checked before allocating the session's KV cache, and again when inserting it.
     app.check_room(&lock(&app.sessions))?;
     let gpu = &app.gpu;
     let s = RemoteSession {
-        state: app.base.new_state(gpu, &adapter, 1),
+        state: app.base.new_state(gpu, adapter.as_deref(), 1),
         adapter,
         pos: 0,
+        pass: None,
         ids: gpu.zeros("ids", 1),
         s0: gpu.zeros("s0", app.base.cfg().hidden),
         last_used: Instant::now(),
@@ -323,19 +354,25 @@ async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     }
 }
 
-async fn forward(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+/// Runs `work` on a session off the async runtime and answers its frame.
+async fn with_session(
+    app: Arc<App>,
+    id: String,
     body: Bytes,
+    work: fn(&App, &mut RemoteSession, &[u8]) -> ApiResult<Vec<u8>>,
 ) -> ApiResult<Response> {
     let sess = lock(&app.sessions)
         .get(&id)
         .cloned()
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))?;
     let app2 = app.clone();
-    let out = tokio::task::spawn_blocking(move || run_forward(&app2, &sess, &body))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = lock(&sess);
+        s.last_used = Instant::now();
+        work(&app2, &mut s, &body)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
@@ -344,76 +381,175 @@ async fn forward(
     Ok((StatusCode::OK, h, out).into_response())
 }
 
-fn run_forward(app: &App, sess: &Mutex<RemoteSession>, body: &[u8]) -> ApiResult<Vec<u8>> {
-    let f = Frame::parse(body)?;
-    let c = app.base.cfg();
-    let d = c.hidden;
-    let ids = f.ids("ids")?;
-    let m = ids.len();
-    if m == 0 {
+async fn forward(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    with_session(app, id, body, run_forward).await
+}
+
+async fn layer(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    with_session(app, id, body, run_layer).await
+}
+
+/// `rows` metadata: `all` or `last`.
+fn rows_all(f: &Frame) -> ApiResult<bool> {
+    match f.meta("rows")? {
+        "all" => Ok(true),
+        "last" => Ok(false),
+        o => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`rows` is `{o}`, expected all or last"),
+        )),
+    }
+}
+
+/// Checks token ids against the vocabulary.
+fn check_ids(app: &App, ids: &[u32]) -> ApiResult<()> {
+    let vocab = app.base.cfg().vocab;
+    if ids.is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "no tokens".into()));
     }
-    let (s0, wire) = f.f32("s0", &[m, d])?;
-    let pos = f.meta_usize("pos")?;
-    let all = match f.meta("rows")? {
-        "all" => true,
-        "last" => false,
-        o => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("`rows` is `{o}`, expected all or last"),
-            ))
-        }
-    };
-    if let Some((i, &id)) = ids
-        .iter()
-        .enumerate()
-        .find(|(_, &id)| id as usize >= c.vocab)
-    {
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
         return Err(Error::TokenOutOfRange {
             id,
             position: i,
-            vocab_size: c.vocab,
+            vocab_size: vocab,
         }
         .into());
     }
-    let gpu = &app.gpu;
-    let mut s = lock(sess);
-    s.last_used = Instant::now();
-    if pos != s.pos {
+    Ok(())
+}
+
+/// Checks that `m` tokens at `pos` fit the session (a position before the session's end
+/// rewinds it: the tokens from `pos` on are forgotten) and sizes its buffers for them.
+fn admit(app: &App, s: &mut RemoteSession, pos: usize, m: usize) -> ApiResult<()> {
+    if pos > s.pos {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!(
-                "position {pos} does not follow the session's {} tokens",
-                s.pos
-            ),
+            format!("position {pos} is past the session's {} tokens", s.pos),
         ));
     }
-    if pos + m > app.base.decoder.max_seq() {
+    let max = app.base.decoder.max_seq();
+    if pos + m > max {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(
-                "sequence of {} tokens exceeds the server's maximum of {}",
-                pos + m,
-                app.base.decoder.max_seq()
+                "sequence of {} tokens exceeds the server's maximum of {max}",
+                pos + m
             ),
         ));
     }
     if m > s.state.rows {
-        let s = &mut *s;
-        app.base.grow(gpu, &s.adapter, &mut s.state, m);
+        let gpu = &app.gpu;
+        app.base.grow(gpu, s.adapter.as_deref(), &mut s.state, m);
         s.ids = gpu.zeros("ids", m);
-        s.s0 = gpu.zeros("s0", m * d);
+        s.s0 = gpu.zeros("s0", m * app.base.cfg().hidden);
     }
+    Ok(())
+}
+
+fn run_forward(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>> {
+    let f = Frame::parse(body)?;
+    let d = app.base.cfg().hidden;
+    let ids = f.ids("ids")?;
+    let m = ids.len();
+    check_ids(app, &ids)?;
+    let (s0, wire) = f.f32("s0", &[m, d])?;
+    let pos = f.meta_usize("pos")?;
+    let all = rows_all(&f)?;
+    let adapter = s.adapter.clone().ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "this is a stepped session: send layers to /layer".into(),
+        )
+    })?;
+    admit(app, s, pos, m)?;
+    let gpu = &app.gpu;
     gpu.write_u32(&s.ids, &ids);
     gpu.write_f32(&s.s0, &s0);
     let mut step = Step::new(gpu);
     app.base
-        .record(&mut step, &s.adapter, &s.state, &s.ids, &s.s0, m, pos);
+        .record(&mut step, &adapter, &s.state, &s.ids, &s.s0, m, pos)?;
     step.submit()?;
     let rows = if all { m } else { 1 };
     let h = pollster::block_on(gpu.read_f32(&s.state.xn, (m - rows) * d, rows * d))?;
-    s.pos += m;
+    s.pos = pos + m;
+    s.pass = None;
+    Ok(frame::hidden_response(&h, rows, d, wire))
+}
+
+/// One layer of a stepped pass. Layer 0 takes `ids` and starts a pass at `pos`; layer l >= 1
+/// takes `hidden` (the client's injected input) and must follow layer l - 1 of the same pass.
+/// The answer is the layer's output, or after the last layer the final normed rows.
+fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>> {
+    let f = Frame::parse(body)?;
+    let (d, n) = (app.base.cfg().hidden, app.base.decoder.num_layers());
+    if s.adapter.is_some() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "this is a fused session: send tokens to /forward".into(),
+        ));
+    }
+    let pos = f.meta_usize("pos")?;
+    let l = f.meta_usize("layer")?;
+    let all = rows_all(&f)?;
+    let gpu = &app.gpu;
+    let (m, wire) = if l == 0 {
+        let ids = f.ids("ids")?;
+        check_ids(app, &ids)?;
+        admit(app, s, pos, ids.len())?;
+        gpu.write_u32(&s.ids, &ids);
+        s.pass = Some((pos, ids.len(), 0));
+        // The tokens from `pos` on are being replaced.
+        s.pos = pos;
+        (ids.len(), None)
+    } else {
+        let m = match s.pass {
+            Some((p, m, next)) if p == pos && next == l => m,
+            _ => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("layer {l} at position {pos} does not continue this session's pass"),
+                ))
+            }
+        };
+        if l >= n {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("layer {l}: the base has {n} layers"),
+            ));
+        }
+        let (x, wire) = f.f32("hidden", &[m, d])?;
+        gpu.write_f32(&s.state.x, &x);
+        (m, Some(wire))
+    };
+    let mut step = Step::new(gpu);
+    app.base
+        .record_layer(&mut step, &s.state, l, &s.ids, m, pos);
+    step.submit()?;
+    let wire = wire.unwrap_or(match f.meta("wire") {
+        Ok("f16") => frame::Wire::F16,
+        _ => frame::Wire::F32,
+    });
+    let last = l + 1 == n;
+    let (src, rows) = match (last, all) {
+        (true, false) => (&s.state.xn, 1),
+        (true, true) => (&s.state.xn, m),
+        (false, _) => (&s.state.x, m),
+    };
+    let h = pollster::block_on(gpu.read_f32(src, (m - rows) * d, rows * d))?;
+    if last {
+        s.pos = pos + m;
+        s.pass = None;
+    } else {
+        s.pass = Some((pos, m, l + 1));
+    }
     Ok(frame::hidden_response(&h, rows, d, wire))
 }
 
@@ -449,11 +585,24 @@ pub fn router(
         .route("/adapters/{sha}", put(put_adapter).head(has_adapter))
         .route("/sessions", post(new_session))
         .route("/sessions/{id}/forward", post(forward))
+        .route("/sessions/{id}/layer", post(layer))
         .route("/sessions/{id}", axum::routing::delete(delete_session))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app);
-    (Router::new().nest("/v1", api), sweeper)
+    // Browsers on other origins may call the server; preflights are answered before auth.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::HEAD,
+            axum::http::Method::PUT,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600));
+    (Router::new().nest("/v1", api).layer(cors), sweeper)
 }
 
 /// Serves `base` on `listener` until the process ends.

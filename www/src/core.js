@@ -115,7 +115,7 @@ export class Core {
       }
       await src.commit(present);
       const info = model.info();
-      const meta = { ...info, engine: engine.info(), bytes: done, fromCache: cached, loadMs: now() - t0, source: src.name() };
+      const meta = { ...info, mode: 'detached', engine: engine.info(), bytes: done, fromCache: cached, loadMs: now() - t0, source: src.name() };
       onProgress({ phase: 'ready', overallLoaded: done, overallTotal: total, cached });
       return new Core(engine, model, meta);
     } catch (e) {
@@ -128,6 +128,59 @@ export class Core {
       engine.free();
       throw e;
     }
+  }
+
+  /**
+   * Attaches to a backbone server (attached mode across the network): the adapter directory
+   * (shadow_config.json, shadow_adapter.safetensors, optional shadow_modules.safetensors) is
+   * read from `adapter` (a URL or files) and, in the fused protocol, uploaded once.
+   */
+  async attach({ backbone, adapter, token, protocol, wire, fallback, cache = true, signal } = {}) {
+    if (!this.model) throw new ShadowError('disposed', 'the model was disposed');
+    if (this.busy) throw new ShadowError('busy', 'a generation is running on this model');
+    if (typeof backbone !== 'string' || !backbone) throw new ShadowError('invalid-argument', 'attach: `backbone` must be the URL of a backbone server');
+    if (!adapter) throw new ShadowError('invalid-argument', 'attach: `adapter` must be the URL (or files) of the shadow adapter directory');
+    const src = openSource(adapter instanceof URL ? adapter.href : adapter, { cache, signal });
+    const files = this.engine.adapterFiles(src.name());
+    try {
+      const opened = [];
+      for (const [file, optional] of [['shadow_config.json', false], ['shadow_adapter.safetensors', false], ['shadow_modules.safetensors', true]]) {
+        const o = await src.open(file, { optional });
+        if (o) opened.push({ file, ...o });
+      }
+      for (const o of opened) {
+        if (o.size) files.reserve(o.file, o.size);
+        await pump(o.body, (chunk) => files.append(o.file, chunk), () => {}, signal);
+        files.finish(o.file);
+        await o.stored;
+      }
+    } catch (e) {
+      files.free();
+      throw engineError(e);
+    }
+    this.busy = true;
+    try {
+      // Consumes `files`.
+      await this.model.attach(files, { backbone, token, protocol, wire, fallback });
+    } catch (e) {
+      throw engineError(e);
+    } finally {
+      this.busy = false;
+    }
+    this.meta = { ...this.meta, mode: 'attached', backbone, protocol: protocol || 'fused' };
+    return this.meta;
+  }
+
+  /** Back to detached: the shadow alone. */
+  detach() {
+    if (!this.model) throw new ShadowError('disposed', 'the model was disposed');
+    try {
+      this.model.detach();
+    } catch (e) {
+      throw engineError(e);
+    }
+    this.meta = { ...this.meta, mode: 'detached', backbone: undefined, protocol: undefined };
+    return this.meta;
   }
 
   encode(text, addSpecial = true) {
@@ -181,6 +234,7 @@ export class Core {
       let emitted = 0;
       let stopReason = null;
       const tokens = [];
+      const modes = [];
       const t0 = now();
       let tFirst = null;
       for (;;) {
@@ -198,6 +252,7 @@ export class Core {
         if (!step) break;
         if (tFirst === null) tFirst = now();
         tokens.push(step.token);
+        modes.push(step.mode);
         text += step.text;
         let piece;
         const hit = stops.map((s) => (s ? text.indexOf(s) : -1)).filter((i) => i >= 0);
@@ -205,7 +260,7 @@ export class Core {
           text = text.slice(0, Math.min(...hit));
           piece = text.slice(emitted);
           emitted = text.length;
-          onToken({ token: step.token, text: piece });
+          onToken({ token: step.token, text: piece, mode: step.mode });
           this.model.cancel();
           stopReason = 'stop';
           break;
@@ -213,15 +268,18 @@ export class Core {
         const upto = Math.max(emitted, text.length - hold);
         piece = text.slice(emitted, upto);
         emitted = upto;
-        onToken({ token: step.token, text: piece });
+        onToken({ token: step.token, text: piece, mode: step.mode });
       }
-      if (emitted < text.length) onToken({ token: null, text: text.slice(emitted) });
+      if (emitted < text.length) onToken({ token: null, text: text.slice(emitted), mode: modes[modes.length - 1] });
       const tEnd = now();
       const reason = stopReason || this.model.stopReason() || 'length';
       const decoded = Math.max(0, tokens.length - 1);
+      const traffic = this.model.traffic();
       return {
         tokens,
+        modes,
         text,
+        backbone: traffic || undefined,
         stopReason: reason === 'callback' ? 'stop' : reason,
         promptTokens: ids.length,
         ttftMs: tFirst === null ? null : tFirst - t0,
@@ -258,6 +316,7 @@ const OPTION_NAMES = {
   seed: 'seed',
   ignoreEos: 'ignoreEos',
   eosIds: 'eosIds',
+  escalate: 'escalate',
 };
 
 function toWasmOptions(o) {
@@ -266,7 +325,19 @@ function toWasmOptions(o) {
     if (v === undefined || k === 'signal') continue;
     const name = OPTION_NAMES[k];
     if (!name) throw new ShadowError('invalid-argument', `unknown generation option \`${k}\``);
-    out[name] = v;
+    out[name] = name === 'escalate' ? toEscalate(v) : v;
+  }
+  return out;
+}
+
+function toEscalate(e) {
+  if (!e || typeof e !== 'object') throw new ShadowError('invalid-argument', 'escalate must be { marker?, minProb? }');
+  const out = {};
+  for (const [k, v] of Object.entries(e)) {
+    if (v === undefined) continue;
+    if (k === 'marker') out.marker = v;
+    else if (k === 'minProb' || k === 'min_prob') out.minProb = v;
+    else throw new ShadowError('invalid-argument', `unknown escalate option \`${k}\``);
   }
   return out;
 }

@@ -13,6 +13,7 @@ export type ShadowErrorCode =
   | 'busy' // a generation is already running on this model
   | 'invalid-argument' // bad prompt or options (e.g. a token id out of vocabulary)
   | 'disposed' // the model was disposed
+  | 'backbone' // the backbone server is unreachable, too slow, refused, or answered garbage
   | 'internal';
 
 export class ShadowError extends Error {
@@ -72,7 +73,44 @@ export interface GenerateOptions {
   eosIds?: number[];
   /** Stop when the text contains one of these; the stop string is not returned. */
   stop?: string | string[];
+  /**
+   * Attached models only: start detached (the shadow alone) and switch to attached for good
+   * when the detached model emits `marker` (dropped from the output; the attached model
+   * answers in its place) or its top probability falls below `minProb`. Each token reports
+   * its `mode`.
+   */
+  escalate?: { marker?: string; minProb?: number };
   signal?: AbortSignal;
+}
+
+export type Mode = 'attached' | 'detached';
+
+export interface AttachOptions {
+  /** URL of a backbone server (`shadowpeft serve`), e.g. 'http://localhost:8080'. */
+  backbone: string;
+  /** The shadow adapter directory (shadow_config.json, shadow_adapter.safetensors): a URL or files. */
+  adapter: string | URL | FileList | File[] | Map<string, Blob>;
+  /** Bearer token, when the server requires one. */
+  token?: string;
+  /** 'fused' (default): one round trip per token, the injection/update weights are uploaded
+   * once. 'stepped': one round trip per base layer, the adapter never leaves this device. */
+  protocol?: 'fused' | 'stepped';
+  /** Tensor encoding on the wire (default 'f32'; 'f16' halves the traffic). */
+  wire?: 'f32' | 'f16';
+  /** On a backbone failure: 'error' (default) fails the generation with code 'backbone';
+   * 'detached' continues with the shadow alone (tokens report mode 'detached'). */
+  fallback?: 'error' | 'detached';
+  /** Cache the adapter files (default true). */
+  cache?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface BackboneTraffic {
+  roundTrips: number;
+  bytesSent: number;
+  bytesReceived: number;
+  /** The failure that switched this conversation to detached ('detached' fallback). */
+  fallbackError?: string;
 }
 
 export interface Token {
@@ -80,10 +118,16 @@ export interface Token {
   token: number | null;
   /** The text this token completes (may be empty while a character is incomplete). */
   text: string;
+  /** Which model produced the token. */
+  mode: Mode;
 }
 
 export interface GenerationResult {
   tokens: number[];
+  /** Which model produced each token. */
+  modes: Mode[];
+  /** Traffic with the backbone server so far (attached across the network). */
+  backbone?: BackboneTraffic;
   text: string;
   stopReason: 'eos' | 'length' | 'stop' | 'abort';
   promptTokens: number;
@@ -108,6 +152,10 @@ export interface ModelInfo {
   fromCache: boolean;
   loadMs: number;
   source: string;
+  /** 'attached' after attach(), else 'detached'. */
+  mode?: Mode;
+  backbone?: string;
+  protocol?: 'fused' | 'stepped';
 }
 
 export interface ChatMessage {
@@ -148,6 +196,10 @@ export class ShadowModel {
   decode(ids: number[]): Promise<string>;
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean): Promise<string>;
   generate(prompt: string | number[], options?: GenerateOptions): Generation;
+  /** Attached mode across the network; resolves to the updated info. */
+  attach(options: AttachOptions): Promise<ModelInfo>;
+  /** Back to detached mode. */
+  detach(): Promise<ModelInfo>;
   readonly chat: {
     completions: {
       create(params: ChatCompletionParams & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;

@@ -163,6 +163,28 @@ export class ShadowModel {
     return this._call('debugLoseDevice', {});
   }
 
+  /**
+   * Attached mode across the network: connects this model to a backbone server
+   * (`shadowpeft serve`) with its shadow adapter. Generations then produce the official
+   * attached output; the shadow runs here, the frozen base on the server.
+   * @param {import('./index').AttachOptions} options
+   */
+  async attach(options) {
+    const { signal, ...rest } = options || {};
+    if (signal && signal.aborted) throw abortError(signal);
+    const o = { ...rest, adapter: rest.adapter instanceof URL ? rest.adapter.href : rest.adapter };
+    const b = this._backend;
+    if (!b.core && o.adapter && typeof o.adapter !== 'string' && !(o.adapter instanceof Map)) o.adapter = Array.from(o.adapter);
+    this._meta = b.core ? await this._call('attach', { options: { ...o, signal } }) : await this._call('attach', { options: o });
+    return this._meta;
+  }
+
+  /** Back to detached mode (the shadow alone). */
+  async detach() {
+    this._meta = await this._call('detach', {});
+    return this._meta;
+  }
+
   /** Text -> token ids. */
   encode(text, addSpecial = true) {
     return this._call('encode', { text, addSpecial });

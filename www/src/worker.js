@@ -20,6 +20,12 @@ const methods = {
   abortLoad() {
     if (methods._loadAbort) methods._loadAbort.abort(new Error('load aborted'));
   },
+  attach({ options }) {
+    return need().attach(options);
+  },
+  detach() {
+    return need().detach();
+  },
   encode({ text, addSpecial }) {
     return need().encode(text, addSpecial);
   },

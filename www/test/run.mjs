@@ -5,7 +5,7 @@
 //
 // Usage: node test/run.mjs [--native BIN] [--only NAME]   (from www/, after scripts/build-wasm)
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FIXTURES as ALL, buildPage, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, www } from './harness.mjs';
@@ -49,6 +49,31 @@ function nativeTokens(dir, ids, n) {
   });
   if (r.status !== 0) throw new Error(`native engine failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()).tokens;
+}
+
+/** `shadowpeft serve` for a fixture's base on a free loopback port: { url, kill }. */
+function startBackbone(base, extra = []) {
+  const p = spawn(nativeBin, ['serve', '--listen', '127.0.0.1:0', '--base', path.join(repo, base), ...extra], {
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    let err = '';
+    p.stderr.on('data', (d) => {
+      err += d;
+      const m = /http:\/\/\S+/.exec(err);
+      if (m) resolve({ url: m[0], kill: () => p.kill('SIGKILL') });
+    });
+    p.on('exit', (c) => reject(new Error(`backbone server exited (${c}): ${err}`)));
+  });
+}
+
+/** A token's string in a tokenizer.json vocabulary (what `tokenId` looks up). */
+function tokenString(dir, id) {
+  const t = JSON.parse(fs.readFileSync(path.join(repo, dir, 'tokenizer.json'), 'utf8'));
+  const added = (t.added_tokens || []).find((a) => a.id === id);
+  if (added) return added.content;
+  return Object.entries(t.model.vocab).find(([, v]) => v === id)[0];
 }
 
 async function main() {
@@ -257,6 +282,7 @@ async function main() {
       same(errs.disposed.code, 'disposed', 'disposed');
       same(errs.noWebgpu.code, 'no-webgpu', 'no WebGPU');
     });
+    if (nativeBin) await backboneTests(page, origin);
   } finally {
     await close();
     server.close();
@@ -270,6 +296,110 @@ async function main() {
   fs.writeFileSync(path.join(dist, 'summary.json'), JSON.stringify(summary, null, 2));
   console.log(`${results.length - failures}/${results.length} browser tests passed`);
   process.exit(failures ? 1 : 0);
+}
+
+/** Attached mode across the network: the package against `shadowpeft serve` on loopback. */
+async function backboneTests(page, origin) {
+  const fx = 'tests/fixtures/qwen3_implicit';
+  const g = readSafetensors(path.join(repo, fx, 'golden.safetensors'));
+  const exportUrl = `${origin}/m/${fx}/export/`;
+  const adapterUrl = `${origin}/m/${fx}/adapter/`;
+  const srv = await startBackbone(`${fx}/base`, ['--token', 'secret']);
+  try {
+    await test('attach (fused and stepped) equals the official attached output; detach goes back', async () => {
+      const notes = [];
+      for (const [protocol, worker] of [['fused', true], ['stepped', false]]) {
+        const r = await page.evaluate(
+          async ([u, a, backbone, ids, protocol, worker]) => {
+            const m = await window.sp.ShadowModel.load(u, { worker });
+            const info = await m.attach({ backbone, adapter: a, token: 'secret', protocol });
+            const it = m.generate(ids, { maxNewTokens: 12, ignoreEos: true });
+            const modes = [];
+            for await (const t of it) if (t.token !== null) modes.push(t.mode);
+            const res = await it.done;
+            await m.detach();
+            const det = await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done;
+            await m.dispose();
+            return { info, res, modes, det };
+          },
+          [exportUrl, adapterUrl, srv.url, g.input_ids, protocol, worker],
+        );
+        same(r.info.mode, 'attached', 'info.mode');
+        same(r.res.tokens, g.greedy_attached, `${protocol}: tokens vs the official attached output`);
+        same(r.modes, Array(12).fill('attached'), `${protocol}: token modes`);
+        same(r.res.modes, Array(12).fill('attached'), `${protocol}: result modes`);
+        same(r.det.tokens, g.greedy_detached, `${protocol}: detached again after detach()`);
+        const per = r.res.backbone.roundTrips / 12;
+        notes.push(`${protocol}: ${r.res.backbone.roundTrips} round trips, ${r.res.backbone.bytesSent} B up, ${r.res.backbone.bytesReceived} B down, ${r.res.decodeTokS.toFixed(1)} tok/s`);
+        assert(per >= 1, `${protocol}: round trips`);
+      }
+      return notes.join('; ');
+    });
+
+    await test('escalation: detached until the marker, then the attached continuation', async () => {
+      const det = g.greedy_detached;
+      const k = [...Array(det.length).keys()].find((i) => i >= 2 && !det.slice(0, i).includes(det[i]));
+      const marker = tokenString(`${fx}/export`, det[k]);
+      const r = await page.evaluate(
+        async ([u, a, backbone, ids, prefix, marker, n, k]) => {
+          const m = await window.sp.ShadowModel.load(u, { worker: false });
+          await m.attach({ backbone, adapter: a, token: 'secret' });
+          const it = m.generate(ids, { maxNewTokens: n, ignoreEos: true, escalate: { marker } });
+          const modes = [];
+          for await (const t of it) if (t.token !== null) modes.push(t.mode);
+          const esc = await it.done;
+          const cont = await m.generate(prefix, { maxNewTokens: n - k, ignoreEos: true }).done;
+          const unsure = await m.generate(ids, { maxNewTokens: n, ignoreEos: true, escalate: { minProb: 1 } }).done;
+          await m.dispose();
+          return { esc, modes, cont, unsure };
+        },
+        [exportUrl, adapterUrl, srv.url, g.input_ids, [...g.input_ids, ...det.slice(0, k)], marker, 12, k],
+      );
+      same(r.esc.tokens, [...det.slice(0, k), ...r.cont.tokens], 'tokens');
+      same(r.modes, [...Array(k).fill('detached'), ...Array(12 - k).fill('attached')], 'modes');
+      same(r.unsure.tokens, g.greedy_attached, 'minProb 1: all attached');
+      return `escalated at token ${k}`;
+    });
+
+    await test('backbone faults: unreachable, wrong token, killed server with and without fallback', async () => {
+      const doomed = await startBackbone(`${fx}/base`);
+      await page.exposeFunction('killDoomed', async () => {
+        doomed.kill();
+        await new Promise((r) => setTimeout(r, 300));
+      });
+      const r = await page.evaluate(
+        async ([u, a, backbone, doomedUrl, ids]) => {
+          const m = await window.sp.ShadowModel.load(u, { worker: false });
+          const out = {};
+          out.unreachable = await window.expectError(() => m.attach({ backbone: 'http://127.0.0.1:9', adapter: a }));
+          out.badToken = await window.expectError(() => m.attach({ backbone, adapter: a, token: 'wrong' }));
+          out.stillDetached = (await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done).tokens;
+          await m.attach({ backbone: doomedUrl, adapter: a, fallback: 'detached' });
+          out.first = (await m.generate(ids, { maxNewTokens: 2, ignoreEos: true }).done).modes;
+          await window.killDoomed();
+          out.fallback = await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done;
+          await m.attach({ backbone: doomedUrl, adapter: a }).catch(() => {});
+          const m2 = await window.sp.ShadowModel.load(u, { worker: true });
+          out.attachDead = await window.expectError(() => m2.attach({ backbone: doomedUrl, adapter: a }));
+          await m2.dispose();
+          await m.dispose();
+          return out;
+        },
+        [exportUrl, adapterUrl, srv.url, doomed.url, g.input_ids],
+      );
+      same(r.unreachable && r.unreachable.code, 'backbone', 'unreachable');
+      same(r.badToken && r.badToken.code, 'backbone', 'wrong token');
+      assert(/401|token/.test(r.badToken.message), `wrong-token message: ${r.badToken.message}`);
+      same(r.stillDetached, g.greedy_detached, 'a failed attach leaves the model detached and working');
+      same(r.first, ['attached', 'attached'], 'before the kill');
+      same(r.fallback.tokens, g.greedy_detached, 'fallback tokens');
+      same(r.fallback.modes, Array(12).fill('detached'), 'fallback modes');
+      assert(r.fallback.backbone && r.fallback.backbone.fallbackError, 'fallbackError reported');
+      same(r.attachDead && r.attachDead.code, 'backbone', 'attach to a dead server');
+    });
+  } finally {
+    srv.kill();
+  }
 }
 
 main().catch((e) => {

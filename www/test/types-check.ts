@@ -26,6 +26,16 @@ async function usage(): Promise<void> {
     const c: ChatCompletionChunk = chunk;
     text += c.choices[0].delta.content ?? '';
   }
+  const info = await model.attach({ backbone: 'http://localhost:8080', adapter: '/adapter/', protocol: 'stepped', wire: 'f16', fallback: 'detached' });
+  const attached: boolean = info.mode === 'attached';
+  const esc = model.generate('Move forward', { escalate: { marker: '[REMOTE]', minProb: 0.2 } });
+  for await (const t of esc) if (t.mode === 'attached') text += t.text;
+  const er = await esc.done;
+  const trips: number = (er.backbone?.roundTrips ?? 0) + er.modes.length;
+  console.log(attached, trips);
+  await model.detach();
+  // @ts-expect-error: the protocol is fused or stepped
+  void model.attach({ backbone: 'http://x', adapter: '/a/', protocol: 'tcp' });
   try {
     await model.dispose();
   } catch (e) {
