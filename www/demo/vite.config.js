@@ -35,7 +35,12 @@ export default defineConfig({
   root: here,
   resolve: { alias: { 'shadowpeft-web': path.resolve(here, '../src/index.js') } },
   worker: { format: 'es' },
-  build: { target: 'es2022', outDir: path.join(here, 'dist'), emptyOutDir: true },
+  build: {
+    target: 'es2022',
+    outDir: path.join(here, 'dist'),
+    emptyOutDir: true,
+    rollupOptions: { input: { main: path.join(here, 'index.html'), compare: path.join(here, 'compare.html') } },
+  },
   plugins: [serveModels()],
   server: { fs: { allow: [path.resolve(here, '..')] } },
 });

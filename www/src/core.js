@@ -235,6 +235,8 @@ export class Core {
       let stopReason = null;
       const tokens = [];
       const modes = [];
+      const traffic0 = this.model.traffic();
+      let trafficFirst = null;
       const t0 = now();
       let tFirst = null;
       for (;;) {
@@ -250,7 +252,10 @@ export class Core {
           throw engineError(e);
         }
         if (!step) break;
-        if (tFirst === null) tFirst = now();
+        if (tFirst === null) {
+          tFirst = now();
+          trafficFirst = this.model.traffic();
+        }
         tokens.push(step.token);
         modes.push(step.mode);
         text += step.text;
@@ -274,7 +279,7 @@ export class Core {
       const tEnd = now();
       const reason = stopReason || this.model.stopReason() || 'length';
       const decoded = Math.max(0, tokens.length - 1);
-      const traffic = this.model.traffic();
+      const traffic = trafficDelta(traffic0, trafficFirst, this.model.traffic(), decoded);
       return {
         tokens,
         modes,
@@ -339,5 +344,18 @@ function toEscalate(e) {
     else if (k === 'minProb' || k === 'min_prob') out.minProb = v;
     else throw new ShadowError('invalid-argument', `unknown escalate option \`${k}\``);
   }
+  return out;
+}
+
+/** Backbone traffic of one generation, and per decoded token (after the first). */
+function trafficDelta(start, first, end, decoded) {
+  if (!end) return undefined;
+  const keys = ['roundTrips', 'bytesSent', 'bytesReceived'];
+  const zero = { roundTrips: 0, bytesSent: 0, bytesReceived: 0 };
+  const a = start || zero;
+  const f = first || end;
+  const out = Object.fromEntries(keys.map((k) => [k, end[k] - a[k]]));
+  out.perDecodedToken = Object.fromEntries(keys.map((k) => [k, decoded ? (end[k] - f[k]) / decoded : 0]));
+  if (end.fallbackError) out.fallbackError = end.fallbackError;
   return out;
 }

@@ -106,9 +106,12 @@ export interface AttachOptions {
 }
 
 export interface BackboneTraffic {
+  /** This generation's totals (the prompt, and a one-time adapter upload, included). */
   roundTrips: number;
   bytesSent: number;
   bytesReceived: number;
+  /** Averages over the tokens after the first. */
+  perDecodedToken: { roundTrips: number; bytesSent: number; bytesReceived: number };
   /** The failure that switched this conversation to detached ('detached' fallback). */
   fallbackError?: string;
 }
@@ -126,7 +129,7 @@ export interface GenerationResult {
   tokens: number[];
   /** Which model produced each token. */
   modes: Mode[];
-  /** Traffic with the backbone server so far (attached across the network). */
+  /** Traffic with the backbone server during this generation (attached across the network). */
   backbone?: BackboneTraffic;
   text: string;
   stopReason: 'eos' | 'length' | 'stop' | 'abort';
