@@ -272,4 +272,36 @@ fn serve_and_generate_with_a_remote_backbone() {
     assert!(v.get("fallback_error").is_none());
     // Prefill + 11 decode requests, plus the adapter check, upload and session.
     assert_eq!(v["remote"]["round_trips"], 15);
+
+    // Stepped: one round trip per base layer (4) for each of the 12 forwards, plus the
+    // session; no adapter upload. Same tokens.
+    let mut stepped = args.to_vec();
+    stepped.extend(["--protocol".into(), "stepped".into()]);
+    let v = generate_json(&stepped);
+    assert_eq!(tokens(&v), g.ids("greedy_attached"), "stepped");
+    assert_eq!(v["remote"]["round_trips"], 1 + 12 * 4);
+
+    // Escalation: unsure from the start (every top probability is below 1) gives the attached
+    // output; a marker that never comes keeps the detached output.
+    let mut unsure = args.to_vec();
+    unsure.extend(["--escalate-below".into(), "1".into()]);
+    let v = generate_json(&unsure);
+    assert_eq!(tokens(&v), g.ids("greedy_attached"), "escalate-below 1");
+    assert!(v["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m == "attached"));
+    let mut never = args.to_vec();
+    never.extend([
+        "--escalate-marker".into(),
+        "<|endoftext|><|endoftext|>".into(),
+    ]);
+    let v = generate_json(&never);
+    assert_eq!(tokens(&v), g.ids("greedy_detached"), "marker never emitted");
+    assert!(v["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m == "detached"));
 }
