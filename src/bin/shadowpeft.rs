@@ -505,6 +505,11 @@ mod cli {
                     .position(|m| *m == Mode::Detached)
                     .unwrap_or(0);
                 eprintln!("[the backbone failed ({e}); tokens from #{k} on are detached]");
+            } else if opts.escalate.is_some() {
+                match g.modes.iter().position(|m| *m == Mode::Attached) {
+                    Some(k) => eprintln!("[escalated: {k} detached token(s), then attached]"),
+                    None => eprintln!("[not escalated: every token detached]"),
+                }
             }
             eprintln!(
                 "[{} prompt tokens, {} new; prefill {:.1} tok/s, decode {:.1} tok/s on {}]",

@@ -52,7 +52,7 @@ async function examples() {
     const url = new URL('../golden.json', new URL($('export').value, location.href));
     const g = await (await fetch(url)).json();
     for (const p of g.prompts || []) {
-      const text = p.user || p.message || p.prompt;
+      const text = p.messages && p.messages[0] && p.messages[0].content;
       if (typeof text !== 'string') continue;
       const b = document.createElement('button');
       b.textContent = text;
