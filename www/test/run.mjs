@@ -397,6 +397,44 @@ async function backboneTests(page, origin) {
       assert(r.fallback.backbone && r.fallback.backbone.fallbackError, 'fallbackError reported');
       same(r.attachDead && r.attachDead.code, 'backbone', 'attach to a dead server');
     });
+    await test('demo model: official answers detached and attached, [REMOTE] escalates', async () => {
+      const demo = JSON.parse(fs.readFileSync(path.join(repo, 'models/demo/golden.json'), 'utf8'));
+      const dsrv = await startBackbone('models/demo/base');
+      try {
+        const r = await page.evaluate(
+          async ([u, a, backbone, prompts, n]) => {
+            const det = await window.sp.ShadowModel.load(u);
+            const att = await window.sp.ShadowModel.load(u);
+            await att.attach({ backbone, adapter: a, protocol: 'stepped', wire: 'f16' });
+            const out = [];
+            for (const p of prompts) {
+              const d = await det.generate(p.input_ids, { maxNewTokens: n }).done;
+              const t = await att.generate(p.input_ids, { maxNewTokens: n }).done;
+              const e = await att.generate(p.input_ids, { maxNewTokens: n, escalate: { marker: '[REMOTE]' } }).done;
+              out.push({ d: d.tokens, dText: d.text, t: t.tokens, e: e.tokens, eModes: e.modes });
+            }
+            await det.dispose();
+            await att.dispose();
+            return out;
+          },
+          [`${origin}/m/models/demo/export/`, `${origin}/m/models/demo/adapter/`, dsrv.url, demo.prompts, demo.max_new_tokens],
+        );
+        let escalated = 0;
+        demo.prompts.forEach((p, i) => {
+          const q = p.messages[0].content;
+          same(r[i].d, p.detached.tokens, `${q}: detached`);
+          same(r[i].t, p.attached.tokens, `${q}: attached (stepped, f16 frames)`);
+          const remote = p.detached.text === '[REMOTE]';
+          if (remote) escalated++;
+          same(r[i].dText, p.detached.text, `${q}: detached text`);
+          same(r[i].e, remote ? p.attached.tokens : p.detached.tokens, `${q}: escalating`);
+          assert(r[i].eModes.every((m) => m === (remote ? 'attached' : 'detached')), `${q}: modes ${r[i].eModes}`);
+        });
+        assert(escalated > 0, 'no prompt escalated');
+      } finally {
+        dsrv.kill();
+      }
+    });
   } finally {
     srv.kill();
   }
