@@ -219,6 +219,9 @@ struct AttachOptions {
     /// "error" (default) or "detached".
     #[serde(default)]
     fallback: Option<String>,
+    /// Longest wait for one request to the server, in milliseconds (default 120000).
+    #[serde(default)]
+    timeout_ms: Option<f64>,
 }
 
 impl Model {
@@ -301,7 +304,7 @@ impl Model {
     /// Attaches this (detached) model to a backbone server with the adapter in `files`
     /// (`shadow_config.json`, `shadow_adapter.safetensors`, optional
     /// `shadow_modules.safetensors`). `options`: `{ backbone, token?, protocol?: "fused" |
-    /// "stepped", wire?: "f32" | "f16", fallback?: "error" | "detached" }`. On failure the
+    /// "stepped", wire?: "f32" | "f16", fallback?: "error" | "detached", timeoutMs? }`. On failure the
     /// model stays as it was.
     #[allow(clippy::await_holding_refcell_ref)]
     pub fn attach(&self, files: Files, options: JsValue) -> js_sys::Promise {
@@ -323,6 +326,18 @@ impl Model {
                 wire: o.wire.unwrap_or(crate::remote::frame::Wire::F32),
                 protocol: o.protocol.unwrap_or(crate::remote::client::Protocol::Fused),
                 ..crate::remote::client::Connect::new(o.backbone)
+            };
+            let connect = match o.timeout_ms {
+                Some(ms) if ms.is_finite() && ms > 0.0 => crate::remote::client::Connect {
+                    timeout: std::time::Duration::from_secs_f64(ms / 1000.0),
+                    ..connect
+                },
+                Some(ms) => {
+                    return Err(js_err(format!(
+                        "attach options: timeoutMs must be a positive number, not {ms}"
+                    )))
+                }
+                None => connect,
             };
             let mut guard = inner
                 .try_borrow_mut()

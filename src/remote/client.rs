@@ -21,7 +21,7 @@ pub struct Connect {
     pub token: Option<String>,
     /// Encoding of the tensors sent and received.
     pub wire: Wire,
-    /// Longest wait for one request (native; the browser's own limits apply there).
+    /// Longest wait for one request.
     pub timeout: std::time::Duration,
     /// Fused (one round trip per token, the adapter runs on the server) or stepped (one round
     /// trip per layer, the adapter never leaves the client).
@@ -93,7 +93,6 @@ pub struct RemoteBase {
     url: String,
     token: Option<String>,
     wire: Wire,
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     timeout: std::time::Duration,
     /// Fused or stepped.
     pub protocol: Protocol,
@@ -156,11 +155,7 @@ impl RemoteBase {
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            r = r.timeout(self.timeout);
-        }
-        r
+        r.timeout(self.timeout)
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {

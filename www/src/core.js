@@ -135,7 +135,7 @@ export class Core {
    * (shadow_config.json, shadow_adapter.safetensors, optional shadow_modules.safetensors) is
    * read from `adapter` (a URL or files) and, in the fused protocol, uploaded once.
    */
-  async attach({ backbone, adapter, token, protocol, wire, fallback, cache = true, signal } = {}) {
+  async attach({ backbone, adapter, token, protocol, wire, fallback, timeoutMs, cache = true, signal } = {}) {
     if (!this.model) throw new ShadowError('disposed', 'the model was disposed');
     if (this.busy) throw new ShadowError('busy', 'a generation is running on this model');
     if (typeof backbone !== 'string' || !backbone) throw new ShadowError('invalid-argument', 'attach: `backbone` must be the URL of a backbone server');
@@ -161,7 +161,7 @@ export class Core {
     this.busy = true;
     try {
       // Consumes `files`.
-      await this.model.attach(files, { backbone, token, protocol, wire, fallback });
+      await this.model.attach(files, { backbone, token, protocol, wire, fallback, timeoutMs });
     } catch (e) {
       throw engineError(e);
     } finally {

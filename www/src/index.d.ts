@@ -100,6 +100,8 @@ export interface AttachOptions {
   /** On a backbone failure: 'error' (default) fails the generation with code 'backbone';
    * 'detached' continues with the shadow alone (tokens report mode 'detached'). */
   fallback?: 'error' | 'detached';
+  /** Longest wait for one request to the server, in ms (default 120000); then code 'backbone'. */
+  timeoutMs?: number;
   /** Cache the adapter files (default true). */
   cache?: boolean;
   signal?: AbortSignal;

@@ -361,18 +361,24 @@ async function backboneTests(page, origin) {
       return `escalated at token ${k}`;
     });
 
-    await test('backbone faults: unreachable, wrong token, killed server with and without fallback', async () => {
+    await test('backbone faults: unreachable, wrong token, silent server (timeout), killed server with and without fallback', async () => {
       const doomed = await startBackbone(`${fx}/base`);
+      // A server that accepts connections and never answers.
+      const mute = await listen(() => {});
+      const muteUrl = `http://127.0.0.1:${mute.address().port}`;
       await page.exposeFunction('killDoomed', async () => {
         doomed.kill();
         await new Promise((r) => setTimeout(r, 300));
       });
       const r = await page.evaluate(
-        async ([u, a, backbone, doomedUrl, ids]) => {
+        async ([u, a, backbone, doomedUrl, ids, muteUrl]) => {
           const m = await window.sp.ShadowModel.load(u, { worker: false });
           const out = {};
           out.unreachable = await window.expectError(() => m.attach({ backbone: 'http://127.0.0.1:9', adapter: a }));
           out.badToken = await window.expectError(() => m.attach({ backbone, adapter: a, token: 'wrong' }));
+          const t0 = performance.now();
+          out.mute = await window.expectError(() => m.attach({ backbone: muteUrl, adapter: a, timeoutMs: 800 }));
+          out.muteMs = performance.now() - t0;
           out.stillDetached = (await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done).tokens;
           await m.attach({ backbone: doomedUrl, adapter: a, fallback: 'detached' });
           out.first = (await m.generate(ids, { maxNewTokens: 2, ignoreEos: true }).done).modes;
@@ -385,11 +391,14 @@ async function backboneTests(page, origin) {
           await m.dispose();
           return out;
         },
-        [exportUrl, adapterUrl, srv.url, doomed.url, g.input_ids],
+        [exportUrl, adapterUrl, srv.url, doomed.url, g.input_ids, muteUrl],
       );
+      mute.close();
       same(r.unreachable && r.unreachable.code, 'backbone', 'unreachable');
       same(r.badToken && r.badToken.code, 'backbone', 'wrong token');
       assert(/401|token/.test(r.badToken.message), `wrong-token message: ${r.badToken.message}`);
+      same(r.mute && r.mute.code, 'backbone', 'silent server');
+      assert(/in time/.test(r.mute.message) && r.muteMs < 10000, `silent server: ${r.mute.message} after ${r.muteMs} ms`);
       same(r.stillDetached, g.greedy_detached, 'a failed attach leaves the model detached and working');
       same(r.first, ['attached', 'attached'], 'before the kill');
       same(r.fallback.tokens, g.greedy_detached, 'fallback tokens');
