@@ -413,3 +413,35 @@ fn streamed_truncated_or_corrupt_files_fail_clearly() {
         .to_string()
         .contains("header too large"));
 }
+
+/// Hugging Face peft's detached exports (`unload_shadow()`, a `DetachedShadowModel`) load
+/// with `--model` and match peft's own logits and greedy tokens (scripts/gen_peft_fixtures.py).
+#[test]
+fn peft_detached_exports_equal_peft_output() {
+    let Some(gpu) = gpu() else { return };
+    for name in ["peft_mirror", "peft_partial_proj"] {
+        let g = Golden::load(&fixture(name));
+        let ids = g.ids("input_ids");
+        let model = load_export(name);
+        let mut s = model.new_session(gpu);
+        let out = pollster::block_on(model.forward(gpu, &mut s, &ids, Readout::AllLogits, false))
+            .unwrap();
+        let r = assert_logits(
+            &format!("{name} peft export"),
+            &out.logits,
+            &g.f32("export_logits").0,
+        );
+        // The export computes the attached model's initial shadow state and head.
+        assert_logits(
+            &format!("{name} peft shadow"),
+            &out.logits,
+            &g.f32("shadow_logits").0,
+        );
+        eprintln!("{name}: peft export max error / max|logit| = {r:.2e}");
+        assert_eq!(
+            greedy(&model, &ids, 12),
+            g.ids("greedy_export"),
+            "{name}: greedy"
+        );
+    }
+}

@@ -493,6 +493,13 @@ impl ShadowModel {
         // Compile while the weights are read.
         ops::precompile(gpu, &[cfg.head_dim], false);
         let w = Weights::load_hf(src).await?;
+        // Hugging Face peft's `unload_shadow()` (`DetachedShadowModel`): the backbone under
+        // `backbone.`, an optional `shadow_hidden_projection`, and `head`.
+        let peft_detached = proj_cfg.is_none()
+            && !w.has("model.embed_tokens.weight")
+            && w.has("backbone.embed_tokens.weight")
+            && w.has("head.weight");
+        let prefix = if peft_detached { "backbone." } else { prefix };
         let max_seq = opts.max_seq.min(cfg.max_positions).max(1);
         let shadow = Decoder::load(gpu, &w, prefix, &cfg, max_seq)?;
         let embed = load_matrix(
@@ -503,6 +510,38 @@ impl ShadowModel {
             cfg.hidden,
         )?;
         let (proj, head, vocab, hidden) = match &proj_cfg {
+            None if peft_detached => {
+                let d = match w.shape("shadow_hidden_projection.weight") {
+                    Some(&[d, ds]) if ds == cfg.hidden => d,
+                    Some(s) => {
+                        return Err(Error::Shape {
+                            file: w.describe(),
+                            name: "shadow_hidden_projection.weight".into(),
+                            expected: vec![s.first().copied().unwrap_or(0), cfg.hidden],
+                            found: s.to_vec(),
+                        })
+                    }
+                    None => cfg.hidden,
+                };
+                let proj = if w.has("shadow_hidden_projection.weight") {
+                    Some(load_linear(
+                        gpu,
+                        &w,
+                        "shadow_hidden_projection",
+                        d,
+                        cfg.hidden,
+                        false,
+                    )?)
+                } else {
+                    None
+                };
+                (
+                    proj,
+                    load_linear(gpu, &w, "head", cfg.vocab, d, false)?,
+                    cfg.vocab,
+                    d,
+                )
+            }
             Some(pc) => (
                 Some(load_linear(
                     gpu,
