@@ -640,6 +640,10 @@ impl ShadowModel {
                 if name == "shadow_injection_model.injection_downs" {
                     stacked = view.shape().first().copied();
                 }
+                // Only the fused protocol uploads the adapter.
+                if remote.protocol == Protocol::Stepped {
+                    continue;
+                }
                 tensors.push((
                     name,
                     view.dtype(),
@@ -659,7 +663,11 @@ impl ShadowModel {
                 sc.gate_hidden_size.to_string(),
             ),
         ]);
-        let client = RemoteBase::connect(remote, frame::adapter_upload(tensors, meta)).await?;
+        let upload = match remote.protocol {
+            Protocol::Fused => frame::adapter_upload(tensors, meta),
+            Protocol::Stepped => Vec::new(),
+        };
+        let client = RemoteBase::connect(remote, upload).await?;
         let mismatch = |what: &str, ours: usize, theirs: usize| {
             Err(Error::Remote {
                 url: url.to_string(),

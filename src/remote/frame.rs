@@ -151,6 +151,18 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Metadata every request carries: the protocol version, `pos` and `rows`.
+fn request_meta(pos: usize, all_rows: bool) -> HashMap<String, String> {
+    HashMap::from([
+        ("protocol".to_string(), PROTOCOL.to_string()),
+        ("pos".to_string(), pos.to_string()),
+        (
+            "rows".to_string(),
+            if all_rows { "all" } else { "last" }.to_string(),
+        ),
+    ])
+}
+
 /// Encodes a `forward` request.
 pub fn forward_request(
     pos: usize,
@@ -160,14 +172,7 @@ pub fn forward_request(
     all_rows: bool,
     wire: Wire,
 ) -> Vec<u8> {
-    let meta = HashMap::from([
-        ("protocol".to_string(), PROTOCOL.to_string()),
-        ("pos".to_string(), pos.to_string()),
-        (
-            "rows".to_string(),
-            if all_rows { "all" } else { "last" }.to_string(),
-        ),
-    ]);
+    let meta = request_meta(pos, all_rows);
     let (dt, s0b) = floats(wire, s0);
     encode(
         meta,
@@ -194,23 +199,16 @@ pub fn layer_request(
     all_rows: bool,
     wire: Wire,
 ) -> Vec<u8> {
-    let meta = HashMap::from([
-        ("protocol".to_string(), PROTOCOL.to_string()),
-        ("pos".to_string(), pos.to_string()),
-        ("layer".to_string(), layer.to_string()),
-        (
-            "rows".to_string(),
-            if all_rows { "all" } else { "last" }.to_string(),
-        ),
-        (
-            "wire".to_string(),
-            match wire {
-                Wire::F32 => "f32",
-                Wire::F16 => "f16",
-            }
-            .to_string(),
-        ),
-    ]);
+    let mut meta = request_meta(pos, all_rows);
+    meta.insert("layer".into(), layer.to_string());
+    meta.insert(
+        "wire".into(),
+        match wire {
+            Wire::F32 => "f32",
+            Wire::F16 => "f16",
+        }
+        .into(),
+    );
     let t = match ids {
         Some(ids) => (
             "ids",

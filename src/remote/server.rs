@@ -533,10 +533,14 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
     app.base
         .record_layer(&mut step, &s.state, l, &s.ids, m, pos);
     step.submit()?;
-    let wire = wire.unwrap_or(match f.meta("wire") {
-        Ok("f16") => frame::Wire::F16,
-        _ => frame::Wire::F32,
-    });
+    // Layer 0 names the answer's dtype (f32 when absent); later layers answer in theirs.
+    let wire = match wire {
+        Some(w) => w,
+        None => match f.meta("wire") {
+            Ok(w) => w.parse()?,
+            Err(_) => frame::Wire::F32,
+        },
+    };
     let last = l + 1 == n;
     let (src, rows) = match (last, all) {
         (true, false) => (&s.state.xn, 1),
