@@ -114,7 +114,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub tokens: Vec<u32>,
-    /// Which model produced each token (attached, or detached after a backbone failure).
+    /// Which model produced each token: attached, or detached (a detached model, the stretch
+    /// before an escalation, or after a backbone failure with fallback).
     pub modes: Vec<Mode>,
     pub stop: StopReason,
     pub prefill_tokens: usize,
