@@ -9,9 +9,16 @@ What it makes, under ``tests/fixtures/<name>/`` (vocab 512 tokenizer of gen_fixt
 
 * ``peft_mirror``        Qwen3 base (tied), every block targeted, "mirror" 2-layer shadow with
                          its own intermediate size, shared base embeddings, default adapter name
-* ``peft_partial_proj``  Llama base (untied), ``layers_to_transform=[1, 2]``, 1-layer shadow of
-                         width 32 with 2 heads (own embeddings + projection 32 -> 64), adapter
-                         name ``robot``
+* ``peft_explicit``      Qwen2 base (untied), ``target_modules`` a regex over blocks 0-1 (block 2
+                         runs plain), explicit Qwen3 shadow backbone of width 48 from ``shadow/``
+                         (``shadow_model: "shadow"``, its embeddings frozen, a trained projection
+                         48 -> 64), ``modules_to_save=["lm_head"]``
+* ``peft_partial_proj``  Llama base (untied), 1-layer shadow of width 32 with 2 heads (own
+                         embeddings + projection 32 -> 64), adapter name ``robot``, and
+                         ``layers_to_transform=[1, 2]``, which peft 0.21.2 does not apply here:
+                         with ``target_modules`` unset it targets every block by name, and a
+                         named block bypasses the index filter, so all three blocks are
+                         wrapped (the saved config and weights say so too)
 
 each with ``base/`` (HF model + tokenizer files), ``adapter/`` (``adapter_config.json`` +
 ``adapter_model.safetensors`` as written by ``PeftModel.save_pretrained``), ``export/``
@@ -34,7 +41,9 @@ the pinned versions (scripts/requirements-golden.txt, plus peft==0.21.2).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,7 +57,16 @@ from peft import PeftModel, get_peft_model  # noqa: E402
 from peft import ShadowConfig as PeftShadowConfig  # noqa: E402
 from peft.tuners.shadow.layers import DetachedShadowModel  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 N_NEW = 12
 
@@ -78,7 +96,34 @@ SPECS = [
                        shadow_num_attention_heads=2, shadow_intermediate_size=48,
                        layers_to_transform=[1, 2], layers_pattern="layers"),
     },
+    {
+        "name": "peft_explicit",
+        "seed": 503,
+        "description": "peft SHADOW: Qwen2 untied base, target_modules regex over blocks 0-1 (block 2 "
+        "plain), explicit Qwen3 shadow backbone of width 48 (own frozen embeddings, projection "
+        "48 -> 64), modules_to_save lm_head, r 6, update width 10, adapter 'default'",
+        "model": (Qwen2Config, Qwen2ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2,
+                                                     tie_word_embeddings=False)),
+        "adapter_name": "default",
+        "explicit": (Qwen3Config, Qwen3ForCausalLM, dict(hidden_size=48, intermediate_size=80,
+                                                        num_hidden_layers=2, num_attention_heads=3,
+                                                        num_key_value_heads=1, head_dim=16,
+                                                        tie_word_embeddings=True)),
+        "shadow": dict(r=6, shadow_alpha=0.6, update_hidden_size=10,
+                       target_modules=r".*\.layers\.[01]", modules_to_save=["lm_head"]),
+    },
 ]
+
+
+@contextlib.contextmanager
+def in_dir(d: Path):
+    """Runs with `d` as the working directory (peft resolves a relative `shadow_model` there)."""
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def base_model(spec, bundle):
@@ -109,8 +154,21 @@ def build(spec, bundle) -> None:
     base.save_pretrained(str(d / "base"))
     bundle.write(d / "base")
 
-    sc = PeftShadowConfig(task_type="CAUSAL_LM", shadow_dropout=0.0, init_weights=False, **spec["shadow"])
-    pm = get_peft_model(load_base(d / "base"), sc, adapter_name=name)
+    shadow_kw = dict(spec["shadow"])
+    if "explicit" in spec:
+        # An explicit shadow backbone: a separate (random) model directory, named in the adapter
+        # config by a path relative to the fixture directory.
+        cfg_cls, model_cls, kw = spec["explicit"]
+        kw = dict(kw)
+        cfg = cfg_cls(vocab_size=bundle.vocab_size, max_position_embeddings=256, rms_norm_eps=1e-6,
+                      bos_token_id=None, eos_token_id=bundle.im_end_id, pad_token_id=bundle.eot_id, **kw)
+        sm = model_cls(cfg)
+        gf.randomize_(sm, gen)
+        sm.save_pretrained(str(d / "shadow"))
+        shadow_kw["shadow_model"] = "shadow"
+    sc = PeftShadowConfig(task_type="CAUSAL_LM", shadow_dropout=0.0, init_weights=False, **shadow_kw)
+    with in_dir(d):
+        pm = get_peft_model(load_base(d / "base"), sc, adapter_name=name)
     for n, p in pm.named_parameters():
         if p.requires_grad:
             r = torch.randn(tuple(p.shape), generator=gen)
@@ -150,18 +208,24 @@ def build(spec, bundle) -> None:
 def make_golden(spec, bundle, d: Path) -> None:
     name = spec["adapter_name"]
     plain = load_base(d / "base")
-    model = PeftModel.from_pretrained(load_base(d / "base"), str(d / "adapter"), adapter_name=name)
+    with in_dir(d):
+        model = PeftModel.from_pretrained(load_base(d / "base"), str(d / "adapter"), adapter_name=name)
     model.eval()
     tuner = model.base_model
 
     # The export, reloaded: a DetachedShadowModel around a fresh backbone of the export's config.
     sd = load_file(str(d / "export" / "model.safetensors"))
-    bcfg = type(plain.config).from_pretrained(str(d / "export"))
-    backbone = type(plain.model)(bcfg)
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(str(d / "export")))
     proj = None
     if "shadow_hidden_projection.weight" in sd:
         w = sd["shadow_hidden_projection.weight"]
         proj = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    # A head trained through modules_to_save is exported inside peft's wrapper: take the trained copy.
+    trained = [k for k in sd if k.startswith("head.modules_to_save.")]
+    if trained:
+        sd["head.weight"] = sd[trained[0]]
+        for k in [k for k in sd if k.startswith(("head.modules_to_save.", "head.original_module."))]:
+            del sd[k]
     head_w = sd["head.weight"]
     head = torch.nn.Linear(head_w.shape[1], head_w.shape[0], bias=False)
     det = DetachedShadowModel(backbone, proj, head)
@@ -206,6 +270,7 @@ def make_golden(spec, bundle, d: Path) -> None:
         "base": "base",
         "adapter": "adapter",
         "export": "export",
+        **({"shadow": "shadow"} if "explicit" in spec else {}),
         "input_ids": ids.tolist(),
         "max_new_tokens": N_NEW,
         "max_abs_logit": round(mx, 4),
@@ -219,7 +284,10 @@ def make_golden(spec, bundle, d: Path) -> None:
 def main() -> None:
     gf.log(f"peft {peft.__version__}, torch {torch.__version__}")
     bundle = gf.make_tokenizer_bundle(512)
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     for spec in SPECS:
+        if only is not None and spec["name"] not in only:
+            continue
         gf.log(f"== building tests/fixtures/{spec['name']}")
         build(spec, bundle)
 

@@ -298,7 +298,88 @@ fn other_peft_adapters_are_named() {
     .unwrap();
     expect_error(
         &attached(&s.0, "1,2"),
-        &["adapter_config.json", "LORA", "shadow-peft"],
+        &["adapter_config.json", "LORA", "SHADOW", "shadow-peft"],
+    );
+}
+
+/// Rewrites a peft fixture's adapter_config.json through a closure.
+fn edit_peft_config(s: &Scratch, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = s.0.join("adapter/adapter_config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn peft_adapter_config_errors_name_the_field() {
+    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 5] = [
+        (
+            "gap",
+            |v| v["target_modules"] = serde_json::json!(["model.layers.0", "model.layers.2"]),
+            &[
+                "adapter_config.json",
+                "target_modules",
+                "[0, 2]",
+                "contiguous",
+            ],
+        ),
+        (
+            "none",
+            |v| v["target_modules"] = serde_json::json!(["q_proj", "v_proj"]),
+            &["target_modules", "selects none", "model.layers.0"],
+        ),
+        (
+            "regex",
+            |v| v["target_modules"] = serde_json::json!("model.layers.(0"),
+            &["target_modules", "not a regex"],
+        ),
+        (
+            "task",
+            |v| v["task_type"] = serde_json::json!("SEQ_CLS"),
+            &["task_type", "SEQ_CLS", "CAUSAL_LM"],
+        ),
+        (
+            "save",
+            |v| v["modules_to_save"] = serde_json::json!(["embed_tokens"]),
+            &["modules_to_save", "embed_tokens", "lm_head"],
+        ),
+    ];
+    for (tag, edit, needles) in cases {
+        let s = scratch("peft_mirror", &format!("peft-{tag}"));
+        edit_peft_config(&s, edit);
+        expect_error(&attached(&s.0, "1,2"), needles);
+    }
+}
+
+#[test]
+fn peft_adapter_tensor_errors_name_the_tensor() {
+    let s = scratch("peft_mirror", "peft-shape");
+    edit_safetensors(&s.0.join("adapter/adapter_model.safetensors"), |h, _| {
+        let t = "base_model.model.model.layers.1.shadow_down.default.weight";
+        let old = h[t].clone();
+        h.as_object_mut().unwrap().remove(t);
+        h["base_model.model.model.layers.1.shadow_down.default.weight_renamed"] = old;
+    });
+    expect_error(
+        &attached(&s.0, "1,2"),
+        &[
+            "adapter_model.safetensors",
+            "layers.1.shadow_down.default.weight",
+        ],
+    );
+}
+
+#[test]
+fn peft_explicit_shadow_needs_its_directory() {
+    let d = fixture("peft_explicit");
+    expect_error(
+        &attached(&d, "1,2"),
+        &[
+            "adapter_config.json",
+            "shadow_model",
+            "`shadow`",
+            "explicit",
+        ],
     );
 }
 

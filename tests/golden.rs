@@ -1,5 +1,6 @@
 //! Fidelity against the official shadow-peft 0.1.1 (golden outputs made by
-//! scripts/gen_fixtures.py): attached, shadow, detached and export logits within
+//! scripts/gen_fixtures.py) and Hugging Face peft 0.21.2's SHADOW tuner
+//! (scripts/gen_peft_fixtures.py): attached, shadow, detached and export logits within
 //! 1e-4 x max|logit|, identical greedy tokens, and KV-cached decoding equal to full recompute.
 
 mod common;
@@ -416,32 +417,62 @@ fn streamed_truncated_or_corrupt_files_fail_clearly() {
 
 /// Hugging Face peft's detached exports (`unload_shadow()`, a `DetachedShadowModel`) load
 /// with `--model` and match peft's own logits and greedy tokens (scripts/gen_peft_fixtures.py).
-#[test]
-fn peft_detached_exports_equal_peft_output() {
-    let Some(gpu) = gpu() else { return };
-    for name in ["peft_mirror", "peft_partial_proj"] {
-        let g = Golden::load(&fixture(name));
-        let ids = g.ids("input_ids");
-        let model = load_export(name);
-        let mut s = model.new_session(gpu);
-        let out = pollster::block_on(model.forward(gpu, &mut s, &ids, Readout::AllLogits, false))
-            .unwrap();
-        let r = assert_logits(
-            &format!("{name} peft export"),
-            &out.logits,
-            &g.f32("export_logits").0,
-        );
-        // The export computes the attached model's initial shadow state and head.
-        assert_logits(
-            &format!("{name} peft shadow"),
-            &out.logits,
-            &g.f32("shadow_logits").0,
-        );
-        eprintln!("{name}: peft export max error / max|logit| = {r:.2e}");
-        assert_eq!(
-            greedy(&model, &ids, 12),
-            g.ids("greedy_export"),
-            "{name}: greedy"
-        );
-    }
+/// Hugging Face peft SHADOW fixtures (scripts/gen_peft_fixtures.py, peft 0.21.2): attached
+/// logits and shadow logits (base + adapter), detached (the adapter's shadow alone) and the
+/// `unload_shadow()` export, each against peft's own output and greedy tokens.
+fn check_peft_fixture(name: &str) {
+    let g = Golden::load(&fixture(name));
+    assert_eq!(g.json["format"], "peft");
+    let attached = load(name, Mode::Attached);
+    check_model(
+        name,
+        "peft attached",
+        &attached,
+        &g,
+        "attached_logits",
+        Some("shadow_logits"),
+        "greedy_attached",
+    );
+    let detached = load(name, Mode::Detached);
+    check_model(
+        name,
+        "peft detached",
+        &detached,
+        &g,
+        "shadow_logits",
+        None,
+        "greedy_export",
+    );
+    let export = load_export(name);
+    check_model(
+        name,
+        "peft export",
+        &export,
+        &g,
+        "export_logits",
+        None,
+        "greedy_export",
+    );
+    // The export computes the attached model's initial shadow state and head.
+    check_model(
+        name,
+        "peft export as shadow",
+        &export,
+        &g,
+        "shadow_logits",
+        None,
+        "greedy_export",
+    );
 }
+
+macro_rules! peft_fixture_test {
+    ($($t:ident),*) => {$(
+        #[test]
+        fn $t() {
+            if gpu().is_none() { return; }
+            check_peft_fixture(stringify!($t));
+        }
+    )*};
+}
+
+peft_fixture_test!(peft_mirror, peft_partial_proj, peft_explicit);

@@ -75,14 +75,16 @@ mod cli {
 
     #[derive(Args)]
     struct ModelArgs {
-        /// A detached export: a Hugging Face causal LM dir or a causal_lm_with_hidden_projection
-        /// dir (with --adapter and --backbone: the client side of remote attached mode).
+        /// A detached export: a Hugging Face causal LM dir, a causal_lm_with_hidden_projection
+        /// dir, or a Hugging Face peft `unload_shadow()` dir (with --adapter and --backbone: the
+        /// client side of remote attached mode).
         #[arg(long, conflicts_with_all = ["base", "shadow", "mode"])]
         model: Option<PathBuf>,
         /// The base model dir (Hugging Face layout).
         #[arg(long, requires = "adapter")]
         base: Option<PathBuf>,
-        /// The shadow-peft adapter dir (shadow_config.json + shadow_adapter.safetensors).
+        /// The adapter dir: official shadow-peft (shadow_config.json + shadow_adapter.safetensors)
+        /// or Hugging Face peft SHADOW (adapter_config.json + adapter_model.safetensors).
         #[arg(long)]
         adapter: Option<PathBuf>,
         /// URL of a backbone server (`shadowpeft serve`): run attached with the base remote.
@@ -106,7 +108,8 @@ mod cli {
         /// `detached` (continue with the shadow alone; the output says from which token on).
         #[arg(long, default_value = "error", value_parser = ["error", "detached"], requires = "backbone")]
         fallback: String,
-        /// The explicit shadow model dir (its config gives the shadow architecture).
+        /// The explicit shadow model dir (its config gives the shadow architecture; for a peft
+        /// adapter, the model its `shadow_model` names).
         #[arg(long, requires = "adapter")]
         shadow: Option<PathBuf>,
         /// attached (base logits) or detached (the shadow alone).

@@ -1,5 +1,6 @@
-//! The official ShadowPEFT injection and update (shadow-peft 0.1.1), for base layers
-//! l = 1..L-1 with k = l - 1:
+//! The shadow injection and update around the base layers, in the two published forms.
+//!
+//! **Official shadow-peft (0.1.1)**, for base layers l = 1..L-1 with k = l - 1:
 //! ```text
 //! h = h + alpha * ((h - s) @ injection_downs[k]) @ injection_ups[k]      # before layer l
 //! u = LayerNorm(h_out; hidden_norm)                                      # after layer l
@@ -9,33 +10,69 @@
 //! ```
 //! The stacked `injection_downs [L-1, d, r]` / `injection_ups [L-1, r, d]` are stored here
 //! transposed, as `[out, in]` linear weights.
+//!
+//! **Hugging Face peft (`peft_type: "SHADOW"`, peft 0.21)**, for every wrapped block l (a
+//! contiguous run, block 0 included when targeted):
+//! ```text
+//! h = h + alpha * shadow_up(shadow_down(h - s))                          # before block l
+//! t = T(h_out);  g = sigmoid(G(h_out))                                   # after block l, no norm
+//! s = (1 - g) * s + g * t                   with T, G = Linear(+bias) -> GELU(erf) -> Linear(+bias)
+//! ```
+//! Both are held as one slot per base layer (`None` where a layer runs plain). The update after
+//! the last slot is never read (the shadow logits come from s0), so it is skipped.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
-use crate::ops::{self, Linear};
+use crate::ops::{self, Act, Linear};
 
-use super::config::ShadowConfig;
+use super::config::{PeftAdapterSpec, ShadowConfig};
 use super::decoder::{load_linear, load_vec};
 use super::weights::Weights;
+
+/// Which published algorithm an adapter follows (and which files hold it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterFormat {
+    /// The official `shadow-peft` package: `shadow_config.json` + `shadow_adapter.safetensors`.
+    ShadowPeft,
+    /// Hugging Face `peft`'s SHADOW tuner: `adapter_config.json` + `adapter_model.safetensors`.
+    Peft,
+}
+
+impl AdapterFormat {
+    /// The name used in the remote protocol's adapter upload (`format` metadata).
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            AdapterFormat::ShadowPeft => "shadow-peft",
+            AdapterFormat::Peft => "peft",
+        }
+    }
+}
+
+/// A two-layer update network `l1(act(l0(x)))`.
+struct Mlp {
+    l0: Linear,
+    l1: Linear,
+}
 
 struct Slot {
     down: Linear,
     up: Linear,
-    gate0: Linear,
-    gate2: Linear,
-    tr0: Linear,
-    tr3: Linear,
+    transform: Mlp,
+    gate: Mlp,
 }
 
 /// Injection and update weights for every adapted base layer.
 pub struct Adapter {
+    format: AdapterFormat,
     alpha: f32,
     hidden: usize,
     rank: usize,
-    gate: usize,
-    norm_w: Tensor,
-    norm_b: Tensor,
-    slots: Vec<Slot>,
+    width: usize,
+    act: Act,
+    /// The official update's LayerNorm (weight, bias); none in peft's.
+    norm: Option<(Tensor, Tensor)>,
+    /// One per base layer.
+    slots: Vec<Option<Slot>>,
 }
 
 /// Activations of the adapter for up to `rows` tokens.
@@ -72,8 +109,58 @@ fn transposed(
     })
 }
 
+/// Where Hugging Face peft saves block `l`'s shadow modules (the adapter name is always
+/// written as `default`).
+pub(crate) fn peft_block_prefix(l: usize) -> String {
+    format!("base_model.model.model.layers.{l}.")
+}
+
+/// The tensors of a Hugging Face peft SHADOW adapter's block modules, with their shapes.
+pub fn peft_tensors(spec: &PeftAdapterSpec, hidden: usize) -> Vec<(String, Vec<usize>)> {
+    let (d, r, u) = (hidden, spec.rank, spec.update_hidden);
+    let mut out = Vec::new();
+    for &l in &spec.blocks {
+        let p = peft_block_prefix(l);
+        out.push((format!("{p}shadow_down.default.weight"), vec![r, d]));
+        out.push((format!("{p}shadow_up.default.weight"), vec![d, r]));
+        for net in ["transform", "gate"] {
+            let q = format!("{p}shadow_update_{net}.default");
+            out.push((format!("{q}.0.weight"), vec![u, d]));
+            out.push((format!("{q}.0.bias"), vec![u]));
+            out.push((format!("{q}.2.weight"), vec![d, u]));
+            out.push((format!("{q}.2.bias"), vec![d]));
+        }
+    }
+    out
+}
+
+/// Checks that `w` holds every block tensor of `spec` with its shape (before anything is
+/// uploaded anywhere).
+pub fn check_peft_tensors(w: &Weights, spec: &PeftAdapterSpec, hidden: usize) -> Result<()> {
+    for (name, shape) in peft_tensors(spec, hidden) {
+        match w.shape(&name) {
+            None => {
+                return Err(Error::MissingTensor {
+                    file: w.describe(),
+                    name,
+                })
+            }
+            Some(found) if found != shape.as_slice() => {
+                return Err(Error::Shape {
+                    file: w.describe(),
+                    name,
+                    expected: shape,
+                    found: found.to_vec(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl Adapter {
-    /// Loads the adapter for a base of `layers` layers and width `hidden`.
+    /// Loads an official shadow-peft adapter for a base of `layers` layers and width `hidden`.
     pub fn load(
         gpu: &Gpu,
         w: &Weights,
@@ -87,27 +174,103 @@ impl Adapter {
         let ups = "shadow_injection_model.injection_ups";
         let all_downs = w.get(downs, &[n, d, r])?;
         let all_ups = w.get(ups, &[n, r, d])?;
-        let mut slots = Vec::with_capacity(n);
+        let mut slots = vec![None];
         for k in 0..n {
             let p = "shadow_update_model";
-            slots.push(Slot {
+            let lin = |name: String, out, inp| load_linear(gpu, w, &name, out, inp, false);
+            slots.push(Some(Slot {
                 down: transposed(gpu, downs, &all_downs, k, d, r)?,
                 up: transposed(gpu, ups, &all_ups, k, r, d)?,
-                gate0: load_linear(gpu, w, &format!("{p}.update_gates.{k}.0"), g, d, false)?,
-                gate2: load_linear(gpu, w, &format!("{p}.update_gates.{k}.2"), d, g, false)?,
-                tr0: load_linear(gpu, w, &format!("{p}.update_transforms.{k}.0"), g, d, false)?,
-                tr3: load_linear(gpu, w, &format!("{p}.update_transforms.{k}.3"), d, g, false)?,
-            });
+                transform: Mlp {
+                    l0: lin(format!("{p}.update_transforms.{k}.0"), g, d)?,
+                    l1: lin(format!("{p}.update_transforms.{k}.3"), d, g)?,
+                },
+                gate: Mlp {
+                    l0: lin(format!("{p}.update_gates.{k}.0"), g, d)?,
+                    l1: lin(format!("{p}.update_gates.{k}.2"), d, g)?,
+                },
+            }));
         }
         Ok(Adapter {
+            format: AdapterFormat::ShadowPeft,
             alpha: sc.alpha,
             hidden: d,
             rank: r,
-            gate: g,
-            norm_w: load_vec(gpu, w, "shadow_update_model.hidden_norm.weight", d)?,
-            norm_b: load_vec(gpu, w, "shadow_update_model.hidden_norm.bias", d)?,
+            width: g,
+            act: Act::Silu,
+            norm: Some((
+                load_vec(gpu, w, "shadow_update_model.hidden_norm.weight", d)?,
+                load_vec(gpu, w, "shadow_update_model.hidden_norm.bias", d)?,
+            )),
             slots,
         })
+    }
+
+    /// Loads a Hugging Face peft SHADOW adapter's block modules for a base of `layers` layers
+    /// and width `hidden`; `spec.blocks` are the wrapped blocks.
+    pub fn load_peft(
+        gpu: &Gpu,
+        w: &Weights,
+        spec: &PeftAdapterSpec,
+        layers: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        let (d, r, u) = (hidden, spec.rank, spec.update_hidden);
+        let mut slots: Vec<Option<Slot>> = (0..layers).map(|_| None).collect();
+        for &l in &spec.blocks {
+            if l >= layers {
+                return Err(Error::InvalidRequest(format!(
+                    "the adapter wraps block {l}, but the base has {layers} layers"
+                )));
+            }
+            let p = peft_block_prefix(l);
+            let lin = |name: &str, out, inp, bias| {
+                load_linear(gpu, w, &format!("{p}{name}"), out, inp, bias)
+            };
+            slots[l] = Some(Slot {
+                down: lin("shadow_down.default", r, d, false)?,
+                up: lin("shadow_up.default", d, r, false)?,
+                transform: Mlp {
+                    l0: lin("shadow_update_transform.default.0", u, d, true)?,
+                    l1: lin("shadow_update_transform.default.2", d, u, true)?,
+                },
+                gate: Mlp {
+                    l0: lin("shadow_update_gate.default.0", u, d, true)?,
+                    l1: lin("shadow_update_gate.default.2", d, u, true)?,
+                },
+            });
+        }
+        Ok(Adapter {
+            format: AdapterFormat::Peft,
+            alpha: spec.alpha,
+            hidden: d,
+            rank: r,
+            width: u,
+            act: Act::Gelu,
+            norm: None,
+            slots,
+        })
+    }
+
+    /// Which algorithm this adapter runs.
+    pub fn format(&self) -> AdapterFormat {
+        self.format
+    }
+
+    /// Whether the state is injected before base layer `l`.
+    pub fn injects(&self, l: usize) -> bool {
+        self.slots.get(l).is_some_and(Option::is_some)
+    }
+
+    /// Whether anything runs between base layers `next - 1` and `next` (an update or an
+    /// injection); `next` 0 is before the first layer.
+    pub fn acts_before(&self, next: usize) -> bool {
+        self.injects(next) || (next >= 1 && self.injects(next - 1) && self.update_is_read(next - 1))
+    }
+
+    /// Whether the state updated after base layer `l` is read again (by a later injection).
+    fn update_is_read(&self, l: usize) -> bool {
+        self.slots.iter().skip(l + 1).any(Option::is_some)
     }
 
     pub(crate) fn new_scratch(&self, gpu: &Gpu, rows: usize) -> AdapterScratch {
@@ -117,49 +280,66 @@ impl Adapter {
             delta: z("delta", d),
             a: z("inject a", self.rank),
             b: z("inject b", d),
-            u: z("update u", d),
-            gh: z("gate hidden", self.gate),
-            th: z("transform hidden", self.gate),
+            u: z("update u", if self.norm.is_some() { d } else { 1 }),
+            gh: z("gate hidden", self.width),
+            th: z("transform hidden", self.width),
             t: z("transform", d),
             g: z("gate", d),
         }
     }
 
-    /// Injection before base layer `k + 1`: `h += alpha * ((h - s) Wd) Wu`.
+    /// Injection before base layer `l` (nothing when `l` is not adapted):
+    /// `h += alpha * up(down(h - s))`.
     pub(crate) fn inject(
         &self,
         step: &mut Step,
-        k: usize,
+        l: usize,
         h: &Tensor,
         s: &Tensor,
         m: usize,
         sc: &AdapterScratch,
     ) {
-        let (d, sl) = (self.hidden, &self.slots[k]);
+        let Some(Some(sl)) = self.slots.get(l) else {
+            return;
+        };
+        let d = self.hidden;
         ops::sub(step, h, s, &sc.delta, m * d);
         ops::linear(step, &sc.delta, 0, m, &sl.down, &sc.a, 0, self.rank);
         ops::linear(step, &sc.a, 0, m, &sl.up, &sc.b, 0, d);
         ops::add(step, &sc.b, h, m * d, self.alpha);
     }
 
-    /// Update after base layer `k + 1`: `s += sigmoid(G(u)) * (T(u) - s)`, `u = LN(h)`.
+    /// Update after base layer `l` (nothing when `l` is not adapted or no later layer reads
+    /// the state): `s += sigmoid(G(u)) * (T(u) - s)`, `u = LN(h)` (official) or `u = h` (peft).
     pub(crate) fn update(
         &self,
         step: &mut Step,
-        k: usize,
+        l: usize,
         h: &Tensor,
         s: &Tensor,
         m: usize,
         sc: &AdapterScratch,
     ) {
-        let (d, g, sl) = (self.hidden, self.gate, &self.slots[k]);
-        ops::layer_norm(step, h, &self.norm_w, &self.norm_b, &sc.u, m, d, 1e-5);
-        ops::linear(step, &sc.u, 0, m, &sl.tr0, &sc.th, 0, g);
-        ops::silu(step, &sc.th, m * g);
-        ops::linear(step, &sc.th, 0, m, &sl.tr3, &sc.t, 0, d);
-        ops::linear(step, &sc.u, 0, m, &sl.gate0, &sc.gh, 0, g);
-        ops::silu(step, &sc.gh, m * g);
-        ops::linear(step, &sc.gh, 0, m, &sl.gate2, &sc.g, 0, d);
+        let Some(Some(sl)) = self.slots.get(l) else {
+            return;
+        };
+        if !self.update_is_read(l) {
+            return;
+        }
+        let (d, g) = (self.hidden, self.width);
+        let u = match &self.norm {
+            Some((w, b)) => {
+                ops::layer_norm(step, h, w, b, &sc.u, m, d, 1e-5);
+                &sc.u
+            }
+            None => h,
+        };
+        ops::linear(step, u, 0, m, &sl.transform.l0, &sc.th, 0, g);
+        ops::activation(step, &sc.th, m * g, self.act);
+        ops::linear(step, &sc.th, 0, m, &sl.transform.l1, &sc.t, 0, d);
+        ops::linear(step, u, 0, m, &sl.gate.l0, &sc.gh, 0, g);
+        ops::activation(step, &sc.gh, m * g, self.act);
+        ops::linear(step, &sc.gh, 0, m, &sl.gate.l1, &sc.g, 0, d);
         ops::shadow_update(step, &sc.t, &sc.g, s, m * d);
     }
 }

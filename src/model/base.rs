@@ -1,10 +1,11 @@
 //! The frozen base model run with the shadow adapter: embeddings, the decoder layers with
-//! injection before and update after every layer l >= 1, and the final norm. Used in-process
-//! for local attached mode and by the backbone server for remote sessions.
+//! injection before and update after every adapted layer (l >= 1 for the official adapter,
+//! the wrapped blocks for Hugging Face peft's), and the final norm. Used in-process for local
+//! attached mode and by the backbone server for remote sessions.
 //!
 //! ```text
-//! h = E[ids];  s = s0;  h = Layer_0(h)
-//! for l in 1..L:  h = inject_{l-1}(h, s);  h = Layer_l(h);  s = update_{l-1}(h, s)
+//! h = E[ids];  s = s0
+//! for l in 0..L:  h = inject_l(h, s);  h = Layer_l(h);  s = update_l(h, s)   # where adapted
 //! out = norm(h)
 //! ```
 
@@ -108,35 +109,38 @@ impl BaseModel {
         step.copy(s0, 0, &st.s, 0, m * d);
         let n = self.decoder.num_layers();
         for l in 0..n {
-            if l > 0 {
-                adapter.inject(step, l - 1, &st.x, &st.s, m, sc);
-            }
+            adapter.inject(step, l, &st.x, &st.s, m, sc);
             self.decoder
                 .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);
-            // The update after the last layer is never read: skip it.
-            if l > 0 && l + 1 < n {
-                adapter.update(step, l - 1, &st.x, &st.s, m, sc);
-            }
+            adapter.update(step, l, &st.x, &st.s, m, sc);
         }
         self.decoder.final_norm(step, &st.x, &st.xn, m);
         Ok(())
     }
 
+    /// Records the embeddings of `m` tokens `ids` into `st.x` (the stepped protocol's pass
+    /// start when the client injects before layer 0).
+    pub fn record_embedding(&self, step: &mut Step, st: &BaseState, ids: &Tensor, m: usize) {
+        ops::embedding(step, ids, &self.embed, &st.x, m);
+    }
+
     /// Records base layer `l` alone over `m` rows at positions `pos0..pos0 + m`, for the
-    /// stepped protocol: layer 0 starts from the embeddings of `ids`, later layers from
-    /// `st.x` (the client's injected input, written there by the caller). The output stays
-    /// in `st.x`; after the last layer its normed form is in `st.xn`.
+    /// stepped protocol: from the embeddings of `ids` when `embed`, else from `st.x` (the
+    /// client's injected input, written there by the caller). The output stays in `st.x`;
+    /// after the last layer its normed form is in `st.xn`.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_layer(
         &self,
         step: &mut Step,
         st: &BaseState,
         l: usize,
         ids: &Tensor,
+        embed: bool,
         m: usize,
         pos0: usize,
     ) {
-        if l == 0 {
-            ops::embedding(step, ids, &self.embed, &st.x, m);
+        if embed {
+            self.record_embedding(step, st, ids, m);
         }
         self.decoder
             .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);

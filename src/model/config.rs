@@ -1,5 +1,6 @@
 //! Model configurations: Hugging Face `config.json` of the supported decoder families, the
-//! official `shadow_config.json`, and the `causal_lm_with_hidden_projection` wrapper.
+//! official `shadow_config.json`, Hugging Face peft's SHADOW `adapter_config.json`, and the
+//! `causal_lm_with_hidden_projection` wrapper.
 //!
 //! Invariant: an [`ArchConfig`] is fully resolved (head_dim, kv heads, rope theta, biases);
 //! nothing downstream looks at JSON again.
@@ -112,6 +113,20 @@ fn opt_bool(v: &Value, file: &str, name: &str) -> Result<Option<bool>> {
             name,
             format!("expected true or false, found {x}"),
         )),
+    }
+}
+
+/// A list of strings, or `None` when absent or null.
+fn opt_strings(v: &Value, file: &str, name: &str) -> Result<Option<Vec<String>>> {
+    let bad = || Error::config(file, name, "expected a list of strings");
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|m| m.as_str().map(str::to_string).ok_or_else(bad))
+            .collect::<Result<_>>()
+            .map(Some),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -285,6 +300,35 @@ impl ArchConfig {
     }
 }
 
+impl ArchConfig {
+    /// Hugging Face peft's "mirror" shadow backbone: the base config with
+    /// `num_hidden_layers = shadow_num_hidden_layers or 1` and the `shadow_*` overrides. A
+    /// `head_dim` written in the base config stays; without one it follows the new width.
+    pub fn peft_mirror(
+        &self,
+        base_json: &Value,
+        pc: &PeftShadowConfig,
+        file: &str,
+    ) -> Result<Self> {
+        let mut s = self.clone();
+        s.layers = pc.shadow_layers.unwrap_or(1);
+        if let Some(h) = pc.shadow_hidden {
+            s.hidden = h;
+        }
+        if let Some(i) = pc.shadow_intermediate {
+            s.intermediate = i;
+        }
+        if let Some(h) = pc.shadow_heads {
+            s.heads = h;
+        }
+        if base_json.get("head_dim").is_none_or(Value::is_null) {
+            s.head_dim = s.hidden / s.heads;
+        }
+        s.check(file)?;
+        Ok(s)
+    }
+}
+
 /// The official `shadow_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowConfig {
@@ -311,24 +355,7 @@ impl ShadowConfig {
                 Error::config(file, "alpha", format!("expected a number, found {x}"))
             })?,
         } as f32;
-        let modules_to_save = match v.get("modules_to_save") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|m| {
-                    m.as_str().map(str::to_string).ok_or_else(|| {
-                        Error::config(file, "modules_to_save", "expected a list of strings")
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => {
-                return Err(Error::config(
-                    file,
-                    "modules_to_save",
-                    "expected a list of strings",
-                ))
-            }
-        };
+        let modules_to_save = opt_strings(v, file, "modules_to_save")?.unwrap_or_default();
         Ok(ShadowConfig {
             num_shadow_layers: opt_usize(v, file, "num_shadow_layers")?.unwrap_or(1),
             injection_hidden_size: opt_usize(v, file, "injection_hidden_size")?.unwrap_or(16),
@@ -341,6 +368,200 @@ impl ShadowConfig {
             modules_to_save,
         })
     }
+}
+
+/// What the injection/update of a Hugging Face peft SHADOW adapter needs: everything the
+/// backbone server is told with a fused upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftAdapterSpec {
+    /// `shadow_alpha`.
+    pub alpha: f32,
+    /// `r`: the injection bottleneck.
+    pub rank: usize,
+    /// `update_hidden_size` (or `r`): the hidden width of the update networks.
+    pub update_hidden: usize,
+    /// The wrapped decoder blocks, ascending and contiguous.
+    pub blocks: Vec<usize>,
+}
+
+/// Hugging Face peft's `adapter_config.json` for `peft_type: "SHADOW"` (peft 0.21), resolved
+/// against a base of known depth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftShadowConfig {
+    pub spec: PeftAdapterSpec,
+    /// `"mirror"`, or the id/path of an explicit shadow backbone.
+    pub shadow_model: String,
+    pub shadow_layers: Option<usize>,
+    pub shadow_hidden: Option<usize>,
+    pub shadow_heads: Option<usize>,
+    pub shadow_intermediate: Option<usize>,
+    pub share_embeddings: bool,
+    /// `modules_to_save` contains `lm_head`: the adapter carries a trained head.
+    pub trained_head: bool,
+}
+
+/// One `target_modules` / `exclude_modules` value: names (a module matches a name equal to it
+/// or ending in `.name`) or a regex the whole module name must match, as peft does.
+enum ModuleMatcher {
+    Names(Vec<String>),
+    Regex(regex::Regex),
+}
+
+impl ModuleMatcher {
+    fn parse(v: &Value, file: &str, name: &str) -> Result<Option<Self>> {
+        match v.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(p)) => regex::Regex::new(&format!("^(?:{p})$"))
+                .map(|r| Some(ModuleMatcher::Regex(r)))
+                .map_err(|e| {
+                    Error::config(file, name, format!("`{p}` is not a regex we can run: {e}"))
+                }),
+            Some(_) => opt_strings(v, file, name).map(|l| l.map(ModuleMatcher::Names)),
+        }
+    }
+
+    fn matches(&self, module: &str) -> bool {
+        match self {
+            ModuleMatcher::Names(n) => n
+                .iter()
+                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
+            ModuleMatcher::Regex(r) => r.is_match(module),
+        }
+    }
+}
+
+impl PeftShadowConfig {
+    /// Parses `adapter_config.json` (peft_type SHADOW; defaults as in peft 0.21 for absent
+    /// fields) and selects the wrapped blocks of a base with `layers` decoder blocks
+    /// (`model.layers.{i}`).
+    pub fn from_json(file: &str, v: &Value, layers: usize) -> Result<Self> {
+        if !v.is_object() {
+            return Err(Error::config(file, "(root)", "expected a JSON object"));
+        }
+        match v.get("task_type").and_then(Value::as_str) {
+            None | Some("CAUSAL_LM") => {}
+            Some(t) => {
+                return Err(Error::config(
+                    file,
+                    "task_type",
+                    format!("`{t}` is not supported; expected CAUSAL_LM"),
+                ))
+            }
+        }
+        let alpha = match v.get("shadow_alpha") {
+            None | Some(Value::Null) => 0.1,
+            Some(x) => x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| {
+                Error::config(
+                    file,
+                    "shadow_alpha",
+                    format!("expected a number, found {x}"),
+                )
+            })?,
+        } as f32;
+        let rank = opt_usize(v, file, "r")?.unwrap_or(8);
+        let update_hidden = opt_usize(v, file, "update_hidden_size")?.unwrap_or(rank);
+        let modules = opt_strings(v, file, "modules_to_save")?.unwrap_or_default();
+        if let Some(m) = modules.iter().find(|m| m.as_str() != "lm_head") {
+            return Err(Error::config(
+                file,
+                "modules_to_save",
+                format!("`{m}` is not supported; only lm_head can be trained alongside the shadow"),
+            ));
+        }
+        let shadow_model = match v.get("shadow_model") {
+            None | Some(Value::Null) => "mirror".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(x) => {
+                return Err(Error::config(
+                    file,
+                    "shadow_model",
+                    format!("expected \"mirror\" or a model path, found {x}"),
+                ))
+            }
+        };
+        Ok(PeftShadowConfig {
+            spec: PeftAdapterSpec {
+                alpha,
+                rank,
+                update_hidden,
+                blocks: select_blocks(v, file, layers)?,
+            },
+            shadow_model,
+            shadow_layers: opt_usize(v, file, "shadow_num_hidden_layers")?,
+            shadow_hidden: opt_usize(v, file, "shadow_hidden_size")?,
+            shadow_heads: opt_usize(v, file, "shadow_num_attention_heads")?,
+            shadow_intermediate: opt_usize(v, file, "shadow_intermediate_size")?,
+            share_embeddings: opt_bool(v, file, "share_embeddings")?.unwrap_or(true),
+            trained_head: !modules.is_empty(),
+        })
+    }
+
+    /// Whether the shadow backbone is peft's auto-built "mirror" of the base architecture.
+    pub fn is_mirror(&self) -> bool {
+        self.shadow_model == "mirror"
+    }
+}
+
+/// The decoder blocks peft wraps, decided for each block name `model.layers.{i}` as peft 0.21's
+/// `check_target_module_exists` does: not excluded by `exclude_modules`; then matched by a
+/// `target_modules` regex (the whole name), or named exactly in the list, or by a list entry
+/// the name ends with (`.entry`), which `layers_to_transform` then filters by the index of a
+/// `layers.{i}.` segment. A block's own name has no such segment, so a saved config (which
+/// names every matched block) wraps exactly the blocks it names. They must be contiguous.
+fn select_blocks(v: &Value, file: &str, layers: usize) -> Result<Vec<usize>> {
+    let target = ModuleMatcher::parse(v, file, "target_modules")?;
+    let exclude = ModuleMatcher::parse(v, file, "exclude_modules")?;
+    let by_index = match v.get("layers_to_transform") {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => {
+            for x in a {
+                usize_or_zero(x, file, "layers_to_transform")?;
+            }
+            !a.is_empty()
+        }
+        Some(x) => {
+            usize_or_zero(x, file, "layers_to_transform")?;
+            true
+        }
+    };
+    let blocks: Vec<usize> = (0..layers)
+        .filter(|&i| {
+            let key = format!("model.layers.{i}");
+            if exclude.as_ref().is_some_and(|x| x.matches(&key)) {
+                return false;
+            }
+            match &target {
+                None => true,
+                Some(ModuleMatcher::Regex(r)) => r.is_match(&key),
+                Some(ModuleMatcher::Names(n)) if n.contains(&key) => true,
+                // The index filter looks for `<pattern>.<i>.` inside the name: never in a
+                // block's own name.
+                Some(m) => m.matches(&key) && !by_index,
+            }
+        })
+        .collect();
+    let (Some(&first), Some(&last)) = (blocks.first(), blocks.last()) else {
+        return Err(Error::config(
+            file,
+            "target_modules",
+            format!("selects none of the base's decoder blocks (model.layers.0 to model.layers.{}); a SHADOW adapter wraps whole blocks", layers.saturating_sub(1)),
+        ));
+    };
+    if last - first + 1 != blocks.len() {
+        return Err(Error::config(
+            file,
+            "target_modules",
+            format!("selects blocks {blocks:?}, which are not contiguous (the shadow state rides from the first wrapped block to the last)"),
+        ));
+    }
+    Ok(blocks)
+}
+
+fn usize_or_zero(x: &Value, file: &str, name: &str) -> Result<usize> {
+    x.as_u64()
+        .filter(|n| *n < (1 << 31))
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::config(file, name, format!("expected block indices, found {x}")))
 }
 
 /// `model_type: causal_lm_with_hidden_projection`: the inner shadow architecture and the

@@ -3,6 +3,7 @@
 //!
 //! Shapes are given in elements; every tensor is row-major f32 unless said otherwise.
 
+mod activation;
 mod add;
 mod argmax;
 mod attention;
@@ -12,13 +13,13 @@ mod linear;
 mod rms_norm;
 mod rope;
 mod shadow_update;
-mod silu;
 mod silu_mul;
 mod sub;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use activation::{activation, cpu_activation, Act};
 pub use add::{add, cpu_add};
 pub use argmax::{argmax, cpu_argmax};
 pub use attention::{attention, cpu_attention};
@@ -28,13 +29,13 @@ pub use linear::{cpu_linear, linear, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, rope, RopeTable};
 pub use shadow_update::{cpu_shadow_update, shadow_update};
-pub use silu::{cpu_silu, silu};
 pub use silu_mul::{cpu_silu_mul, silu_mul};
 pub use sub::{cpu_sub, sub};
 
 /// Compiles every kernel a model with these attention head dimensions uses, so that (in the
 /// browser) compilation overlaps the weight upload instead of delaying the first token.
-pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], with_adapter: bool) {
+/// `adapter` is the activation of the shadow update networks when the adapter runs here.
+pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Act>) {
     let mut specs = vec![
         linear::matvec_spec(),
         linear::matmul_spec(),
@@ -46,13 +47,11 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], with_adapter: bool
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
-    if with_adapter {
-        specs.extend([
-            layer_norm::spec(),
-            silu::spec(),
-            sub::spec(),
-            shadow_update::spec(),
-        ]);
+    if let Some(act) = adapter {
+        specs.extend([activation::spec(act), sub::spec(), shadow_update::spec()]);
+        if act == Act::Silu {
+            specs.push(layer_norm::spec());
+        }
     }
     for s in &specs {
         gpu.kernel(s);

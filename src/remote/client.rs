@@ -55,9 +55,14 @@ impl std::str::FromStr for Protocol {
 pub trait LocalAdapter {
     /// Starts a pass over `m` rows whose shadow state is `s0` `[m, hidden]`.
     async fn begin(&mut self, s0: &[f32], m: usize) -> Result<()>;
-    /// Takes the output `h` of base layer `layer` (not the last) and returns the input of the
-    /// next one: the update after layer `layer` (when `layer >= 1`), then the injection.
-    async fn between(&mut self, layer: usize, h: &[f32], m: usize) -> Result<Vec<f32>>;
+    /// Takes `h`, the output of base layer `next - 1` (the embeddings when `next` is 0), and
+    /// returns the input of layer `next`: the update after layer `next - 1`, then the
+    /// injection before layer `next` (each where the adapter has one).
+    async fn between(&mut self, next: usize, h: &[f32], m: usize) -> Result<Vec<f32>>;
+    /// Whether the adapter injects before layer 0 (the pass then starts from the embeddings).
+    fn injects_first(&self) -> bool {
+        false
+    }
 }
 
 /// No local adapter (fused protocol).
@@ -183,13 +188,9 @@ impl RemoteBase {
         self.err(Some(status), msg)
     }
 
-    /// Connects to the server of `c`, checks the protocol, and prepares the
-    /// adapter upload (`upload` from [`frame::adapter_upload`]).
-    pub async fn connect(c: &Connect, upload: Vec<u8>) -> Result<Self> {
-        let sha: String = Sha256::digest(&upload)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect();
+    /// Connects to the server of `c`, checks the protocol and reads the base's dimensions. A
+    /// fused client then sets its adapter upload ([`RemoteBase::set_adapter_upload`]).
+    pub async fn connect(c: &Connect) -> Result<Self> {
         let mut rb = RemoteBase {
             http: reqwest::Client::new(),
             url: c.url.trim_end_matches('/').to_string(),
@@ -197,8 +198,8 @@ impl RemoteBase {
             wire: c.wire,
             timeout: c.timeout,
             protocol: c.protocol,
-            upload: Arc::new(upload),
-            sha,
+            upload: Arc::new(Vec::new()),
+            sha: String::new(),
             hidden: 0,
             layers: 0,
             vocab: 0,
@@ -235,6 +236,16 @@ impl RemoteBase {
         })();
         (rb.hidden, rb.layers, rb.vocab, rb.max_seq) = dims.map_err(|m| rb.err(Some(status), m))?;
         Ok(rb)
+    }
+
+    /// Sets the adapter upload frame of the fused protocol (sent, unless the server already
+    /// has these exact bytes, when a session opens).
+    pub fn set_adapter_upload(&mut self, upload: Vec<u8>) {
+        self.sha = Sha256::digest(&upload)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        self.upload = Arc::new(upload);
     }
 
     /// Uploads the adapter unless the server already has these exact bytes.
@@ -353,10 +364,16 @@ impl RemoteBase {
             }
             Protocol::Stepped => {
                 adapter.begin(s0, m).await?;
+                let first = adapter.injects_first();
                 let mut x = Vec::new();
+                if first {
+                    let req = frame::embed_request(pos, ids, all_rows, self.wire);
+                    let e = self.post(st, "layer", req, m).await?;
+                    x = adapter.between(0, &e, m).await?;
+                }
                 for l in 0..self.layers {
                     let last = l + 1 == self.layers;
-                    let req = if l == 0 {
+                    let req = if l == 0 && !first {
                         frame::layer_request(pos, 0, Some(ids), &[], d, all_rows, self.wire)
                     } else {
                         frame::layer_request(pos, l, None, &x, d, all_rows, self.wire)
@@ -367,7 +384,7 @@ impl RemoteBase {
                     if last {
                         return Ok(h);
                     }
-                    x = adapter.between(l, &h, m).await?;
+                    x = adapter.between(l + 1, &h, m).await?;
                 }
                 Err(Failure::Other(self.err(None, "the base has no layers")))
             }

@@ -134,6 +134,16 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// Whether the frame has tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+
+    /// An optional metadata field.
+    pub fn meta_opt(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).map(String::as_str)
+    }
+
     /// Tensor `name` as u32 ids `[*]`.
     pub fn ids(&self, name: &str) -> Result<Vec<u32>> {
         let t = self
@@ -201,14 +211,7 @@ pub fn layer_request(
 ) -> Vec<u8> {
     let mut meta = request_meta(pos, all_rows);
     meta.insert("layer".into(), layer.to_string());
-    meta.insert(
-        "wire".into(),
-        match wire {
-            Wire::F32 => "f32",
-            Wire::F16 => "f16",
-        }
-        .into(),
-    );
+    meta.insert("wire".into(), wire_name(wire).into());
     let t = match ids {
         Some(ids) => (
             "ids",
@@ -224,6 +227,32 @@ pub fn layer_request(
     encode(meta, vec![t])
 }
 
+/// Encodes the start of a stepped pass whose client injects before layer 0: the server embeds
+/// `ids` and answers with the embedding rows (`[m, hidden]`), which come back as layer 0's
+/// `hidden`.
+pub fn embed_request(pos: usize, ids: &[u32], all_rows: bool, wire: Wire) -> Vec<u8> {
+    let mut meta = request_meta(pos, all_rows);
+    meta.insert("layer".into(), "0".into());
+    meta.insert("embed".into(), "only".into());
+    meta.insert("wire".into(), wire_name(wire).into());
+    encode(
+        meta,
+        vec![(
+            "ids",
+            Dtype::U32,
+            vec![ids.len()],
+            bytemuck::cast_slice(ids).to_vec(),
+        )],
+    )
+}
+
+fn wire_name(wire: Wire) -> &'static str {
+    match wire {
+        Wire::F32 => "f32",
+        Wire::F16 => "f16",
+    }
+}
+
 /// Encodes a `forward` response: `rows` rows of the final normed hidden state.
 pub fn hidden_response(h: &[f32], rows: usize, hidden: usize, wire: Wire) -> Vec<u8> {
     let meta = HashMap::from([("protocol".to_string(), PROTOCOL.to_string())]);
@@ -231,12 +260,12 @@ pub fn hidden_response(h: &[f32], rows: usize, hidden: usize, wire: Wire) -> Vec
     encode(meta, vec![("hidden", dt, vec![rows, hidden], b)])
 }
 
+/// One tensor of an adapter upload: name, dtype, shape and raw little-endian bytes.
+pub type UploadTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// Encodes the adapter upload: the injection/update tensors (as stored by shadow-peft) plus
 /// the configuration the server needs to run them.
-pub fn adapter_upload(
-    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    meta: HashMap<String, String>,
-) -> Vec<u8> {
+pub fn adapter_upload(tensors: Vec<UploadTensor>, meta: HashMap<String, String>) -> Vec<u8> {
     let mut meta = meta;
     meta.insert("protocol".into(), PROTOCOL.into());
     encode(

@@ -5,7 +5,8 @@
 //! Fused mode, one round trip per token: the client uploads its injection/update weights once
 //! (content-addressed by SHA-256, so a second upload is skipped), opens a session, then sends
 //! `ids` + `s0` for the new tokens and receives the base's final normed hidden state, to which
-//! it applies its own head.
+//! it applies its own head. The upload names its format (`format`: `shadow-peft`, the default,
+//! or `peft`), so one server runs adapters of either algorithm.
 
 pub mod client;
 pub mod frame;
@@ -15,7 +16,26 @@ pub mod server;
 /// The protocol version spoken (URL prefix `/v1`, frame metadata `protocol`).
 pub const PROTOCOL: &str = "1";
 
-/// Adapter tensors that travel to the server: the injection and update weights only.
+/// Adapter tensors that travel to the server: the injection and update weights only
+/// (official shadow-peft names).
 pub fn is_adapter_tensor(name: &str) -> bool {
     name.starts_with("shadow_injection_model.") || name.starts_with("shadow_update_model.")
+}
+
+/// The same for a Hugging Face peft SHADOW adapter: the modules peft adds to decoder blocks
+/// (`base_model.model.model.layers.{i}.shadow_{down,up,update_transform,update_gate}.*`).
+pub fn is_peft_adapter_tensor(name: &str) -> bool {
+    name.strip_prefix("base_model.model.model.layers.")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(i, rest)| {
+            i.parse::<usize>().is_ok()
+                && [
+                    "shadow_down.",
+                    "shadow_up.",
+                    "shadow_update_transform.",
+                    "shadow_update_gate.",
+                ]
+                .iter()
+                .any(|m| rest.starts_with(m))
+        })
 }

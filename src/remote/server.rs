@@ -23,11 +23,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
 use crate::model::adapter::Adapter;
 use crate::model::base::{BaseModel, BaseState};
-use crate::model::config::ShadowConfig;
+use crate::model::config::{PeftAdapterSpec, ShadowConfig};
 use crate::model::weights::Weights;
 
 use super::frame::{self, Frame};
-use super::{is_adapter_tensor, PROTOCOL};
+use super::{is_adapter_tensor, is_peft_adapter_tensor, PROTOCOL};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -248,12 +248,59 @@ async fn put_adapter(
 fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
     let f = Frame::parse(body)?;
     let num = |k: &str| f.meta_usize(k);
-    let alpha: f32 = f.meta("alpha")?.parse().map_err(|_| {
-        ApiError(
+    let alpha: f32 = f
+        .meta("alpha")?
+        .parse()
+        .ok()
+        .filter(|a: &f32| a.is_finite())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "adapter `alpha` is not a number".into(),
+            )
+        })?;
+    let mut w = Weights::default();
+    w.add_file("adapter upload".into(), Arc::new(body.to_vec()))?;
+    let c = app.base.cfg();
+    let format = f.meta_opt("format").unwrap_or("shadow-peft");
+    let expected: fn(&str) -> bool = match format {
+        "shadow-peft" => is_adapter_tensor,
+        "peft" => is_peft_adapter_tensor,
+        o => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("adapter format `{o}`: expected shadow-peft or peft"),
+            ))
+        }
+    };
+    if let Some(n) = w.names().find(|n| !expected(n)) {
+        return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "adapter `alpha` is not a number".into(),
-        )
-    })?;
+            format!("unexpected tensor `{n}` in the {format} adapter upload"),
+        ));
+    }
+    if format == "peft" {
+        let blocks = f
+            .meta("blocks")?
+            .split(',')
+            .map(|b| b.trim().parse::<usize>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .ok()
+            .filter(|b| !b.is_empty() && b.windows(2).all(|p| p[1] == p[0] + 1))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "adapter `blocks` must list contiguous block indices, comma-separated".into(),
+                )
+            })?;
+        let spec = PeftAdapterSpec {
+            alpha,
+            rank: num("rank")?,
+            update_hidden: num("update_hidden_size")?,
+            blocks,
+        };
+        return Ok(Adapter::load_peft(&app.gpu, &w, &spec, c.layers, c.hidden)?);
+    }
     let sc = ShadowConfig {
         num_shadow_layers: 1,
         injection_hidden_size: num("injection_hidden_size")?,
@@ -265,15 +312,6 @@ fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
         head_dim: None,
         modules_to_save: Vec::new(),
     };
-    let mut w = Weights::default();
-    w.add_file("adapter upload".into(), Arc::new(body.to_vec()))?;
-    if let Some(n) = w.names().find(|n| !is_adapter_tensor(n)) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("unexpected tensor `{n}` in the adapter upload"),
-        ));
-    }
-    let c = app.base.cfg();
     Ok(Adapter::load(&app.gpu, &w, &sc, c.layers, c.hidden)?)
 }
 
@@ -500,7 +538,18 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
     let l = f.meta_usize("layer")?;
     let all = rows_all(&f)?;
     let gpu = &app.gpu;
-    let (m, wire) = if l == 0 {
+    let starts = l == 0 && f.has("ids");
+    let embed_only = match f.meta_opt("embed") {
+        None => false,
+        Some("only") if starts => true,
+        Some(o) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`embed` is `{o}`: only a layer-0 request with ids may ask for `only`"),
+            ))
+        }
+    };
+    let (m, wire) = if starts {
         let ids = f.ids("ids")?;
         check_ids(app, &ids)?;
         admit(app, s, pos, ids.len())?;
@@ -530,10 +579,14 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
         (m, Some(wire))
     };
     let mut step = Step::new(gpu);
-    app.base
-        .record_layer(&mut step, &s.state, l, &s.ids, m, pos);
+    if embed_only {
+        app.base.record_embedding(&mut step, &s.state, &s.ids, m);
+    } else {
+        app.base
+            .record_layer(&mut step, &s.state, l, &s.ids, starts, m, pos);
+    }
     step.submit()?;
-    // Layer 0 names the answer's dtype (f32 when absent); later layers answer in theirs.
+    // A pass start names the answer's dtype (f32 when absent); later layers answer in theirs.
     let wire = match wire {
         Some(w) => w,
         None => match f.meta("wire") {
@@ -541,7 +594,7 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
             Err(_) => frame::Wire::F32,
         },
     };
-    let last = l + 1 == n;
+    let last = l + 1 == n && !embed_only;
     let (src, rows) = match (last, all) {
         (true, false) => (&s.state.xn, 1),
         (true, true) => (&s.state.xn, m),
@@ -551,7 +604,7 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
     if last {
         s.pos = pos + m;
         s.pass = None;
-    } else {
+    } else if !embed_only {
         s.pass = Some((pos, m, l + 1));
     }
     Ok(frame::hidden_response(&h, rows, d, wire))
@@ -635,6 +688,6 @@ pub async fn load_base<S: crate::model::source::Source>(
     let v = crate::model::source::read_json(src, "config.json", "base model config").await?;
     let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
     let w = Weights::load_hf(src).await?;
-    crate::ops::precompile(gpu, &[cfg.head_dim], true);
+    crate::ops::precompile(gpu, &[cfg.head_dim], Some(crate::ops::Act::Silu));
     BaseModel::load(gpu, &w, &cfg, max_seq.min(cfg.max_positions).max(1), None)
 }
