@@ -312,7 +312,12 @@ fn edit_peft_config(s: &Scratch, f: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn peft_adapter_config_errors_name_the_field() {
-    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 5] = [
+    type Case = (
+        &'static str,
+        fn(&mut serde_json::Value),
+        &'static [&'static str],
+    );
+    let cases: [Case; 5] = [
         (
             "gap",
             |v| v["target_modules"] = serde_json::json!(["model.layers.0", "model.layers.2"]),

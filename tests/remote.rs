@@ -1,5 +1,6 @@
 //! Attached mode across the network: a backbone server on loopback and the native client
-//! reproduce the official attached outputs; auth, limits, expiry and garbage are handled.
+//! reproduce the official attached outputs (shadow-peft and Hugging Face peft adapters, fused
+//! and stepped); auth, limits, expiry and garbage are handled.
 
 mod common;
 
@@ -99,7 +100,16 @@ fn greedy(
 fn remote_attached_equals_the_official_attached_output() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
-    for name in ["qwen3_implicit", "qwen3_explicit_proj", "qwen2_gqa"] {
+    // Official shadow-peft adapters, then Hugging Face peft ones (which inject before block 0
+    // too, so a stepped pass starts with the embeddings: one more round trip).
+    for (name, shadow_key, extra_trip) in [
+        ("qwen3_implicit", "attached_shadow_logits", 0.0),
+        ("qwen3_explicit_proj", "attached_shadow_logits", 0.0),
+        ("qwen2_gqa", "attached_shadow_logits", 0.0),
+        ("peft_mirror", "shadow_logits", 1.0),
+        ("peft_partial_proj", "shadow_logits", 1.0),
+        ("peft_explicit", "shadow_logits", 1.0),
+    ] {
         let url = start(name, ServerConfig::default());
         let g = Golden::load(&fixture(name));
         let ids = g.ids("input_ids");
@@ -128,7 +138,7 @@ fn remote_attached_equals_the_official_attached_output() {
                 assert_logits(
                     &format!("{name} remote shadow {protocol:?}"),
                     &out.shadow_logits,
-                    &g.f32("attached_shadow_logits").0,
+                    &g.f32(shadow_key).0,
                 );
             } else {
                 // f16 frames round s0 and the hidden state to 11 bits; report, and check the tokens.
@@ -163,7 +173,7 @@ fn remote_attached_equals_the_official_attached_output() {
             let want_trips = if protocol == Protocol::Fused {
                 1.0
             } else {
-                layers
+                layers + extra_trip
             };
             assert_eq!(
                 per(t0, t1),
@@ -178,7 +188,12 @@ fn remote_attached_equals_the_official_attached_output() {
 fn expired_sessions_are_rebuilt_with_identical_output() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
-    let name = "qwen3_implicit";
+    for name in ["qwen3_implicit", "peft_mirror"] {
+        expired_sessions_rebuild(&rt, gpu, name);
+    }
+}
+
+fn expired_sessions_rebuild(rt: &tokio::runtime::Runtime, gpu: &Gpu, name: &str) {
     let url = start(
         name,
         ServerConfig {
@@ -194,9 +209,9 @@ fn expired_sessions_are_rebuilt_with_identical_output() {
             protocol,
             ..Connect::new(&url)
         };
-        let m = client_with(&rt, gpu, name, &c).unwrap();
+        let m = client_with(rt, gpu, name, &c).unwrap();
         let mut s = m.new_session(gpu);
-        let first = greedy(&rt, gpu, &m, &mut s, &ids, 4);
+        let first = greedy(rt, gpu, &m, &mut s, &ids, 4);
         assert_eq!(first, want[..4]);
         std::thread::sleep(Duration::from_millis(1200));
         // The server dropped the session; the client re-sends the prefix and carries on.
@@ -209,13 +224,13 @@ fn expired_sessions_are_rebuilt_with_identical_output() {
             tok = o.argmax.unwrap();
             rest.push(tok);
         }
-        assert_eq!(rest, want[4..], "{protocol:?}");
+        assert_eq!(rest, want[4..], "{name} {protocol:?}");
         // A reset session starts over on the same server session (it rewinds).
         s.reset();
         assert_eq!(
-            greedy(&rt, gpu, &m, &mut s, &ids, 12),
+            greedy(rt, gpu, &m, &mut s, &ids, 12),
             want,
-            "{protocol:?} after reset"
+            "{name} {protocol:?} after reset"
         );
     }
 }
@@ -493,6 +508,69 @@ fn garbage_frames_get_400_with_a_reason() {
         assert!(
             (400..500).contains(&st) && text.contains(want),
             "{st} {text} (wanted {want})"
+        );
+    }
+    // Adapter uploads that name a wrong format, wrong blocks, or carry the other format's tensors.
+    use shadowpeft::remote::frame::adapter_upload;
+    use std::collections::HashMap;
+    let t = |n: &str| {
+        (
+            n.to_string(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0u8; 4],
+        )
+    };
+    let meta = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let peft_meta = |blocks: &str| {
+        meta(&[
+            ("format", "peft"),
+            ("alpha", "0.5"),
+            ("rank", "4"),
+            ("update_hidden_size", "4"),
+            ("blocks", blocks),
+        ])
+    };
+    let peft_t = t("base_model.model.model.layers.0.shadow_down.default.weight");
+    let uploads = vec![
+        (
+            adapter_upload(vec![t("x")], meta(&[("format", "lora"), ("alpha", "1")])),
+            "adapter format `lora`",
+        ),
+        (
+            adapter_upload(vec![peft_t.clone()], peft_meta("0,2")),
+            "contiguous",
+        ),
+        (
+            adapter_upload(vec![peft_t.clone()], peft_meta("9")),
+            "the base has",
+        ),
+        (
+            adapter_upload(
+                vec![t("shadow_injection_model.injection_downs")],
+                peft_meta("0"),
+            ),
+            "unexpected tensor `shadow_injection_model.injection_downs` in the peft adapter upload",
+        ),
+        (
+            adapter_upload(vec![peft_t], peft_meta("0")),
+            "shadow_down.default.weight",
+        ),
+    ];
+    for (body, want) in uploads {
+        let sha: String =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&body))
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect();
+        let (st, text) = http(&rt, c.put(format!("{url}/v1/adapters/{sha}")).body(body));
+        assert!(
+            (400..500).contains(&st) && text.contains(want),
+            "adapter upload: {st} {text} (wanted {want})"
         );
     }
 }
