@@ -305,3 +305,54 @@ fn serve_and_generate_with_a_remote_backbone() {
         .iter()
         .all(|m| m == "detached"));
 }
+
+/// Hugging Face peft SHADOW adapters through the CLI: attached and detached with the base
+/// here (the explicit shadow passed with --shadow), the `unload_shadow()` export, and attached
+/// with the base on `shadowpeft serve` over both protocols; every run gives peft's greedy
+/// tokens.
+#[test]
+fn peft_adapters_run_from_the_command_line() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "peft_explicit";
+    let d = fixture(name);
+    let g = Golden::load(&d);
+    let ids = ids_arg(&g.ids("input_ids"));
+    let gen = |mut a: Vec<String>| {
+        a.extend([
+            "--tokens".into(),
+            ids.clone(),
+            "--max-new-tokens".into(),
+            "12".into(),
+            "--ignore-eos".into(),
+        ]);
+        tokens(&generate_json(&a))
+    };
+    for (mode, key) in [
+        ("attached", "greedy_attached"),
+        ("detached", "greedy_export"),
+    ] {
+        assert_eq!(gen(model_args(name, mode)), g.ids(key), "peft {mode}");
+    }
+    let export = d.join("export").display().to_string();
+    assert_eq!(
+        gen(vec!["--model".into(), export.clone()]),
+        g.ids("greedy_export"),
+        "peft export"
+    );
+    let server = ServerProcess::start(&d.join("base"), &[]);
+    for protocol in ["fused", "stepped"] {
+        let a = vec![
+            "--model".into(),
+            export.clone(),
+            "--adapter".into(),
+            d.join("adapter").display().to_string(),
+            "--backbone".into(),
+            server.url.clone(),
+            "--protocol".into(),
+            protocol.into(),
+        ];
+        assert_eq!(gen(a), g.ids("greedy_attached"), "peft remote {protocol}");
+    }
+}
