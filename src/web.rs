@@ -301,8 +301,9 @@ impl Model {
         self.with(|i| Ok(Self::tokenizer(i)?.token_id(token)))
     }
 
-    /// Attaches this (detached) model to a backbone server with the adapter in `files`
-    /// (`shadow_config.json`, `shadow_adapter.safetensors`, optional
+    /// Attaches this (detached) model to a backbone server with the adapter in `files`: Hugging
+    /// Face peft SHADOW (`adapter_config.json`, `adapter_model.safetensors`) or official
+    /// shadow-peft (`shadow_config.json`, `shadow_adapter.safetensors`, optional
     /// `shadow_modules.safetensors`). `options`: `{ backbone, token?, protocol?: "fused" |
     /// "stepped", wire?: "f32" | "f16", fallback?: "error" | "detached", timeoutMs? }`. On failure the
     /// model stays as it was.

@@ -131,9 +131,11 @@ export class Core {
   }
 
   /**
-   * Attaches to a backbone server (attached mode across the network): the adapter directory
-   * (shadow_config.json, shadow_adapter.safetensors, optional shadow_modules.safetensors) is
-   * read from `adapter` (a URL or files) and, in the fused protocol, uploaded once.
+   * Attaches to a backbone server (attached mode across the network): the adapter directory is
+   * read from `adapter` (a URL or files) and, in the fused protocol, uploaded once. Either
+   * format: Hugging Face peft SHADOW (adapter_config.json, adapter_model.safetensors), found
+   * by its adapter_config.json, or the official shadow-peft package's (shadow_config.json,
+   * shadow_adapter.safetensors, optional shadow_modules.safetensors).
    */
   async attach({ backbone, adapter, token, protocol, wire, fallback, timeoutMs, cache = true, signal } = {}) {
     if (!this.model) throw new ShadowError('disposed', 'the model was disposed');
@@ -144,7 +146,12 @@ export class Core {
     const files = this.engine.adapterFiles(src.name());
     try {
       const opened = [];
-      for (const [file, optional] of [['shadow_config.json', false], ['shadow_adapter.safetensors', false], ['shadow_modules.safetensors', true]]) {
+      const peftConfig = await src.open('adapter_config.json', { optional: true });
+      const list = peftConfig
+        ? [['adapter_model.safetensors', false]]
+        : [['shadow_config.json', false], ['shadow_adapter.safetensors', false], ['shadow_modules.safetensors', true]];
+      if (peftConfig) opened.push({ file: 'adapter_config.json', ...peftConfig });
+      for (const [file, optional] of list) {
         const o = await src.open(file, { optional });
         if (o) opened.push({ file, ...o });
       }

@@ -88,7 +88,8 @@ export type Mode = 'attached' | 'detached';
 export interface AttachOptions {
   /** URL of a backbone server (`shadowpeft serve`), e.g. 'http://localhost:8080'. */
   backbone: string;
-  /** The shadow adapter directory (shadow_config.json, shadow_adapter.safetensors): a URL or files. */
+  /** The shadow adapter directory, a URL or files: Hugging Face peft SHADOW (adapter_config.json,
+   * adapter_model.safetensors) or official shadow-peft (shadow_config.json, shadow_adapter.safetensors). */
   adapter: string | URL | FileList | File[] | Map<string, Blob>;
   /** Bearer token, when the server requires one. */
   token?: string;

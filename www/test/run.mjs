@@ -336,6 +336,38 @@ async function backboneTests(page, origin) {
       return notes.join('; ');
     });
 
+    await test('attach with Hugging Face peft adapters (fused in a worker, stepped on the main thread) equals peft', async () => {
+      const notes = [];
+      for (const [name, protocol, worker] of [['peft_explicit', 'fused', true], ['peft_mirror', 'stepped', false]]) {
+        const pfx = `tests/fixtures/${name}`;
+        const pg = readSafetensors(path.join(repo, pfx, 'golden.safetensors'));
+        const psrv = await startBackbone(`${pfx}/base`);
+        try {
+          const r = await page.evaluate(
+            async ([u, a, backbone, ids, protocol, worker]) => {
+              const m = await window.sp.ShadowModel.load(u, { worker });
+              await m.attach({ backbone, adapter: a, protocol });
+              const res = await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done;
+              await m.detach();
+              const det = await m.generate(ids, { maxNewTokens: 12, ignoreEos: true }).done;
+              await m.dispose();
+              return { res, det };
+            },
+            [`${origin}/m/${pfx}/export/`, `${origin}/m/${pfx}/adapter/`, psrv.url, pg.input_ids, protocol, worker],
+          );
+          same(r.res.tokens, pg.greedy_attached, `${name} ${protocol}: tokens vs peft's attached output`);
+          same(r.det.tokens, pg.greedy_export, `${name}: detached again after detach()`);
+          const p = r.res.backbone.perDecodedToken;
+          // Stepped: the embeddings, then one round trip per base layer (3).
+          same(p.roundTrips, protocol === 'fused' ? 1 : 4, `${name} ${protocol}: round trips per decoded token`);
+          notes.push(`${name} ${protocol}: ${p.roundTrips} round trips per decoded token`);
+        } finally {
+          psrv.kill();
+        }
+      }
+      return notes.join('; ');
+    });
+
     await test('escalation: detached until the marker, then the attached continuation', async () => {
       const det = g.greedy_detached;
       const k = [...Array(det.length).keys()].find((i) => i >= 2 && !det.slice(0, i).includes(det[i]));
