@@ -72,13 +72,15 @@ fn check_model(
         shadow_key.is_some(),
     ))
     .unwrap();
-    assert_logits(&format!("{name} {what}"), &out.logits, &g.f32(logits_key).0);
+    let r = assert_logits(&format!("{name} {what}"), &out.logits, &g.f32(logits_key).0);
+    eprintln!("{name} {what}: max error / max|logit| = {r:.1e}");
     if let Some(k) = shadow_key {
-        assert_logits(
+        let r = assert_logits(
             &format!("{name} {what} shadow"),
             &out.shadow_logits,
             &g.f32(k).0,
         );
+        eprintln!("{name} {what} shadow: max error / max|logit| = {r:.1e}");
     }
     assert_eq!(
         greedy(model, &ids, n),
