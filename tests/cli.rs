@@ -315,7 +315,12 @@ fn peft_adapters_run_from_the_command_line() {
     if gpu().is_none() {
         return;
     }
-    let name = "peft_explicit";
+    for name in ["peft_mirror", "peft_partial_proj", "peft_explicit"] {
+        peft_cli(name);
+    }
+}
+
+fn peft_cli(name: &str) {
     let d = fixture(name);
     let g = Golden::load(&d);
     let ids = ids_arg(&g.ids("input_ids"));
@@ -333,13 +338,13 @@ fn peft_adapters_run_from_the_command_line() {
         ("attached", "greedy_attached"),
         ("detached", "greedy_export"),
     ] {
-        assert_eq!(gen(model_args(name, mode)), g.ids(key), "peft {mode}");
+        assert_eq!(gen(model_args(name, mode)), g.ids(key), "{name} {mode}");
     }
     let export = d.join("export").display().to_string();
     assert_eq!(
         gen(vec!["--model".into(), export.clone()]),
         g.ids("greedy_export"),
-        "peft export"
+        "{name} export"
     );
     let server = ServerProcess::start(&d.join("base"), &[]);
     for protocol in ["fused", "stepped"] {
@@ -353,6 +358,6 @@ fn peft_adapters_run_from_the_command_line() {
             "--protocol".into(),
             protocol.into(),
         ];
-        assert_eq!(gen(a), g.ids("greedy_attached"), "peft remote {protocol}");
+        assert_eq!(gen(a), g.ids("greedy_attached"), "{name} remote {protocol}");
     }
 }
