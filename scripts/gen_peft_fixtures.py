@@ -13,6 +13,9 @@ What it makes, under ``tests/fixtures/<name>/`` (vocab 512 tokenizer of gen_fixt
                          runs plain), explicit Qwen3 shadow backbone of width 48 from ``shadow/``
                          (``shadow_model: "shadow"``, its embeddings frozen, a trained projection
                          48 -> 64), ``modules_to_save=["lm_head"]``
+* ``peft_projected``     Qwen3 base (tied), ``exclude_modules`` leaving blocks 0-1 of 3, explicit
+                         shadow from ``shadow/``, a ``causal_lm_with_hidden_projection``
+                         checkpoint (a Llama of width 32 with its projection 32 -> 64)
 * ``peft_partial_proj``  Llama base (untied), 1-layer shadow of width 32 with 2 heads (own
                          embeddings + projection 32 -> 64), adapter name ``robot``, and
                          ``layers_to_transform=[1, 2]``, which peft 0.21.2 does not apply here:
@@ -112,6 +115,24 @@ SPECS = [
         "shadow": dict(r=6, shadow_alpha=0.6, update_hidden_size=10,
                        target_modules=r".*\.layers\.[01]", modules_to_save=["lm_head"]),
     },
+    {
+        "name": "peft_projected",
+        "seed": 504,
+        "description": "peft SHADOW: Qwen3 tied base, every block but the last (exclude_modules), "
+        "explicit shadow from a causal_lm_with_hidden_projection checkpoint (Llama of width 32 "
+        "with its projection 32 -> 64, both trained further), r 4, update width 6",
+        "model": (Qwen3Config, Qwen3ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2,
+                                                     head_dim=16, tie_word_embeddings=True)),
+        "adapter_name": "default",
+        "explicit": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=32, intermediate_size=56,
+                                                        num_hidden_layers=2, num_attention_heads=2,
+                                                        num_key_value_heads=1, head_dim=16,
+                                                        tie_word_embeddings=False,
+                                                        rope_theta=10000.0)),
+        "projected": True,
+        "shadow": dict(r=4, shadow_alpha=0.8, update_hidden_size=6,
+                       exclude_modules=["model.layers.2"]),
+    },
 ]
 
 
@@ -164,7 +185,19 @@ def build(spec, bundle) -> None:
                       bos_token_id=None, eos_token_id=bundle.im_end_id, pad_token_id=bundle.eot_id, **kw)
         sm = model_cls(cfg)
         gf.randomize_(sm, gen)
-        sm.save_pretrained(str(d / "shadow"))
+        if spec.get("projected"):
+            # A "projected" shadow checkpoint: the backbone under `shadow_model.` and its
+            # shadow-hidden -> base-hidden projection (the layout of shadow-peft's exports).
+            (d / "shadow").mkdir(parents=True)
+            inner = sm.model.config.to_dict()
+            wrapper = {"model_type": "causal_lm_with_hidden_projection", "base_hidden_size": 64,
+                       "vocab_size": bundle.vocab_size, "shadow_model_config": inner}
+            (d / "shadow" / "config.json").write_text(json.dumps(wrapper, indent=2, sort_keys=True) + "\n")
+            tensors = {f"shadow_model.{k}": v.contiguous() for k, v in sm.model.state_dict().items()}
+            tensors["shadow_hidden_projection.weight"] = gf.ADAPTER_STD * torch.randn((64, kw["hidden_size"]), generator=gen)
+            save_file(tensors, str(d / "shadow" / "model.safetensors"))
+        else:
+            sm.save_pretrained(str(d / "shadow"))
         shadow_kw["shadow_model"] = "shadow"
     sc = PeftShadowConfig(task_type="CAUSAL_LM", shadow_dropout=0.0, init_weights=False, **shadow_kw)
     with in_dir(d):

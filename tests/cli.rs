@@ -315,7 +315,12 @@ fn peft_adapters_run_from_the_command_line() {
     if gpu().is_none() {
         return;
     }
-    for name in ["peft_mirror", "peft_partial_proj", "peft_explicit"] {
+    for name in [
+        "peft_mirror",
+        "peft_partial_proj",
+        "peft_explicit",
+        "peft_projected",
+    ] {
         peft_cli(name);
     }
 }

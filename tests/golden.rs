@@ -477,4 +477,9 @@ macro_rules! peft_fixture_test {
     )*};
 }
 
-peft_fixture_test!(peft_mirror, peft_partial_proj, peft_explicit);
+peft_fixture_test!(
+    peft_mirror,
+    peft_partial_proj,
+    peft_explicit,
+    peft_projected
+);

@@ -112,6 +112,7 @@ fn remote_attached_equals_the_official_attached_output() {
         ("peft_mirror", "shadow_logits", 1.0),
         ("peft_partial_proj", "shadow_logits", 1.0),
         ("peft_explicit", "shadow_logits", 1.0),
+        ("peft_projected", "shadow_logits", 1.0),
     ] {
         let url = start(name, ServerConfig::default());
         let g = Golden::load(&fixture(name));

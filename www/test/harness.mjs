@@ -30,7 +30,7 @@ export function readSafetensors(file) {
 }
 
 export const FIXTURES = [
-  ...['qwen3_implicit', 'qwen3_explicit_proj', 'qwen3_untied', 'qwen3_bf16', 'qwen2_gqa', 'llama', 'peft_mirror', 'peft_partial_proj', 'peft_explicit'].map((n) => ({ name: n, dir: `tests/fixtures/${n}` })),
+  ...['qwen3_implicit', 'qwen3_explicit_proj', 'qwen3_untied', 'qwen3_bf16', 'qwen2_gqa', 'llama', 'peft_mirror', 'peft_partial_proj', 'peft_explicit', 'peft_projected'].map((n) => ({ name: n, dir: `tests/fixtures/${n}` })),
   { name: 'tiny', dir: 'models/tiny' },
 ];
 

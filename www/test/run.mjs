@@ -61,8 +61,9 @@ function startBackbone(base, extra = []) {
     let err = '';
     p.stderr.on('data', (d) => {
       err += d;
-      const m = /http:\/\/\S+/.exec(err);
-      if (m) resolve({ url: m[0], kill: () => p.kill('SIGKILL') });
+      // Only a whole line: stderr can arrive split in the middle of the URL.
+      const m = /(http:\/\/\S+)\s/.exec(err);
+      if (m) resolve({ url: m[1], kill: () => p.kill('SIGKILL') });
     });
     p.on('exit', (c) => reject(new Error(`backbone server exited (${c}): ${err}`)));
   });
@@ -348,6 +349,7 @@ async function backboneTests(page, origin) {
         ['peft_partial_proj', 'fused', true],
         ['peft_explicit', 'fused', true],
         ['peft_explicit', 'stepped', false],
+        ['peft_projected', 'fused', true],
       ];
       for (const [name, protocol, worker] of runs) {
         const pfx = `tests/fixtures/${name}`;
