@@ -390,7 +390,9 @@ mod cli {
 
     async fn run_generate(a: GenerateArgs) -> Result<()> {
         let tokens = a.tokens.as_deref().map(parse_ids).transpose()?;
+        let t_load = std::time::Instant::now();
         let l = load(&a.model).await?;
+        let load_s = t_load.elapsed().as_secs_f64();
         let (gpu, model) = (&l.gpu, &l.model);
         let src = DirSource::open(&l.text_dir)?;
         let tokenizer = match (&tokens, &a.prompt) {
@@ -485,6 +487,8 @@ mod cli {
                 "prefill_tok_s": g.prefill_tok_s(),
                 "decode_tok_s": g.decode_tok_s(),
                 "time_to_first_token_s": g.prefill_secs,
+                "generate_s": g.prefill_secs + g.decode_secs,
+                "load_s": load_s,
                 "adapter": gpu.adapter_name(),
             });
             v["modes"] = serde_json::json!(g

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of shadowpeft-web and its peers on the same random weights.
+
+Run through ``scripts/bench`` (which builds the engine and prepares the Python environment).
+For each model size it makes (once, cached outside the repository) a random base, an official
+shadow-peft adapter and its detached export, then measures in one run on this machine:
+
+* ``ours attached`` / ``ours detached``: ``shadowpeft generate --json`` (native wgpu: a real GPU
+  when present, else lavapipe), base + adapter, attached and detached;
+* ``official attached``: shadow-peft's ``ShadowForCausalLM.generate`` with its KV caches
+  (``use_cache=True``) on CPU torch;
+* ``official shadow_only``: the same model in ``shadow_only`` inference mode (what the official
+  package offers for detached use);
+* ``transformers``: ``AutoModelForCausalLM.generate`` with a KV cache on the detached export.
+
+Every measurement uses the same 32-token prompt and greedy decoding without EOS. Decode rate =
+192 / (time for 200 new tokens - time for 8 new tokens), each time the best of two runs (so load,
+prefill and first-token costs cancel). Also: prefill tok/s (32-token prompt), time to first
+token, and peak resident memory of the process (on lavapipe the "GPU" memory is host memory
+and counts too). Ratios compare with the official reference measured in the same run.
+
+    scripts/bench [--sizes tiny,medium,0.6b] [--runs 2] [--out target/bench]
+
+This is a measurement, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT_LEN = 32
+SHORT, LONG = 8, 200
+
+# Model sizes. `tiny` is the bundled model; the others are made here with random weights.
+# `0.6b` has the shape of Qwen3-0.6B for the base and for the (implicit, 28-layer) shadow, so
+# that the detached model is itself 0.6B-shaped.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"dir": REPO / "models" / "tiny"},
+    "medium": {
+        "config": dict(hidden_size=512, num_hidden_layers=10, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=64, intermediate_size=1536,
+                       vocab_size=32000, tie_word_embeddings=True),
+        "shadow": dict(num_shadow_layers=2, injection_hidden_size=16, gate_hidden_size=10,
+                       alpha=0.1),
+    },
+    "0.6b": {
+        "config": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                       vocab_size=151936, tie_word_embeddings=True),
+        "shadow": dict(num_shadow_layers=28, injection_hidden_size=64, gate_hidden_size=32,
+                       alpha=0.1),
+    },
+}
+
+
+def log(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SHADOWPEFT_BENCH_MODELS",
+                               Path.home() / ".cache" / "shadowpeft" / "bench-models"))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def make_models(size: str) -> Path:
+    """The size's model directory (base/, adapter/, export/), made on first use in a child
+    process (this process stays small: a child's peak RSS counts what it inherits at fork)."""
+    spec = SIZES[size]
+    if "dir" in spec:
+        return spec["dir"]
+    d = cache_root() / size
+    if not (d / "done").exists():
+        subprocess.run([sys.executable, __file__, "--make", size], check=True)
+    return d
+
+
+def build_models(size: str) -> None:
+    spec = SIZES[size]
+    d = cache_root() / size
+    import torch
+    from shadow_peft import ShadowConfig, get_shadow_model
+    from shadow_peft.task_models import ShadowForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    log(f"bench: making the {size} model in {d} (random weights, once)")
+    torch.manual_seed(7)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = Qwen3Config(max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=None,
+                      eos_token_id=0, pad_token_id=0, use_cache=True, **spec["config"])
+    base = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
+    base.save_pretrained(str(d / "base"))
+    peft = get_shadow_model(base, ShadowConfig(**spec["shadow"]))
+    wrapper = ShadowForCausalLM(peft)
+    with torch.no_grad():
+        for n, p in wrapper.named_parameters():
+            if p.requires_grad and "norm" not in n:
+                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
+    wrapper.save_pretrained(str(d / "adapter"))
+    peft.export_shadow().save_pretrained(str(d / "export"))
+    (d / "done").write_text("ok\n")
+
+
+def prompt(vocab: int) -> list[int]:
+    import random
+
+    rng = random.Random(32)
+    return [rng.randrange(1, vocab) for _ in range(PROMPT_LEN)]
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+    """Runs `cmd` and returns (its last stdout line as JSON, its peak RSS in bytes)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # Drain the pipes before reaping so a chatty child cannot block.
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{err.decode()[-2000:]}")
+    line = out.decode().strip().splitlines()[-1]
+    return json.loads(line), ru.ru_maxrss * 1024
+
+
+def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int) -> dict[str, Any]:
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    times: dict[int, list[float]] = {SHORT: [], LONG: []}
+    best: dict[str, Any] = {"peak_rss": 0, "ttft": float("inf"), "prefill": 0.0}
+    for n in (SHORT, LONG):
+        for _ in range(runs):
+            v, rss = run_measured([str(binary), "generate", "--base", str(d / "base"),
+                                   "--adapter", str(d / "adapter"), "--mode", mode,
+                                   "--tokens", ",".join(map(str, ids)),
+                                   "--max-new-tokens", str(n), "--ignore-eos", "--json",
+                                   "--max-seq", "512"], env)
+            assert len(v["tokens"]) == n, v
+            times[n].append(v["generate_s"])
+            best["peak_rss"] = max(best["peak_rss"], rss)
+            best["ttft"] = min(best["ttft"], v["time_to_first_token_s"])
+            best["prefill"] = max(best["prefill"], v["prefill_tok_s"])
+            best["device"] = v["adapter"]
+    return summarize(best, times)
+
+
+def summarize(best: dict[str, Any], times: dict[int, list[float]]) -> dict[str, Any]:
+    t_short, t_long = min(times[SHORT]), min(times[LONG])
+    best["decode"] = (LONG - SHORT) / max(t_long - t_short, 1e-9)
+    best["t_short"], best["t_long"] = t_short, t_long
+    return best
+
+
+def python_ref(kind: str, d: Path, ids: list[int], runs: int) -> dict[str, Any]:
+    """Runs this script as a worker in a child process (its own peak memory)."""
+    v, rss = run_measured([sys.executable, __file__, "--worker", kind, "--dir", str(d),
+                           "--ids", ",".join(map(str, ids)), "--runs", str(runs)])
+    v["peak_rss"] = rss
+    return v
+
+
+def worker(kind: str, d: Path, ids: list[int], runs: int) -> None:
+    """Child process: loads the reference `kind` and prints its timings as JSON."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    if kind == "transformers":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(d / "export"), dtype=torch.float32).eval()
+    else:
+        from shadow_peft.task_models import ShadowForCausalLM
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(d / "base"), dtype=torch.float32)
+        model = ShadowForCausalLM.from_pretrained(base, str(d / "adapter")).eval()
+        model.set_inference_mode("shadow_only" if kind == "official-shadow" else "base_shadow")
+    x = torch.tensor([ids])
+
+    def gen(n: int) -> float:
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                             min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+        dt = time.perf_counter() - t0
+        assert out.shape[1] == len(ids) + n, out.shape
+        return dt
+
+    gen(2)  # warm-up
+    times = {SHORT: [gen(SHORT) for _ in range(runs)], LONG: [gen(LONG) for _ in range(runs)]}
+    ttft = min(gen(1) for _ in range(runs))
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        model(input_ids=x, use_cache=True)
+    prefill = PROMPT_LEN / ((time.perf_counter() - t0) / runs)
+    best = {"ttft": ttft, "prefill": prefill, "device": f"CPU torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"}
+    print(json.dumps(summarize(best, times)))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt_mem(b: int) -> str:
+    return f"{b / 2**20:.0f} MiB"
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
+    lines = [f"Machine: {machine}", "",
+             "| size | engine | decode tok/s | vs reference | prefill tok/s | first token | peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    refs = {"ours attached": "official attached", "ours detached": "official shadow_only",
+            "transformers": "official shadow_only"}
+    for size, rows in results.items():
+        for name, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {size} | {name} | failed: {r['error'][:80]} | | | | |")
+                continue
+            ref = rows.get(refs.get(name, ""))
+            ratio = (f"{r['decode'] / ref['decode']:.2f}x {refs[name]}"
+                     if ref and "decode" in ref else "(reference)")
+            lines.append(f"| {size} | {name} | {r['decode']:.1f} | {ratio} | {r['prefill']:.0f} | "
+                         f"{r['ttft'] * 1000:.0f} ms | {fmt_mem(r['peak_rss'])} |")
+    lines += ["", "Devices: " + "; ".join(sorted({f"{n}: {r.get('device', '?')}" for rows in
+                                                   results.values() for n, r in rows.items()})),
+              "", f"Decode rate = {LONG - SHORT} / (t({LONG} new) - t({SHORT} new)), best of "
+              "the runs; prompt of 32 tokens; greedy, EOS ignored."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="tiny,medium")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "target" / "bench"))
+    ap.add_argument("--binary", default=str(REPO / "target" / "release" / "shadowpeft"))
+    ap.add_argument("--only", default="", help="comma-separated engines to run (default all)")
+    ap.add_argument("--make", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.make:
+        build_models(a.make)
+        return
+    if a.worker:
+        worker(a.worker, Path(a.dir), [int(i) for i in a.ids.split(",")], a.runs)
+        return
+    only = set(filter(None, a.only.split(",")))
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for size in a.sizes.split(","):
+        d = make_models(size)
+        vocab = json.loads((d / "base" / "config.json").read_text())["vocab_size"]
+        ids = prompt(vocab)
+        rows: dict[str, dict[str, Any]] = {}
+        plan = [
+            ("ours attached", lambda: ours(Path(a.binary), d, "attached", ids, a.runs)),
+            ("ours detached", lambda: ours(Path(a.binary), d, "detached", ids, a.runs)),
+            ("official attached", lambda: python_ref("official-attached", d, ids, a.runs)),
+            ("official shadow_only", lambda: python_ref("official-shadow", d, ids, a.runs)),
+            ("transformers", lambda: python_ref("transformers", d, ids, a.runs)),
+        ]
+        for name, fn in plan:
+            if only and name not in only:
+                continue
+            log(f"bench: {size} / {name} ...")
+            t0 = time.perf_counter()
+            try:
+                rows[name] = fn()
+            except Exception as e:  # report and go on with the others
+                rows[name] = {"error": str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)}
+            log(f"bench: {size} / {name}: {json.dumps(rows[name])} ({time.perf_counter() - t0:.0f} s)")
+        results[size] = rows
+    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    table = report(results, machine)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    log(f"bench: written to {out / 'results.md'} and results.json")
+
+
+if __name__ == "__main__":
+    main()
