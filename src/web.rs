@@ -191,6 +191,13 @@ struct Inner {
     text: StreamDecoder,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Cached bind groups would keep this model's buffers alive after it is freed.
+        self.gpu.release_bindings();
+    }
+}
+
 /// A loaded model and its conversation state.
 #[wasm_bindgen]
 pub struct Model {

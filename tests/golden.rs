@@ -257,6 +257,62 @@ fn split_tensors_give_identical_results() {
     }
 }
 
+/// The subgroup decode kernels (used on GPUs that offer subgroups; forced here on whatever
+/// device offers them) give the golden greedy tokens and decode logits.
+#[test]
+fn subgroup_kernels_give_golden_output() {
+    if gpu().is_none() {
+        return;
+    }
+    let sg = pollster::block_on(shadowpeft::Gpu::new(shadowpeft::GpuOptions {
+        subgroups: shadowpeft::Subgroups::WhenOffered,
+        ..Default::default()
+    }))
+    .unwrap();
+    if sg.subgroup_max().is_none() {
+        eprintln!("this device offers no subgroups: nothing to check");
+        return;
+    }
+    for (name, shadow_key) in [
+        ("qwen3_implicit", "attached_shadow_logits"),
+        ("peft_mirror", "shadow_logits"),
+    ] {
+        let dir = fixture(name);
+        let g = Golden::load(&dir);
+        let ids = g.ids("input_ids");
+        let none: Option<&DirSource> = None;
+        let model = pollster::block_on(ShadowModel::load_adapter(
+            &sg,
+            &DirSource::open(dir.join("base")).unwrap(),
+            &DirSource::open(dir.join("adapter")).unwrap(),
+            none,
+            Mode::Attached,
+            &LoadOptions::default(),
+        ))
+        .unwrap();
+        // Token by token: every forward is a decode step (the matrix-vector kernels).
+        let mut s = model.new_session(&sg);
+        let (mut logits, mut shadow) = (Vec::new(), Vec::new());
+        for &id in &ids {
+            let o = pollster::block_on(model.forward(&sg, &mut s, &[id], Readout::AllLogits, true))
+                .unwrap();
+            logits.extend(o.logits);
+            shadow.extend(o.shadow_logits);
+        }
+        assert_logits(
+            &format!("{name} subgroup decode"),
+            &logits,
+            &g.f32("attached_logits").0,
+        );
+        assert_logits(
+            &format!("{name} subgroup decode shadow"),
+            &shadow,
+            &g.f32(shadow_key).0,
+        );
+        assert_eq!(greedy_on(&sg, &model, &ids, 12), g.ids("greedy_attached"));
+    }
+}
+
 fn greedy_on(gpu: &shadowpeft::Gpu, model: &ShadowModel, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut s = model.new_session(gpu);
     let o = GenerateOptions {

@@ -17,6 +17,22 @@ pub struct GpuOptions {
     pub max_storage_binding: Option<u64>,
     /// Prefer a low-power adapter (integrated GPU) over a discrete one.
     pub low_power: bool,
+    /// When kernels use subgroup operations.
+    pub subgroups: Subgroups,
+}
+
+/// When kernels use subgroup operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Subgroups {
+    /// On GPUs that offer them; not on CPU devices (lavapipe, SwiftShader, WARP), where a
+    /// subgroup reduction costs more than the strided loads it saves (measured on lavapipe:
+    /// decode about 3x slower).
+    #[default]
+    Auto,
+    /// Wherever the device offers them (CPU devices included).
+    WhenOffered,
+    /// Never: the kernels every device runs.
+    Never,
 }
 
 /// A WebGPU/wgpu device with its queue, limits, pipeline cache and scratch buffers.
@@ -27,9 +43,13 @@ pub struct Gpu {
     backend: String,
     pub(crate) limits: wgpu::Limits,
     features: wgpu::Features,
+    /// The largest subgroup size, when subgroup operations are enabled.
+    subgroup_max: Option<u32>,
     max_binding: u64,
     pub(crate) kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     pub(crate) uniform: Mutex<Option<wgpu::Buffer>>,
+    /// Bind groups of recent steps (see `step::BindKey`).
+    pub(crate) bind_groups: Mutex<HashMap<super::step::BindKey, wgpu::BindGroup>>,
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -71,7 +91,20 @@ impl Gpu {
             })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::SHADER_F16;
+        // Subgroups, where offered with sizes our 64-wide workgroups hold (every vendor's).
+        let wanted = match opts.subgroups {
+            Subgroups::Auto => info.device_type != wgpu::DeviceType::Cpu,
+            Subgroups::WhenOffered => true,
+            Subgroups::Never => false,
+        };
+        let subgroups = wanted
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && (4..=64).contains(&info.subgroup_min_size)
+            && (info.subgroup_min_size..=64).contains(&info.subgroup_max_size);
+        let mut features = adapter.features() & wgpu::Features::SHADER_F16;
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("shadowpeft"),
@@ -121,9 +154,11 @@ impl Gpu {
             backend: format!("{:?}", info.backend),
             limits,
             features,
+            subgroup_max: subgroups.then_some(info.subgroup_max_size),
             max_binding,
             kernels: Mutex::new(HashMap::new()),
             uniform: Mutex::new(None),
+            bind_groups: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
             errors,
             lost,
@@ -143,6 +178,20 @@ impl Gpu {
     /// Whether the device offers `shader-f16`.
     pub fn has_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Forgets the cached bind groups, which keep the buffers they bind alive: call after
+    /// dropping a model or session so their memory is released at once.
+    pub fn release_bindings(&self) {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The device's largest subgroup size when kernels may use subgroup operations.
+    pub fn subgroup_max(&self) -> Option<u32> {
+        self.subgroup_max
     }
 
     /// The effective maximum size of one storage binding, in bytes.

@@ -7,6 +7,6 @@ mod pipelines;
 mod step;
 
 pub use buffers::{Matrix, Tensor};
-pub use context::{Gpu, GpuOptions};
+pub use context::{Gpu, GpuOptions, Subgroups};
 pub use pipelines::{Kernel, KernelSpec};
 pub use step::Step;

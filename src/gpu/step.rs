@@ -36,6 +36,48 @@ pub struct Step<'g> {
     align: u64,
 }
 
+/// What a bind group binds: the same kernel, parameter slot and buffers give the same group.
+/// Decode steps repeat the same sequence, so after the first token every group is reused.
+#[derive(PartialEq, Eq, Hash)]
+pub(crate) struct BindKey {
+    kernel: usize,
+    params: (u64, u64),
+    uniform: wgpu::Buffer,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+/// Bind groups kept at most (a cached group keeps its buffers alive: the cache is emptied when
+/// it fills, and when a model or session is dropped through [`Gpu::release_bindings`]).
+const BIND_CACHE: usize = 4096;
+
+fn bind_group(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    uniform: &wgpu::Buffer,
+    params: (u64, u64),
+    buffers: &[wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: uniform,
+            offset: params.0,
+            size: wgpu::BufferSize::new(params.1),
+        }),
+    }];
+    for (b, buf) in buffers.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: b as u32 + 1,
+            resource: buf.as_entire_binding(),
+        });
+    }
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.name),
+        layout: &kernel.layout,
+        entries: &entries,
+    })
+}
+
 /// Largest workgroup count per dimension that every WebGPU device accepts.
 const MAX_GROUPS: u32 = 65535;
 
@@ -143,6 +185,7 @@ impl<'g> Step<'g> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
+        let mut cache = gpu.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
@@ -168,25 +211,23 @@ impl<'g> Step<'g> {
                         groups,
                     }) = self.ops.get(i)
                     {
-                        let mut entries = vec![wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &uniform,
-                                offset: params.0,
-                                size: wgpu::BufferSize::new(params.1),
-                            }),
-                        }];
-                        for (b, buf) in buffers.iter().enumerate() {
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: b as u32 + 1,
-                                resource: buf.as_entire_binding(),
-                            });
-                        }
-                        let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some(kernel.name),
-                            layout: &kernel.layout,
-                            entries: &entries,
-                        });
+                        let key = BindKey {
+                            kernel: Arc::as_ptr(kernel) as usize,
+                            params: *params,
+                            uniform: uniform.clone(),
+                            buffers: buffers.clone(),
+                        };
+                        let bg = match cache.get(&key) {
+                            Some(bg) => bg.clone(),
+                            None => {
+                                let bg = bind_group(gpu, kernel, &uniform, *params, buffers);
+                                if cache.len() >= BIND_CACHE {
+                                    cache.clear();
+                                }
+                                cache.insert(key, bg.clone());
+                                bg
+                            }
+                        };
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);

@@ -16,6 +16,7 @@ use super::{groups_for, WG};
 
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
+const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl");
 
 /// A linear layer on the device.
 #[derive(Debug, Clone)]
@@ -53,6 +54,22 @@ pub(crate) fn matvec_spec() -> KernelSpec {
     KernelSpec::new("matvec", MATVEC).with("WG", WG)
 }
 
+/// The subgroup matvec for a device whose largest subgroup is `sg_max` wide: one subgroup per
+/// output column, `WG / sg_max` columns per workgroup.
+pub(crate) fn matvec_subgroup_spec(sg_max: u32) -> KernelSpec {
+    KernelSpec::new("matvec_subgroup", MATVEC_SUBGROUP)
+        .with("WG", WG)
+        .with("RPW", (WG / sg_max).max(1))
+}
+
+/// The decode kernel this device runs, and its columns per workgroup.
+pub(crate) fn matvec_for(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
+    match gpu.subgroup_max() {
+        Some(sg) => (matvec_subgroup_spec(sg), (WG / sg).max(1)),
+        None => (matvec_spec(), WG),
+    }
+}
+
 pub(crate) fn matmul_spec() -> KernelSpec {
     KernelSpec::new("matmul", MATMUL)
 }
@@ -72,7 +89,8 @@ pub fn linear(
     let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
     let small = rows <= 2 && vec_ok;
     let gpu = step.gpu();
-    let kernel = gpu.kernel(&if small { matvec_spec() } else { matmul_spec() });
+    let (mv, per_group) = matvec_for(gpu);
+    let kernel = gpu.kernel(&if small { mv } else { matmul_spec() });
     for (chunk, row0, n) in &lin.w.chunks {
         let p = Params {
             m: rows as u32,
@@ -87,7 +105,7 @@ pub fn linear(
         let bias = lin.b.as_ref().unwrap_or(chunk);
         let bufs = [x, chunk, bias, y];
         if small {
-            step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, WG));
+            step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, per_group));
         } else {
             step.dispatch(
                 &kernel,
@@ -154,6 +172,29 @@ mod tests {
     #[test]
     fn linear_matches_cpu_on_awkward_sizes() {
         let Some(gpu) = gpu() else { return };
+        awkward_sizes(gpu);
+    }
+
+    /// Both decode kernels: with subgroups wherever the device offers them, and without.
+    #[test]
+    fn linear_with_and_without_subgroups_matches_cpu() {
+        if gpu().is_none() {
+            return;
+        }
+        for subgroups in [crate::Subgroups::WhenOffered, crate::Subgroups::Never] {
+            let g = pollster::block_on(Gpu::new(GpuOptions {
+                subgroups,
+                ..Default::default()
+            }))
+            .unwrap();
+            if subgroups == crate::Subgroups::Never {
+                assert!(g.subgroup_max().is_none());
+            }
+            awkward_sizes(&g);
+        }
+    }
+
+    fn awkward_sizes(gpu: &Gpu) {
         for &(m, n, k) in &[
             (1, 1, 4),
             (1, 7, 12),

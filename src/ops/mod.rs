@@ -37,7 +37,7 @@ pub use sub::{cpu_sub, sub};
 /// `adapter` is the activation of the shadow update networks when the adapter runs here.
 pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Act>) {
     let mut specs = vec![
-        linear::matvec_spec(),
+        linear::matvec_for(gpu).0,
         linear::matmul_spec(),
         rms_norm::spec(),
         rope::spec(),

@@ -234,6 +234,7 @@ async fn put_adapter(
             Some(k) => ads.remove(&k),
             None => break,
         };
+        app.gpu.release_bindings();
     }
     ads.insert(
         sha,
@@ -386,8 +387,14 @@ async fn new_session(
 }
 
 async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> StatusCode {
-    match lock(&app.sessions).remove(&id) {
-        Some(_) => StatusCode::NO_CONTENT,
+    let gone = lock(&app.sessions).remove(&id);
+    match gone {
+        Some(s) => {
+            drop(s);
+            // Cached bind groups would keep the session's KV cache alive.
+            app.gpu.release_bindings();
+            StatusCode::NO_CONTENT
+        }
         None => StatusCode::NOT_FOUND,
     }
 }
@@ -632,8 +639,16 @@ pub fn router(
             loop {
                 tokio::time::sleep(every).await;
                 // A session busy in a forward is in use: keep it.
-                lock(&app.sessions)
-                    .retain(|_, s| s.try_lock().map_or(true, |g| g.last_used.elapsed() < ttl));
+                let expired = {
+                    let mut sessions = lock(&app.sessions);
+                    let before = sessions.len();
+                    sessions
+                        .retain(|_, s| s.try_lock().map_or(true, |g| g.last_used.elapsed() < ttl));
+                    sessions.len() < before
+                };
+                if expired {
+                    app.gpu.release_bindings();
+                }
             }
         }
     };
