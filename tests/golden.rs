@@ -257,21 +257,21 @@ fn split_tensors_give_identical_results() {
     }
 }
 
-/// The subgroup decode kernels (used on GPUs that offer subgroups; forced here on whatever
-/// device offers them) give the golden greedy tokens and decode logits.
+/// The kernels of GPUs (tiled prefill with workgroup memory, subgroup decode where offered),
+/// forced here whatever the device is, give the golden logits and greedy tokens.
 #[test]
-fn subgroup_kernels_give_golden_output() {
+fn gpu_kernels_give_golden_output() {
     if gpu().is_none() {
         return;
     }
     let sg = pollster::block_on(shadowpeft::Gpu::new(shadowpeft::GpuOptions {
         subgroups: shadowpeft::Subgroups::WhenOffered,
+        cpu_kernels: Some(false),
         ..Default::default()
     }))
     .unwrap();
     if sg.subgroup_max().is_none() {
-        eprintln!("this device offers no subgroups: nothing to check");
-        return;
+        eprintln!("this device offers no subgroups: the plain decode kernel runs");
     }
     for (name, shadow_key) in [
         ("qwen3_implicit", "attached_shadow_logits"),
@@ -290,7 +290,15 @@ fn subgroup_kernels_give_golden_output() {
             &LoadOptions::default(),
         ))
         .unwrap();
-        // Token by token: every forward is a decode step (the matrix-vector kernels).
+        // One prefill (the matrix kernels), then token by token (the matrix-vector ones).
+        let mut s = model.new_session(&sg);
+        let o = pollster::block_on(model.forward(&sg, &mut s, &ids, Readout::AllLogits, false))
+            .unwrap();
+        assert_logits(
+            &format!("{name} gpu kernels prefill"),
+            &o.logits,
+            &g.f32("attached_logits").0,
+        );
         let mut s = model.new_session(&sg);
         let (mut logits, mut shadow) = (Vec::new(), Vec::new());
         for &id in &ids {

@@ -19,6 +19,9 @@ pub struct GpuOptions {
     pub low_power: bool,
     /// When kernels use subgroup operations.
     pub subgroups: Subgroups,
+    /// The kernel family: `None` by the device type, `Some(true)` the CPU-device kernels (no
+    /// workgroup memory or barriers), `Some(false)` the GPU ones (tiled, workgroup memory).
+    pub cpu_kernels: Option<bool>,
 }
 
 /// When kernels use subgroup operations.
@@ -45,6 +48,8 @@ pub struct Gpu {
     features: wgpu::Features,
     /// The largest subgroup size, when subgroup operations are enabled.
     subgroup_max: Option<u32>,
+    /// A CPU device (lavapipe, SwiftShader, WARP): SIMD lanes, costly workgroup barriers.
+    cpu: bool,
     max_binding: u64,
     pub(crate) kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     pub(crate) uniform: Mutex<Option<wgpu::Buffer>>,
@@ -91,9 +96,16 @@ impl Gpu {
             })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // A CPU implementation: by its type, or by name where the browser reports none
+        // (Chrome's SwiftShader).
+        let lower = info.name.to_lowercase();
+        let cpu_device = info.device_type == wgpu::DeviceType::Cpu
+            || ["swiftshader", "llvmpipe", "lavapipe", "warp"]
+                .iter()
+                .any(|n| lower.contains(n));
         // Subgroups, where offered with sizes our 64-wide workgroups hold (every vendor's).
         let wanted = match opts.subgroups {
-            Subgroups::Auto => info.device_type != wgpu::DeviceType::Cpu,
+            Subgroups::Auto => !cpu_device,
             Subgroups::WhenOffered => true,
             Subgroups::Never => false,
         };
@@ -155,6 +167,7 @@ impl Gpu {
             limits,
             features,
             subgroup_max: subgroups.then_some(info.subgroup_max_size),
+            cpu: opts.cpu_kernels.unwrap_or(cpu_device),
             max_binding,
             kernels: Mutex::new(HashMap::new()),
             uniform: Mutex::new(None),
@@ -187,6 +200,11 @@ impl Gpu {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+
+    /// Whether kernels for CPU devices (lavapipe, SwiftShader, WARP) are used here.
+    pub fn is_cpu(&self) -> bool {
+        self.cpu
     }
 
     /// The device's largest subgroup size when kernels may use subgroup operations.

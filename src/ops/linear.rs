@@ -17,6 +17,12 @@ use super::{groups_for, WG};
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl");
+const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
+
+/// The prefill kernel of CPU devices (no workgroup memory or barriers).
+pub(crate) fn matmul_cpu_spec() -> KernelSpec {
+    KernelSpec::new("matmul_cpu", MATMUL_CPU).with("WG", WG)
+}
 
 /// A linear layer on the device.
 #[derive(Debug, Clone)]
@@ -89,8 +95,16 @@ pub fn linear(
     let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
     let small = rows <= 2 && vec_ok;
     let gpu = step.gpu();
+    // CPU devices: the barrier-free prefill kernel (when the rows are vec4-aligned).
+    let direct = !small && vec_ok && gpu.is_cpu();
     let (mv, per_group) = matvec_for(gpu);
-    let kernel = gpu.kernel(&if small { mv } else { matmul_spec() });
+    let kernel = gpu.kernel(&if small {
+        mv
+    } else if direct {
+        matmul_cpu_spec()
+    } else {
+        matmul_spec()
+    });
     for (chunk, row0, n) in &lin.w.chunks {
         let p = Params {
             m: rows as u32,
@@ -106,6 +120,9 @@ pub fn linear(
         let bufs = [x, chunk, bias, y];
         if small {
             step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, per_group));
+        } else if direct {
+            let blocks = n.div_ceil(4) * rows.div_ceil(4);
+            step.dispatch_linear(&kernel, &p, &bufs, groups_for(blocks, WG));
         } else {
             step.dispatch(
                 &kernel,
@@ -175,15 +192,21 @@ mod tests {
         awkward_sizes(gpu);
     }
 
-    /// Both decode kernels: with subgroups wherever the device offers them, and without.
+    /// Every kernel family: the GPU kernels with and without subgroups, and the CPU-device
+    /// kernels, whatever this device is.
     #[test]
-    fn linear_with_and_without_subgroups_matches_cpu() {
+    fn linear_kernel_families_match_cpu() {
         if gpu().is_none() {
             return;
         }
-        for subgroups in [crate::Subgroups::WhenOffered, crate::Subgroups::Never] {
+        for (subgroups, cpu_kernels) in [
+            (crate::Subgroups::WhenOffered, Some(false)),
+            (crate::Subgroups::Never, Some(false)),
+            (crate::Subgroups::Never, Some(true)),
+        ] {
             let g = pollster::block_on(Gpu::new(GpuOptions {
                 subgroups,
+                cpu_kernels,
                 ..Default::default()
             }))
             .unwrap();

@@ -38,7 +38,11 @@ pub use sub::{cpu_sub, sub};
 pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Act>) {
     let mut specs = vec![
         linear::matvec_for(gpu).0,
-        linear::matmul_spec(),
+        if gpu.is_cpu() {
+            linear::matmul_cpu_spec()
+        } else {
+            linear::matmul_spec()
+        },
         rms_norm::spec(),
         rope::spec(),
         embedding::spec(),
