@@ -1,5 +1,5 @@
 // matmul: y[m, col0 + n] = sum_k x[m, k] * w[n, k] (+ bias[col0 + n]), for prefill (M > 1).
-// Bindings: 0 Params (uniform), 1 x [M, K] (from x_off), 2 w [N, K] (one row chunk),
+// Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [M, K] (from x_off), 2 w [N, K] (one row chunk),
 //           3 bias [>= col0 + N] (ignored unless has_bias), 4 y [M, ldy] (from y_off).
 // Dispatch: (ceil(N / TN), ceil(M / TM), 1) workgroups of (16, 16) invocations; each invocation
 //           accumulates a 4x4 block in f32. Injected constants: none (tile sizes are fixed).
@@ -13,6 +13,11 @@ struct Params {
     ldy: u32,
     col0: u32,
     has_bias: u32,
+    // 1: y += scale * result (a fused residual add); 0: y = result.
+    accumulate: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,6 +25,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn store(i: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        y[i] += p.scale * v;
+    } else {
+        y[i] = v;
+    }
+}
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
@@ -87,7 +100,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
                 if (p.has_bias != 0u) {
                     v += bias[p.col0 + gn];
                 }
-                y[p.y_off + gm * p.ldy + p.col0 + gn] = v;
+                store(p.y_off + gm * p.ldy + p.col0 + gn, v);
             }
         }
     }

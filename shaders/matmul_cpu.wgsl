@@ -3,7 +3,7 @@
 // no barriers. Each invocation computes a 4x4 block of y from vec4 loads of 4 rows of x and 4
 // rows of w (the CPU caches provide the reuse a GPU gets from workgroup tiles); neighbouring
 // invocations take neighbouring column blocks of the same row block.
-// Bindings: 0 Params (uniform), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
+// Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
 //           3 bias [>= col0 + N] (ignored unless has_bias), 4 y [M, ldy] (from y_off).
 // Dispatch: linear over ceil(ceil(N / 4) * ceil(M / 4) / WG) workgroups. Requires K % 4 == 0
 // and x_off % 4 == 0. Constants: WG.
@@ -17,6 +17,11 @@ struct Params {
     ldy: u32,
     col0: u32,
     has_bias: u32,
+    // 1: y += scale * result (a fused residual add); 0: y = result.
+    accumulate: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +29,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn store(i: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        y[i] += p.scale * v;
+    } else {
+        y[i] = v;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn matmul_cpu(
@@ -78,7 +91,7 @@ fn matmul_cpu(
                 if (p.has_bias != 0u) {
                     v += bias[p.col0 + gn];
                 }
-                y[p.y_off + gm * p.ldy + p.col0 + gn] = v;
+                store(p.y_off + gm * p.ldy + p.col0 + gn, v);
             }
         }
     }

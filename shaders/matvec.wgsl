@@ -1,6 +1,6 @@
 // matvec: y[m, col0 + n] = dot(x[m, :], w[n, :]) (+ bias[col0 + n]) for decode (small M),
 // one output column per invocation, vec4 loads along K.
-// Bindings: 0 Params (uniform), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
+// Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
 //           3 bias [>= col0 + N], 4 y [M, ldy] (from y_off).
 // Dispatch: linear over ceil(N / WG) workgroups (2-D when > 65535). Requires K % 4 == 0.
 // Injected constants: WG (workgroup size).
@@ -14,6 +14,11 @@ struct Params {
     ldy: u32,
     col0: u32,
     has_bias: u32,
+    // 1: y += scale * result (a fused residual add); 0: y = result.
+    accumulate: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,6 +26,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn store(i: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        y[i] += p.scale * v;
+    } else {
+        y[i] = v;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn matvec(
@@ -44,6 +57,6 @@ fn matvec(
         for (var i = 0u; i < k4; i++) {
             acc = fma(x[xrow + i], w[wrow + i], acc);
         }
-        y[p.y_off + m * p.ldy + p.col0 + n] = (acc.x + acc.y) + (acc.z + acc.w) + b;
+        store(p.y_off + m * p.ldy + p.col0 + n, (acc.x + acc.y) + (acc.z + acc.w) + b);
     }
 }

@@ -3,7 +3,7 @@
 // vec4s of the weight row (coalesced on GPUs, one contiguous vector load on CPU Vulkan) and
 // subgroupAdd sums their partial dot products. No workgroup memory, no barriers. Needs the
 // wgpu SUBGROUP feature (naga takes the subgroup builtins without an `enable` directive).
-// Bindings: 0 Params (uniform), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
+// Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [M, K/4] vec4 (from x_off/4), 2 w [N, K/4] vec4,
 //           3 bias [>= col0 + N], 4 y [M, ldy] (from y_off).
 // Dispatch: linear over ceil(N / RPW) workgroups (2-D when > 65535). Requires K % 4 == 0.
 // Injected constants: WG (workgroup size), RPW (columns per workgroup = WG / the largest
@@ -18,6 +18,11 @@ struct Params {
     ldy: u32,
     col0: u32,
     has_bias: u32,
+    // 1: y += scale * result (a fused residual add); 0: y = result.
+    accumulate: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -25,6 +30,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn store(i: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        y[i] += p.scale * v;
+    } else {
+        y[i] = v;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn matvec_subgroup(
@@ -54,7 +67,7 @@ fn matvec_subgroup(
                     if (p.has_bias != 0u) {
                         b = bias[p.col0 + n];
                     }
-                    y[p.y_off + m * p.ldy + p.col0 + n] = s + b;
+                    store(p.y_off + m * p.ldy + p.col0 + n, s + b);
                 }
             }
         }

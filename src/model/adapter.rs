@@ -79,7 +79,6 @@ pub struct Adapter {
 pub(crate) struct AdapterScratch {
     delta: Tensor,
     a: Tensor,
-    b: Tensor,
     u: Tensor,
     gh: Tensor,
     th: Tensor,
@@ -279,7 +278,6 @@ impl Adapter {
         AdapterScratch {
             delta: z("delta", d),
             a: z("inject a", self.rank),
-            b: z("inject b", d),
             u: z("update u", if self.norm.is_some() { d } else { 1 }),
             gh: z("gate hidden", self.width),
             th: z("transform hidden", self.width),
@@ -305,8 +303,7 @@ impl Adapter {
         let d = self.hidden;
         ops::sub(step, h, s, &sc.delta, m * d);
         ops::linear(step, &sc.delta, 0, m, &sl.down, &sc.a, 0, self.rank);
-        ops::linear(step, &sc.a, 0, m, &sl.up, &sc.b, 0, d);
-        ops::add(step, &sc.b, h, m * d, self.alpha);
+        ops::linear_add(step, &sc.a, 0, m, &sl.up, h, 0, d, self.alpha);
     }
 
     /// Update after base layer `l` (nothing when `l` is not adapted or no later layer reads

@@ -85,7 +85,6 @@ pub(crate) struct Scratch {
     attn: Tensor,
     gu: Tensor,
     act: Tensor,
-    tmp: Tensor,
 }
 
 impl Decoder {
@@ -190,7 +189,6 @@ impl Decoder {
             attn: z("attn", qd),
             gu: z("gate_up", 2 * c.intermediate),
             act: z("act", c.intermediate),
-            tmp: z("tmp", c.hidden),
         }
     }
 
@@ -243,8 +241,7 @@ impl Decoder {
             c.kv_heads,
             hd,
         );
-        ops::linear(step, &s.attn, 0, m, &ly.o, &s.tmp, 0, h);
-        ops::add(step, &s.tmp, x, m * h, 1.0);
+        ops::linear_add(step, &s.attn, 0, m, &ly.o, x, 0, h, 1.0);
         // 4. MLP: SwiGLU of the gate and up projections, down projection, residual.
         ops::rms_norm(step, x, 0, &ly.post_norm, &s.xn, 0, m, h, c.rms_eps);
         // gate into columns [0, I) and up into [I, 2I) of one [m, 2I] buffer.
@@ -260,8 +257,7 @@ impl Decoder {
             2 * c.intermediate,
         );
         ops::silu_mul(step, &s.gu, &s.act, m, c.intermediate);
-        ops::linear(step, &s.act, 0, m, &ly.down, &s.tmp, 0, h);
-        ops::add(step, &s.tmp, x, m * h, 1.0);
+        ops::linear_add(step, &s.act, 0, m, &ly.down, x, 0, h, 1.0);
         let _ = qd;
     }
 

@@ -54,6 +54,9 @@ struct Params {
     ldy: u32,
     col0: u32,
     has_bias: u32,
+    accumulate: u32,
+    scale: f32,
+    _p: [u32; 2],
 }
 
 pub(crate) fn matvec_spec() -> KernelSpec {
@@ -81,6 +84,7 @@ pub(crate) fn matmul_spec() -> KernelSpec {
 }
 
 /// Records `y[m, 0..N] = x[m, :] W^T + b` for `m < rows`.
+#[allow(clippy::too_many_arguments)]
 pub fn linear(
     step: &mut Step,
     x: &Tensor,
@@ -90,6 +94,38 @@ pub fn linear(
     y: &Tensor,
     y_off: usize,
     ldy: usize,
+) {
+    record(step, x, x_off, rows, lin, y, y_off, ldy, None);
+}
+
+/// Records `y[m, 0..N] += scale * (x[m, :] W^T + b)` for `m < rows`: a linear layer and the
+/// residual add after it in one dispatch. `x` and `y` must be different buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_add(
+    step: &mut Step,
+    x: &Tensor,
+    x_off: usize,
+    rows: usize,
+    lin: &Linear,
+    y: &Tensor,
+    y_off: usize,
+    ldy: usize,
+    scale: f32,
+) {
+    record(step, x, x_off, rows, lin, y, y_off, ldy, Some(scale));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    step: &mut Step,
+    x: &Tensor,
+    x_off: usize,
+    rows: usize,
+    lin: &Linear,
+    y: &Tensor,
+    y_off: usize,
+    ldy: usize,
+    add: Option<f32>,
 ) {
     let k = lin.w.cols;
     let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
@@ -115,6 +151,9 @@ pub fn linear(
             ldy: ldy as u32,
             col0: *row0 as u32,
             has_bias: lin.b.is_some() as u32,
+            accumulate: add.is_some() as u32,
+            scale: add.unwrap_or(1.0),
+            _p: [0; 2],
         };
         let bias = lin.b.as_ref().unwrap_or(chunk);
         let bufs = [x, chunk, bias, y];
@@ -181,6 +220,24 @@ mod tests {
             &format!("linear m={m} n={n} k={k}"),
             &got,
             &want,
+            1e-4,
+            1e-4,
+        );
+        // The fused residual form: y += scale * (x W^T + b) on a y that holds values.
+        let y0 = rand_vec(4 + n as u64, m * n + 3, 1.0);
+        let yt = gpu.upload_f32("y", &y0);
+        let mut step = Step::new(gpu);
+        linear_add(&mut step, &xt, x_off, m, &lin, &yt, 3, n, -0.7);
+        step.submit().unwrap();
+        let got = pollster::block_on(gpu.read_f32(&yt, 0, m * n + 3)).unwrap();
+        let mut want_add = y0.clone();
+        for (i, v) in want.iter().enumerate() {
+            want_add[3 + i] += -0.7 * v;
+        }
+        assert_close(
+            &format!("linear_add m={m} n={n} k={k}"),
+            &got,
+            &want_add,
             1e-4,
             1e-4,
         );

@@ -25,7 +25,7 @@ pub use argmax::{argmax, cpu_argmax};
 pub use attention::{attention, cpu_attention};
 pub use embedding::{cpu_embedding, embedding};
 pub use layer_norm::{cpu_layer_norm, layer_norm};
-pub use linear::{cpu_linear, linear, Linear};
+pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, rope, RopeTable};
 pub use shadow_update::{cpu_shadow_update, shadow_update};
@@ -47,7 +47,6 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Ac
         rope::spec(),
         embedding::spec(),
         silu_mul::spec(),
-        add::spec(),
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
