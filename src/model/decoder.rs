@@ -244,19 +244,16 @@ impl Decoder {
         ops::linear_add(step, &s.attn, 0, m, &ly.o, x, 0, h, 1.0);
         // 4. MLP: SwiGLU of the gate and up projections, down projection, residual.
         ops::rms_norm(step, x, 0, &ly.post_norm, &s.xn, 0, m, h, c.rms_eps);
-        // gate into columns [0, I) and up into [I, 2I) of one [m, 2I] buffer.
-        ops::linear(step, &s.xn, 0, m, &ly.gate, &s.gu, 0, 2 * c.intermediate);
-        ops::linear(
+        ops::glu(
             step,
             &s.xn,
-            0,
             m,
+            &ly.gate,
             &ly.up,
             &s.gu,
+            &s.act,
             c.intermediate,
-            2 * c.intermediate,
         );
-        ops::silu_mul(step, &s.gu, &s.act, m, c.intermediate);
         ops::linear_add(step, &s.act, 0, m, &ly.down, x, 0, h, 1.0);
         let _ = qd;
     }

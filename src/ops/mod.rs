@@ -8,6 +8,7 @@ mod add;
 mod argmax;
 mod attention;
 mod embedding;
+mod glu;
 mod layer_norm;
 mod linear;
 mod rms_norm;
@@ -24,6 +25,7 @@ pub use add::{add, cpu_add};
 pub use argmax::{argmax, cpu_argmax};
 pub use attention::{attention, cpu_attention};
 pub use embedding::{cpu_embedding, embedding};
+pub use glu::glu;
 pub use layer_norm::{cpu_layer_norm, layer_norm};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
@@ -47,6 +49,7 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Ac
         rope::spec(),
         embedding::spec(),
         silu_mul::spec(),
+        glu::spec(gpu).0,
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));

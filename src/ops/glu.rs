@@ -1,0 +1,142 @@
+//! The gated MLP input of SwiGLU decoders: `y = silu(x Wg^T) * (x Wu^T)`. For decode (at most
+//! two rows, unsplit weights without biases) one fused matrix-vector dispatch; otherwise the
+//! two projections into a `[m, 2I]` scratch and [`super::silu_mul`].
+//!
+//! # Shapes
+//! x `[M, K]`; Wg, Wu `[I, K]`; gu scratch `[M, 2I]`; y `[M, I]`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{KernelSpec, Step, Tensor};
+
+use super::{groups_for, linear, silu_mul, Linear, WG};
+
+const PLAIN: &str = include_str!("../../shaders/matvec_glu.wgsl");
+const SUBGROUP: &str = include_str!("../../shaders/matvec_glu_subgroup.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    _p: u32,
+}
+
+/// The fused decode kernel this device runs, and its outputs per workgroup.
+pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
+    match gpu.subgroup_max() {
+        Some(sg) => {
+            let rpw = (WG / sg).max(1);
+            (
+                KernelSpec::new("matvec_glu_subgroup", SUBGROUP)
+                    .with("WG", WG)
+                    .with("RPW", rpw),
+                rpw,
+            )
+        }
+        None => (KernelSpec::new("matvec_glu", PLAIN).with("WG", WG), WG),
+    }
+}
+
+/// Records `y[m, :] = silu(x[m, :] Wg^T) * (x[m, :] Wu^T)` for `m < rows` (x from offset 0).
+#[allow(clippy::too_many_arguments)]
+pub fn glu(
+    step: &mut Step,
+    x: &Tensor,
+    rows: usize,
+    gate: &Linear,
+    up: &Linear,
+    gu: &Tensor,
+    y: &Tensor,
+    inter: usize,
+) {
+    let k = gate.w.cols;
+    let fused = rows <= 2
+        && k.is_multiple_of(4)
+        && gate.b.is_none()
+        && up.b.is_none()
+        && gate.w.chunks.len() == 1
+        && up.w.chunks.len() == 1;
+    if !fused {
+        linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
+        linear(step, x, 0, rows, up, gu, inter, 2 * inter);
+        silu_mul(step, gu, y, rows, inter);
+        return;
+    }
+    let gpu = step.gpu();
+    let (s, per_group) = spec(gpu);
+    let kernel = gpu.kernel(&s);
+    let p = Params {
+        m: rows as u32,
+        n: inter as u32,
+        k: k as u32,
+        _p: 0,
+    };
+    step.dispatch_linear(
+        &kernel,
+        &p,
+        &[x, &gate.w.chunks[0].0, &up.w.chunks[0].0, y],
+        groups_for(inter, per_group),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{Gpu, GpuOptions};
+    use crate::ops::testing::{assert_close, gpu, rand_vec};
+    use crate::ops::{cpu_linear, cpu_silu_mul};
+
+    fn check(g: &Gpu, rows: usize, inter: usize, k: usize) {
+        let x = rand_vec(1, rows * k, 1.0);
+        let wg = rand_vec(2, inter * k, 1.0);
+        let wu = rand_vec(3, inter * k, 1.0);
+        let lin = |w: &[f32]| Linear {
+            w: g.upload_matrix("w", w, inter, k).unwrap(),
+            b: None,
+        };
+        let (gate, up) = (lin(&wg), lin(&wu));
+        let xt = g.upload_f32("x", &x);
+        let gu = g.zeros("gu", rows * 2 * inter);
+        let y = g.zeros("y", rows * inter);
+        let mut step = Step::new(g);
+        glu(&mut step, &xt, rows, &gate, &up, &gu, &y, inter);
+        step.submit().unwrap();
+        let got = pollster::block_on(g.read_f32(&y, 0, rows * inter)).unwrap();
+        let a = cpu_linear(&x, &wg, None, rows, inter, k);
+        let b = cpu_linear(&x, &wu, None, rows, inter, k);
+        let mut cat = Vec::new();
+        for r in 0..rows {
+            cat.extend_from_slice(&a[r * inter..(r + 1) * inter]);
+            cat.extend_from_slice(&b[r * inter..(r + 1) * inter]);
+        }
+        let want = cpu_silu_mul(&cat, inter);
+        assert_close(
+            &format!("glu rows={rows} inter={inter} k={k}"),
+            &got,
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+
+    /// Fused (decode) and unfused (prefill) paths, with and without subgroups.
+    #[test]
+    fn glu_matches_cpu() {
+        if gpu().is_none() {
+            return;
+        }
+        for subgroups in [crate::Subgroups::WhenOffered, crate::Subgroups::Never] {
+            let g = pollster::block_on(Gpu::new(GpuOptions {
+                subgroups,
+                ..Default::default()
+            }))
+            .unwrap();
+            for &(rows, inter, k) in &[(1, 1, 4), (1, 130, 64), (2, 67, 36), (5, 40, 16), (1, 9, 6)]
+            {
+                check(&g, rows, inter, k);
+            }
+        }
+    }
+}
