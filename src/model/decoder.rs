@@ -81,7 +81,8 @@ pub(crate) struct Scratch {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    qk_raw: Tensor,
+    q_raw: Tensor,
+    k_raw: Tensor,
     attn: Tensor,
     gu: Tensor,
     act: Tensor,
@@ -185,7 +186,8 @@ impl Decoder {
             q: z("q", qd),
             k: z("k", kvd),
             v: z("v", kvd),
-            qk_raw: z("qk raw", qd.max(kvd)),
+            q_raw: z("q raw", qd),
+            k_raw: z("k raw", kvd),
             attn: z("attn", qd),
             gu: z("gate_up", 2 * c.intermediate),
             act: z("act", c.intermediate),
@@ -207,22 +209,34 @@ impl Decoder {
         let c = &self.cfg;
         let ly = &self.layers[l];
         let (h, hd) = (c.hidden, c.head_dim);
-        let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
+        let kvd = c.kv_heads * hd;
         // 1. Attention input norm and q/k/v projections (+ per-head norm on Qwen3).
         ops::rms_norm(step, x, 0, &ly.in_norm, &s.xn, 0, m, h, c.rms_eps);
-        for (lin, norm, out, heads) in [
-            (&ly.q, &ly.q_norm, &s.q, c.heads),
-            (&ly.k, &ly.k_norm, &s.k, c.kv_heads),
-        ] {
-            match norm {
-                Some(nw) => {
-                    ops::linear(step, &s.xn, 0, m, lin, &s.qk_raw, 0, heads * hd);
-                    ops::rms_norm(step, &s.qk_raw, 0, nw, out, 0, m * heads, hd, c.rms_eps);
-                }
-                None => ops::linear(step, &s.xn, 0, m, lin, out, 0, heads * hd),
-            }
+        // q and k land in their raw buffers when a per-head norm follows.
+        let q_out = if ly.q_norm.is_some() { &s.q_raw } else { &s.q };
+        let k_out = if ly.k_norm.is_some() { &s.k_raw } else { &s.k };
+        ops::proj3(
+            step,
+            &s.xn,
+            m,
+            [(&ly.q, q_out), (&ly.k, k_out), (&ly.v, &s.v)],
+        );
+        if let Some(qn) = &ly.q_norm {
+            ops::rms_norm(step, &s.q_raw, 0, qn, &s.q, 0, m * c.heads, hd, c.rms_eps);
         }
-        ops::linear(step, &s.xn, 0, m, &ly.v, &s.v, 0, kvd);
+        if let Some(kn) = &ly.k_norm {
+            ops::rms_norm(
+                step,
+                &s.k_raw,
+                0,
+                kn,
+                &s.k,
+                0,
+                m * c.kv_heads,
+                hd,
+                c.rms_eps,
+            );
+        }
         // 2. Rotary embeddings, then append k/v to the cache.
         ops::rope(step, &self.rope, &s.q, m, c.heads, pos0);
         ops::rope(step, &self.rope, &s.k, m, c.kv_heads, pos0);
@@ -255,7 +269,6 @@ impl Decoder {
             c.intermediate,
         );
         ops::linear_add(step, &s.act, 0, m, &ly.down, x, 0, h, 1.0);
-        let _ = qd;
     }
 
     /// The final RMSNorm: `y = norm(x)` for `m` rows.

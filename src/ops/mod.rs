@@ -11,6 +11,7 @@ mod embedding;
 mod glu;
 mod layer_norm;
 mod linear;
+mod proj3;
 mod rms_norm;
 mod rope;
 mod shadow_update;
@@ -28,6 +29,7 @@ pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
 pub use layer_norm::{cpu_layer_norm, layer_norm};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
+pub use proj3::proj3;
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, rope, RopeTable};
 pub use shadow_update::{cpu_shadow_update, shadow_update};
@@ -50,6 +52,7 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Ac
         embedding::spec(),
         silu_mul::spec(),
         glu::spec(gpu).0,
+        proj3::spec(gpu).0,
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
