@@ -216,12 +216,8 @@ impl Adapter {
     ) -> Result<Self> {
         let (d, r, u) = (hidden, spec.rank, spec.update_hidden);
         let mut slots: Vec<Option<Slot>> = (0..layers).map(|_| None).collect();
+        spec.check_layers(layers)?;
         for &l in &spec.blocks {
-            if l >= layers {
-                return Err(Error::InvalidRequest(format!(
-                    "the adapter wraps block {l}, but the base has {layers} layers"
-                )));
-            }
             let p = peft_block_prefix(l);
             let lin = |name: &str, out, inp, bias| {
                 load_linear(gpu, w, &format!("{p}{name}"), out, inp, bias)

@@ -384,6 +384,18 @@ pub struct PeftAdapterSpec {
     pub blocks: Vec<usize>,
 }
 
+impl PeftAdapterSpec {
+    /// Checks that every wrapped block exists in a base of `layers` layers.
+    pub fn check_layers(&self, layers: usize) -> Result<()> {
+        match self.blocks.iter().find(|&&l| l >= layers) {
+            Some(l) => Err(Error::InvalidRequest(format!(
+                "the adapter wraps block {l}, but the base has {layers} layers"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Hugging Face peft's `adapter_config.json` for `peft_type: "SHADOW"` (peft 0.21), resolved
 /// against a base of known depth.
 #[derive(Debug, Clone, PartialEq)]

@@ -335,6 +335,50 @@ const PEFT_SHADOW: &str = "base_model.shadow_backbone.default.";
 const PEFT_PROJECTION: &str = "base_model.shadow_projection.default.weight";
 const PEFT_HEAD: &str = "base_model.model.lm_head";
 
+/// What both adapter loaders take from the base: its weights, embeddings and head (tied or
+/// not), and the session length the base and shadow allow.
+struct BaseWeights {
+    bw: Weights,
+    embed: Matrix,
+    head: Linear,
+    max_seq: usize,
+}
+
+impl BaseWeights {
+    /// Starts compiling the kernels (`act`: the adapter's activation, when attached) and
+    /// reads the base's weights meanwhile.
+    async fn load<B: Source>(
+        gpu: &Gpu,
+        base_src: &B,
+        base_cfg: &ArchConfig,
+        shadow_cfg: &ArchConfig,
+        mode: Mode,
+        act: Act,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let (d, v) = (base_cfg.hidden, base_cfg.vocab);
+        ops::precompile(
+            gpu,
+            &[base_cfg.head_dim, shadow_cfg.head_dim],
+            (mode == Mode::Attached).then_some(act),
+        );
+        let max_seq = opts
+            .max_seq
+            .min(base_cfg.max_positions)
+            .min(shadow_cfg.max_positions)
+            .max(1);
+        let bw = Weights::load_hf(base_src).await?;
+        let embed = load_matrix(gpu, &bw, "model.embed_tokens.weight", v, d)?;
+        let head = head_or_tied(gpu, &bw, "lm_head", &embed, base_cfg.tie_embeddings, v, d)?;
+        Ok(BaseWeights {
+            bw,
+            embed,
+            head,
+            max_seq,
+        })
+    }
+}
+
 /// A base model's parsed `config.json`.
 struct BaseFiles {
     json: serde_json::Value,
@@ -482,20 +526,12 @@ impl ShadowModel {
             None => base_cfg.implicit_shadow(&base_json, &sc, &sc_file)?,
         };
         let (d, ds, v) = (base_cfg.hidden, shadow_cfg.hidden, base_cfg.vocab);
-        ops::precompile(
-            gpu,
-            &[base_cfg.head_dim, shadow_cfg.head_dim],
-            (mode == Mode::Attached).then_some(Act::Silu),
-        );
-        let max_seq = opts
-            .max_seq
-            .min(base_cfg.max_positions)
-            .min(shadow_cfg.max_positions)
-            .max(1);
-
-        let bw = Weights::load_hf(base_src).await?;
-        let mut embed = load_matrix(gpu, &bw, "model.embed_tokens.weight", v, d)?;
-        let mut head = head_or_tied(gpu, &bw, "lm_head", &embed, base_cfg.tie_embeddings, v, d)?;
+        let BaseWeights {
+            bw,
+            mut embed,
+            mut head,
+            max_seq,
+        } = BaseWeights::load(gpu, base_src, &base_cfg, &shadow_cfg, mode, Act::Silu, opts).await?;
         // shadow_modules.safetensors: trained heads replace the base ones (only those listed
         // in modules_to_save when the list is non-empty, as the official loader does).
         let wanted =
@@ -621,20 +657,12 @@ impl ShadowModel {
             (cfg, if projected { "shadow_model." } else { "model." })
         };
         let ds = shadow_cfg.hidden;
-        ops::precompile(
-            gpu,
-            &[base_cfg.head_dim, shadow_cfg.head_dim],
-            (mode == Mode::Attached).then_some(Act::Gelu),
-        );
-        let max_seq = opts
-            .max_seq
-            .min(base_cfg.max_positions)
-            .min(shadow_cfg.max_positions)
-            .max(1);
-
-        let bw = Weights::load_hf(base_src).await?;
-        let embed = load_matrix(gpu, &bw, "model.embed_tokens.weight", v, d)?;
-        let mut head = head_or_tied(gpu, &bw, "lm_head", &embed, base_cfg.tie_embeddings, v, d)?;
+        let BaseWeights {
+            bw,
+            embed,
+            mut head,
+            max_seq,
+        } = BaseWeights::load(gpu, base_src, &base_cfg, &shadow_cfg, mode, Act::Gelu, opts).await?;
         // modules_to_save: ["lm_head"] trains a copy of the head, used by both outputs (peft
         // wraps the module itself; the embeddings stay as they were even when tied).
         if pc.trained_head {

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{KernelSpec, Step, Tensor};
 
-use super::{groups_for, linear, silu_mul, Linear, WG};
+use super::{groups_for, linear, silu_mul, Linear};
 
 const PLAIN: &str = include_str!("../../shaders/matvec_glu.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/matvec_glu_subgroup.wgsl");
@@ -25,18 +25,11 @@ struct Params {
 
 /// The fused decode kernel this device runs, and its outputs per workgroup.
 pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
-    match gpu.subgroup_max() {
-        Some(sg) => {
-            let rpw = (WG / sg).max(1);
-            (
-                KernelSpec::new("matvec_glu_subgroup", SUBGROUP)
-                    .with("WG", WG)
-                    .with("RPW", rpw),
-                rpw,
-            )
-        }
-        None => (KernelSpec::new("matvec_glu", PLAIN).with("WG", WG), WG),
-    }
+    super::decode_spec(
+        gpu,
+        ("matvec_glu", PLAIN),
+        ("matvec_glu_subgroup", SUBGROUP),
+    )
 }
 
 /// Records `y[m, :] = silu(x[m, :] Wg^T) * (x[m, :] Wu^T)` for `m < rows` (x from offset 0).

@@ -59,24 +59,13 @@ struct Params {
     _p: [u32; 2],
 }
 
-pub(crate) fn matvec_spec() -> KernelSpec {
-    KernelSpec::new("matvec", MATVEC).with("WG", WG)
-}
-
-/// The subgroup matvec for a device whose largest subgroup is `sg_max` wide: one subgroup per
-/// output column, `WG / sg_max` columns per workgroup.
-pub(crate) fn matvec_subgroup_spec(sg_max: u32) -> KernelSpec {
-    KernelSpec::new("matvec_subgroup", MATVEC_SUBGROUP)
-        .with("WG", WG)
-        .with("RPW", (WG / sg_max).max(1))
-}
-
 /// The decode kernel this device runs, and its columns per workgroup.
 pub(crate) fn matvec_for(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
-    match gpu.subgroup_max() {
-        Some(sg) => (matvec_subgroup_spec(sg), (WG / sg).max(1)),
-        None => (matvec_spec(), WG),
-    }
+    super::decode_spec(
+        gpu,
+        ("matvec", MATVEC),
+        ("matvec_subgroup", MATVEC_SUBGROUP),
+    )
 }
 
 pub(crate) fn matmul_spec() -> KernelSpec {

@@ -67,6 +67,30 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Ac
     }
 }
 
+/// A matrix-vector decode kernel in its two forms, `(name, source)` each: the subgroup form
+/// where this device's kernels use subgroups (one subgroup per output, `WG / largest subgroup`
+/// outputs per workgroup, passed as `RPW`), else the plain one (one output per invocation).
+/// Returns the spec and its outputs per workgroup.
+pub(crate) fn decode_spec(
+    gpu: &crate::gpu::Gpu,
+    plain: (&'static str, &'static str),
+    subgroup: (&'static str, &'static str),
+) -> (crate::gpu::KernelSpec, u32) {
+    match gpu.subgroup_max() {
+        Some(sg) => {
+            let rpw = (WG / sg).max(1);
+            let s = crate::gpu::KernelSpec::new(subgroup.0, subgroup.1)
+                .with("WG", WG)
+                .with("RPW", rpw);
+            (s, rpw)
+        }
+        None => (
+            crate::gpu::KernelSpec::new(plain.0, plain.1).with("WG", WG),
+            WG,
+        ),
+    }
+}
+
 /// Default workgroup size of the element-wise and row kernels.
 pub(crate) const WG: u32 = 64;
 

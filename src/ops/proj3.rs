@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{KernelSpec, Step, Tensor};
 
-use super::{groups_for, linear, Linear, WG};
+use super::{groups_for, linear, Linear};
 
 const PLAIN: &str = include_str!("../../shaders/matvec3.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/matvec3_subgroup.wgsl");
@@ -27,18 +27,7 @@ struct Params {
 
 /// The fused decode kernel this device runs, and its outputs per workgroup.
 pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
-    match gpu.subgroup_max() {
-        Some(sg) => {
-            let rpw = (WG / sg).max(1);
-            (
-                KernelSpec::new("matvec3_subgroup", SUBGROUP)
-                    .with("WG", WG)
-                    .with("RPW", rpw),
-                rpw,
-            )
-        }
-        None => (KernelSpec::new("matvec3", PLAIN).with("WG", WG), WG),
-    }
+    super::decode_spec(gpu, ("matvec3", PLAIN), ("matvec3_subgroup", SUBGROUP))
 }
 
 /// Records `y_i[m, :] = x[m, :] W_i^T (+ b_i)` for the three `(W_i, y_i)` and `m < rows`.

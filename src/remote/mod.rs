@@ -21,21 +21,3 @@ pub const PROTOCOL: &str = "1";
 pub fn is_adapter_tensor(name: &str) -> bool {
     name.starts_with("shadow_injection_model.") || name.starts_with("shadow_update_model.")
 }
-
-/// The same for a Hugging Face peft SHADOW adapter: the modules peft adds to decoder blocks
-/// (`base_model.model.model.layers.{i}.shadow_{down,up,update_transform,update_gate}.*`).
-pub fn is_peft_adapter_tensor(name: &str) -> bool {
-    name.strip_prefix("base_model.model.model.layers.")
-        .and_then(|r| r.split_once('.'))
-        .is_some_and(|(i, rest)| {
-            i.parse::<usize>().is_ok()
-                && [
-                    "shadow_down.",
-                    "shadow_up.",
-                    "shadow_update_transform.",
-                    "shadow_update_gate.",
-                ]
-                .iter()
-                .any(|m| rest.starts_with(m))
-        })
-}

@@ -21,13 +21,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
-use crate::model::adapter::Adapter;
+use crate::model::adapter::{peft_tensors, Adapter};
 use crate::model::base::{BaseModel, BaseState};
 use crate::model::config::{PeftAdapterSpec, ShadowConfig};
 use crate::model::weights::Weights;
 
 use super::frame::{self, Frame};
-use super::{is_adapter_tensor, is_peft_adapter_tensor, PROTOCOL};
+use super::{is_adapter_tensor, PROTOCOL};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -263,21 +263,19 @@ fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
     let mut w = Weights::default();
     w.add_file("adapter upload".into(), Arc::new(body.to_vec()))?;
     let c = app.base.cfg();
-    let format = f.meta_opt("format").unwrap_or("shadow-peft");
-    let expected: fn(&str) -> bool = match format {
-        "shadow-peft" => is_adapter_tensor,
-        "peft" => is_peft_adapter_tensor,
-        o => {
-            return Err(ApiError(
+    let unexpected =
+        |expected: &dyn Fn(&str) -> bool, format: &str| match w.names().find(|n| !expected(n)) {
+            Some(n) => Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                format!("adapter format `{o}`: expected shadow-peft or peft"),
-            ))
-        }
-    };
-    if let Some(n) = w.names().find(|n| !expected(n)) {
+                format!("unexpected tensor `{n}` in the {format} adapter upload"),
+            )),
+            None => Ok(()),
+        };
+    let format = f.meta_opt("format").unwrap_or("shadow-peft");
+    if !matches!(format, "shadow-peft" | "peft") {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("unexpected tensor `{n}` in the {format} adapter upload"),
+            format!("adapter format `{format}`: expected shadow-peft or peft"),
         ));
     }
     if format == "peft" {
@@ -300,8 +298,15 @@ fn load_adapter(app: &App, body: &[u8]) -> ApiResult<Adapter> {
             update_hidden: num("update_hidden_size")?,
             blocks,
         };
+        spec.check_layers(c.layers)?;
+        let names: std::collections::HashSet<String> = peft_tensors(&spec, c.hidden)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        unexpected(&|n| names.contains(n), format)?;
         return Ok(Adapter::load_peft(&app.gpu, &w, &spec, c.layers, c.hidden)?);
     }
+    unexpected(&is_adapter_tensor, format)?;
     let sc = ShadowConfig {
         num_shadow_layers: 1,
         injection_hidden_size: num("injection_hidden_size")?,
