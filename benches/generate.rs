@@ -1,5 +1,5 @@
 //! Prefill and decode throughput (tokens/s) of the bundled tiny model, attached and detached,
-//! on whatever adapter wgpu finds (lavapipe on machines without a GPU).
+//! with f32, f16, int8 and int4 weights, on whatever adapter wgpu finds (lavapipe on machines without a GPU).
 //!
 //! `cargo bench --bench generate`. Criterion reports time per iteration and, through
 //! `Throughput::Elements`, tokens per second.
@@ -7,23 +7,30 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shadowpeft::{DirSource, Gpu, GpuOptions, LoadOptions, Mode, Readout, ShadowModel};
+use shadowpeft::{
+    DirSource, Gpu, GpuOptions, LoadOptions, Mode, Readout, ShadowModel, WeightFormat,
+};
 
 const PROMPT: usize = 32;
 const DECODE: usize = 16;
 
-fn models(gpu: &Gpu) -> Vec<(&'static str, ShadowModel)> {
+/// The tiny model detached and attached, with each weight format.
+fn models(gpu: &Gpu) -> Vec<(String, ShadowModel)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
     let dir = |d: &str| DirSource::open(root.join(d)).unwrap();
-    let opts = LoadOptions { max_seq: 256 };
     let none: Option<&DirSource> = None;
-    vec![
-        (
-            "detached",
+    let mut out = Vec::new();
+    for weights in WeightFormat::ALL {
+        let opts = LoadOptions {
+            max_seq: 256,
+            weights,
+        };
+        out.push((
+            format!("detached_{weights}"),
             pollster::block_on(ShadowModel::load_export(gpu, &dir("export"), &opts)).unwrap(),
-        ),
-        (
-            "attached",
+        ));
+        out.push((
+            format!("attached_{weights}"),
             pollster::block_on(ShadowModel::load_adapter(
                 gpu,
                 &dir("base"),
@@ -33,8 +40,9 @@ fn models(gpu: &Gpu) -> Vec<(&'static str, ShadowModel)> {
                 &opts,
             ))
             .unwrap(),
-        ),
-    ]
+        ));
+    }
+    out
 }
 
 fn bench(c: &mut Criterion) {

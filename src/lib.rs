@@ -25,7 +25,7 @@ pub mod web;
 
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions, Generation, Sampler, StopReason, TokenStream};
-pub use gpu::{Gpu, GpuOptions, Subgroups};
+pub use gpu::{Gpu, GpuOptions, Subgroups, WeightFormat};
 #[cfg(not(target_arch = "wasm32"))]
 pub use model::source::DirSource;
 pub use model::source::{MemSource, Source};

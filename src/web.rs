@@ -16,7 +16,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::generate::{GenerateOptions, TokenStream};
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{Gpu, GpuOptions, WeightFormat};
 use crate::model::source::{MemSource, Source};
 use crate::model::stream::SafetensorsStream;
 use crate::model::{LoadOptions, Session, ShadowModel};
@@ -77,14 +77,21 @@ impl Engine {
         self.gpu.destroy();
     }
 
-    /// An empty model directory bound to this device, called `name` in error messages.
-    pub fn files(&self, name: String) -> Files {
-        Files {
+    /// An empty model directory bound to this device, called `name` in error messages, whose
+    /// projections, embeddings and heads are stored as `weights` (`f32`, the default, `f16`,
+    /// `q8` or `q4`).
+    pub fn files(&self, name: String, weights: Option<String>) -> Result<Files, JsValue> {
+        let format = match weights {
+            Some(w) => w.parse().map_err(js_err)?,
+            None => WeightFormat::F32,
+        };
+        Ok(Files {
             gpu: self.gpu.clone(),
             src: MemSource::new(name),
             streams: std::collections::HashMap::new(),
             raw: false,
-        }
+            format,
+        })
     }
 
     /// An empty adapter directory (kept as bytes: its tensors are uploaded to a backbone
@@ -92,8 +99,11 @@ impl Engine {
     #[wasm_bindgen(js_name = adapterFiles)]
     pub fn adapter_files(&self, name: String) -> Files {
         Files {
+            gpu: self.gpu.clone(),
+            src: MemSource::new(name),
+            streams: std::collections::HashMap::new(),
             raw: true,
-            ..self.files(name)
+            format: WeightFormat::F32,
         }
     }
 
@@ -109,6 +119,7 @@ impl Engine {
             let src = files.src;
             let opts = LoadOptions {
                 max_seq: max_seq.map_or(LoadOptions::default().max_seq, |m| m as usize),
+                weights: files.format,
             };
             let model = ShadowModel::load_export(&gpu, &src, &opts)
                 .await
@@ -143,6 +154,8 @@ pub struct Files {
     streams: std::collections::HashMap<String, SafetensorsStream>,
     /// Keep weight files as bytes instead of streaming them to the GPU.
     raw: bool,
+    /// Storage of the projections, embeddings and heads streamed to the GPU.
+    format: WeightFormat,
 }
 
 fn is_weights(file: &str) -> bool {
@@ -168,7 +181,7 @@ impl Files {
         let stream = self
             .streams
             .entry(file.to_string())
-            .or_insert_with(|| SafetensorsStream::new(location));
+            .or_insert_with(|| SafetensorsStream::new(location).with_format(self.format));
         stream.push(&self.gpu, chunk).map_err(js_err)
     }
 
@@ -249,7 +262,7 @@ impl Model {
 
 #[wasm_bindgen]
 impl Model {
-    /// `{ vocabSize, eosIds, maxSeq, hasTokenizer, hasChatTemplate }`.
+    /// `{ vocabSize, eosIds, maxSeq, weights, hasTokenizer, hasChatTemplate }`.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -257,6 +270,7 @@ impl Model {
             vocab_size: usize,
             eos_ids: Vec<u32>,
             max_seq: usize,
+            weights: &'static str,
             has_tokenizer: bool,
             has_chat_template: bool,
         }
@@ -265,6 +279,7 @@ impl Model {
                 vocab_size: i.model.vocab_size(),
                 eos_ids: i.model.eos_ids().to_vec(),
                 max_seq: i.model.max_seq(),
+                weights: i.model.weight_format().name(),
                 has_tokenizer: i.tokenizer.is_some(),
                 has_chat_template: i.tokenizer.as_ref().is_some_and(|t| t.has_chat_template()),
             })

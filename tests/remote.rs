@@ -24,9 +24,14 @@ fn start(fixture_name: &str, cfg: ServerConfig) -> String {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let gpu = Arc::new(Gpu::new(Default::default()).await.unwrap());
-            let base = load_base(&gpu, &DirSource::open(&base_dir).unwrap(), 256)
-                .await
-                .unwrap();
+            let base = load_base(
+                &gpu,
+                &DirSource::open(&base_dir).unwrap(),
+                256,
+                Default::default(),
+            )
+            .await
+            .unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             serve(listener, gpu, Arc::new(base), cfg).await.unwrap();

@@ -68,6 +68,10 @@ mod cli {
         /// Longest sequence per session (KV cache length).
         #[arg(long, default_value_t = 2048)]
         max_seq: usize,
+        /// Storage of the base's projections, embeddings and head: f32, f16, or q8 / q4
+        /// (int8 / int4 in blocks of 32 with f32 scales).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8", "q4"])]
+        weights: String,
         /// Largest request body in MiB (adapter uploads included).
         #[arg(long, default_value_t = 256)]
         max_body_mib: usize,
@@ -118,6 +122,11 @@ mod cli {
         /// Longest sequence (prompt + new tokens) to allocate KV caches for.
         #[arg(long, default_value_t = 2048)]
         max_seq: usize,
+        /// Storage of the decoder projections, embeddings and heads: f32, f16, or q8 / q4
+        /// (int8 / int4 in blocks of 32 with f32 scales). Adapter networks, norms and
+        /// matrices whose rows are not whole blocks of 32 stay f32.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8", "q4"])]
+        weights: String,
         /// Cap one storage binding at this many bytes (bigger tensors are split).
         #[arg(long, hide = true)]
         max_binding: Option<u64>,
@@ -238,7 +247,10 @@ mod cli {
             ..Default::default()
         })
         .await?;
-        let opts = LoadOptions { max_seq: a.max_seq };
+        let opts = LoadOptions {
+            max_seq: a.max_seq,
+            weights: a.weights.parse()?,
+        };
         let (model, text_dir) = match (&a.model, &a.base, &a.adapter) {
             (Some(dir), _, Some(adapter)) => {
                 let Some(url) = &a.backbone else {
@@ -316,9 +328,13 @@ mod cli {
     async fn run_serve(a: ServeArgs) -> Result<()> {
         use std::sync::Arc;
         let gpu = Arc::new(Gpu::new(GpuOptions::default()).await?);
-        let base =
-            shadowpeft::remote::server::load_base(&gpu, &DirSource::open(&a.base)?, a.max_seq)
-                .await?;
+        let base = shadowpeft::remote::server::load_base(
+            &gpu,
+            &DirSource::open(&a.base)?,
+            a.max_seq,
+            a.weights.parse()?,
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .with_context(|| format!("--listen {}", a.listen))?;

@@ -5,7 +5,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
-use super::Gpu;
+use super::{Gpu, WeightFormat};
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -35,12 +35,13 @@ impl Tensor {
     }
 }
 
-/// A row-major f32 matrix `[rows, cols]`, stored as consecutive row chunks that each fit one
-/// storage binding.
+/// A row-major matrix `[rows, cols]` in one [`WeightFormat`], stored as consecutive row
+/// chunks that each fit one storage binding (each chunk laid out as the format describes).
 #[derive(Debug, Clone)]
 pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
+    pub format: WeightFormat,
     /// `(chunk, first_row, row_count)`.
     pub(crate) chunks: Vec<(Tensor, usize, usize)>,
 }
@@ -100,7 +101,8 @@ impl Gpu {
             .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
     }
 
-    /// Uploads a `[rows, cols]` matrix, split into row chunks no larger than [`Gpu::max_binding`].
+    /// Uploads a `[rows, cols]` f32 matrix, split into row chunks no larger than
+    /// [`Gpu::max_binding`].
     pub fn upload_matrix(
         &self,
         label: &str,
@@ -108,17 +110,37 @@ impl Gpu {
         rows: usize,
         cols: usize,
     ) -> Result<Matrix> {
+        self.upload_matrix_as(label, data, rows, cols, WeightFormat::F32)
+    }
+
+    /// Uploads a `[rows, cols]` matrix encoded in `format` (which needs `cols` to be a
+    /// multiple of [`super::quant::BLOCK`] unless f32), split into row chunks no larger than
+    /// [`Gpu::max_binding`].
+    pub fn upload_matrix_as(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Matrix> {
         if data.len() != rows * cols {
             return Err(Error::InvalidRequest(format!(
                 "{label}: {} values for a [{rows}, {cols}] matrix",
                 data.len()
             )));
         }
-        let row_bytes = (cols.max(1) * 4) as u64;
+        if format != WeightFormat::F32 && !cols.is_multiple_of(super::quant::BLOCK) {
+            return Err(Error::InvalidRequest(format!(
+                "{label}: {format} storage needs rows of a multiple of {} values, found {cols}",
+                super::quant::BLOCK
+            )));
+        }
+        let row_bytes = (format.row_words(cols.max(1)).max(1) * 4) as u64;
         let per_chunk = (self.max_binding() / row_bytes) as usize;
         if per_chunk == 0 {
             return Err(Error::NoGpu(format!(
-                "{label}: one row of {cols} f32 values exceeds the device's storage binding limit of {} bytes",
+                "{label}: one row of {cols} {format} values exceeds the device's storage binding limit of {} bytes",
                 self.max_binding()
             )));
         }
@@ -127,13 +149,22 @@ impl Gpu {
         loop {
             let n = per_chunk.min(rows - r0);
             let part = &data[r0 * cols..(r0 + n) * cols];
-            chunks.push((self.upload_f32(label, part), r0, n));
+            let t = match format {
+                WeightFormat::F32 => self.upload_f32(label, part),
+                _ => self.upload_u32(label, &format.encode(part, n, cols)),
+            };
+            chunks.push((t, r0, n));
             r0 += n;
             if r0 >= rows {
                 break;
             }
         }
-        Ok(Matrix { rows, cols, chunks })
+        Ok(Matrix {
+            rows,
+            cols,
+            format,
+            chunks,
+        })
     }
 
     /// Copies `n` f32 values starting at element `offset` of `t` back to the host.

@@ -4,9 +4,11 @@
 mod buffers;
 mod context;
 mod pipelines;
+pub mod quant;
 mod step;
 
 pub use buffers::{Matrix, Tensor};
 pub use context::{Gpu, GpuOptions, Subgroups};
 pub use pipelines::{Kernel, KernelSpec};
+pub use quant::WeightFormat;
 pub use step::Step;

@@ -1,8 +1,9 @@
-//! Compute pipelines, compiled once and cached by kernel name + injected constants.
+//! Compute pipelines, compiled once and cached by kernel name + injected constants + prelude.
 //!
 //! A kernel is a real `.wgsl` file from `shaders/`; its compile-time constants (workgroup size,
 //! head dimension, ...) are prepended as `const NAME: u32 = V;` lines by [`KernelSpec`], never
-//! spliced into the shader text.
+//! spliced into the shader text, and so is its prelude file (a weight format's decoder) when
+//! it has one.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ pub struct KernelSpec {
     name: &'static str,
     source: &'static str,
     consts: Vec<(&'static str, u32)>,
+    prelude: Option<(&'static str, &'static str)>,
 }
 
 impl KernelSpec {
@@ -24,6 +26,7 @@ impl KernelSpec {
             name,
             source,
             consts: Vec::new(),
+            prelude: None,
         }
     }
 
@@ -33,8 +36,18 @@ impl KernelSpec {
         self
     }
 
+    /// Prepends another WGSL file (`name`, `source`) that defines what this kernel leaves
+    /// open, such as the weight-format decoder of the quantised-weight kernels.
+    pub fn prelude(mut self, name: &'static str, source: &'static str) -> Self {
+        self.prelude = Some((name, source));
+        self
+    }
+
     fn key(&self) -> String {
         let mut k = self.name.to_string();
+        if let Some((n, _)) = self.prelude {
+            k.push_str(&format!("<{n}"));
+        }
         for (n, v) in &self.consts {
             k.push_str(&format!(":{n}={v}"));
         }
@@ -45,6 +58,10 @@ impl KernelSpec {
         let mut s = String::new();
         for (n, v) in &self.consts {
             s.push_str(&format!("const {n}: u32 = {v}u;\n"));
+        }
+        if let Some((_, src)) = self.prelude {
+            s.push_str(src);
+            s.push('\n');
         }
         s.push_str(self.source);
         s

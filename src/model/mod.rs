@@ -20,7 +20,7 @@ pub mod stream;
 pub mod weights;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Matrix, Step, Tensor};
+use crate::gpu::{Gpu, Matrix, Step, Tensor, WeightFormat};
 use crate::ops::{self, Act, Linear};
 
 use crate::remote::client::{Connect, LocalAdapter, Protocol, RemoteBase, RemoteState};
@@ -60,11 +60,17 @@ pub struct LoadOptions {
     /// Longest sequence (prompt + generated) a session can hold; capped by the config's
     /// `max_position_embeddings`.
     pub max_seq: usize,
+    /// Storage of the decoder projections, embeddings and heads (matrices whose rows are not
+    /// whole blocks of 32, and everything else, stay f32).
+    pub weights: WeightFormat,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_seq: 2048 }
+        LoadOptions {
+            max_seq: 2048,
+            weights: WeightFormat::F32,
+        }
     }
 }
 
@@ -155,6 +161,8 @@ pub struct ShadowModel {
     vocab: usize,
     hidden: usize,
     eos: Vec<u32>,
+    /// Storage requested at load time (also used for heads loaded by `attach_remote`).
+    weights: WeightFormat,
 }
 
 /// Where a forward's final normed base rows are.
@@ -361,13 +369,15 @@ impl BaseWeights {
             gpu,
             &[base_cfg.head_dim, shadow_cfg.head_dim],
             (mode == Mode::Attached).then_some(act),
+            opts.weights,
         );
         let max_seq = opts
             .max_seq
             .min(base_cfg.max_positions)
             .min(shadow_cfg.max_positions)
             .max(1);
-        let bw = Weights::load_hf(base_src).await?;
+        let mut bw = Weights::load_hf(base_src).await?;
+        bw.set_format(opts.weights);
         let embed = load_matrix(gpu, &bw, "model.embed_tokens.weight", v, d)?;
         let head = head_or_tied(gpu, &bw, "lm_head", &embed, base_cfg.tie_embeddings, v, d)?;
         Ok(BaseWeights {
@@ -503,6 +513,7 @@ impl ShadowModel {
             ));
         }
         let mut aw = Weights::default();
+        aw.set_format(opts.weights);
         aw.add_from(
             adapter_src,
             "shadow_adapter.safetensors",
@@ -510,6 +521,7 @@ impl ShadowModel {
         )
         .await?;
         let mut mw = Weights::default();
+        mw.set_format(opts.weights);
         mw.add_optional(adapter_src, "shadow_modules.safetensors")
             .await?;
 
@@ -519,7 +531,9 @@ impl ShadowModel {
             Some(s) => {
                 let (cfg, _) = explicit_shadow_config(s).await?;
                 if !aw.has("shadow_hidden_projection.weight") && cfg.hidden != base_cfg.hidden {
-                    shadow_dir_weights = Some(Weights::load_hf(s).await?);
+                    let mut sw = Weights::load_hf(s).await?;
+                    sw.set_format(opts.weights);
+                    shadow_dir_weights = Some(sw);
                 }
                 cfg
             }
@@ -603,6 +617,7 @@ impl ShadowModel {
             vocab: v,
             hidden: d,
             eos: eos_ids(base_src, &base_cfg.eos).await?,
+            weights: opts.weights,
         })
     }
 
@@ -627,6 +642,7 @@ impl ShadowModel {
             base_cfg.layers,
         )?;
         let mut aw = Weights::default();
+        aw.set_format(opts.weights);
         aw.add_from(adapter_src, PEFT_WEIGHTS, "peft adapter weights")
             .await?;
         let (d, v) = (base_cfg.hidden, base_cfg.vocab);
@@ -652,7 +668,9 @@ impl ShadowModel {
             let needs_dir = !aw.has(&format!("{PEFT_SHADOW}embed_tokens.weight"))
                 || (cfg.hidden != d && !aw.has(PEFT_PROJECTION));
             if needs_dir {
-                dir_weights = Some(Weights::load_hf(s).await?);
+                let mut sw = Weights::load_hf(s).await?;
+                sw.set_format(opts.weights);
+                dir_weights = Some(sw);
             }
             (cfg, if projected { "shadow_model." } else { "model." })
         };
@@ -731,6 +749,7 @@ impl ShadowModel {
             vocab: v,
             hidden: d,
             eos: eos_ids(base_src, &base_cfg.eos).await?,
+            weights: opts.weights,
         })
     }
 
@@ -747,8 +766,9 @@ impl ShadowModel {
                 (ArchConfig::from_hf(&loc, &v)?, "model.", None)
             };
         // Compile while the weights are read.
-        ops::precompile(gpu, &[cfg.head_dim], None);
-        let w = Weights::load_hf(src).await?;
+        ops::precompile(gpu, &[cfg.head_dim], None, opts.weights);
+        let mut w = Weights::load_hf(src).await?;
+        w.set_format(opts.weights);
         // Hugging Face peft's `unload_shadow()` (`DetachedShadowModel`): the backbone under
         // `backbone.`, an optional `shadow_hidden_projection`, and `head`.
         let peft_detached = proj_cfg.is_none()
@@ -844,6 +864,7 @@ impl ShadowModel {
             vocab,
             hidden,
             eos: eos_ids(src, &cfg.eos).await?,
+            weights: opts.weights,
         })
     }
 
@@ -899,6 +920,7 @@ impl ShadowModel {
         };
         let bytes = source::read_required(adapter_src, wname, "adapter weights").await?;
         let mut w = Weights::default();
+        w.set_format(model.weights);
         w.add_file(adapter_src.location(wname), bytes.clone())?;
 
         let mut client = RemoteBase::connect(remote).await?;
@@ -930,6 +952,7 @@ impl ShadowModel {
                 }
                 // Trained heads in shadow_modules.safetensors replace the exported (base) head.
                 let mut mw = Weights::default();
+                mw.set_format(model.weights);
                 mw.add_optional(adapter_src, "shadow_modules.safetensors")
                     .await?;
                 let wanted = |m: &str| {
@@ -1020,6 +1043,11 @@ impl ShadowModel {
     /// Attached or detached.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The weight storage requested at load time.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
     }
 
     /// Vocabulary size of the logits.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use safetensors::tensor::{Dtype, TensorInfo, TensorView};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Matrix};
+use crate::gpu::{Gpu, Matrix, WeightFormat};
 
 use super::weights::widen;
 
@@ -37,6 +37,7 @@ pub struct SafetensorsStream {
     next: usize,
     uploaded: Vec<(String, (Vec<usize>, Matrix))>,
     host: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    format: WeightFormat,
 }
 
 impl SafetensorsStream {
@@ -52,7 +53,15 @@ impl SafetensorsStream {
             next: 0,
             uploaded: Vec::new(),
             host: Vec::new(),
+            format: WeightFormat::F32,
         }
+    }
+
+    /// Uploads the projections, embeddings and heads in `format`
+    /// ([`WeightFormat::storage_for`]).
+    pub fn with_format(mut self, format: WeightFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
@@ -138,7 +147,11 @@ impl SafetensorsStream {
                     [r, c] => (*r, *c),
                     _ => unreachable!("rank checked above"),
                 };
-                let m = gpu.upload_matrix(name, &values, rows, cols)?;
+                let format = match shape.len() {
+                    2 => self.format.storage_for(name, cols),
+                    _ => WeightFormat::F32,
+                };
+                let m = gpu.upload_matrix_as(name, &values, rows, cols, format)?;
                 self.uploaded.push((name.clone(), (shape, m)));
             } else {
                 self.host

@@ -10,7 +10,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Matrix, Tensor};
+use crate::gpu::{Gpu, Matrix, Tensor, WeightFormat};
 
 use super::source::{read_json_opt, read_required, Source};
 use super::stream::UploadedFile;
@@ -36,6 +36,9 @@ pub struct Weights {
     files: Vec<File>,
     index: HashMap<String, usize>,
     uploaded: HashMap<String, Uploaded>,
+    /// The storage requested for the projections, embeddings and heads
+    /// ([`WeightFormat::storage_for`]); everything else is f32.
+    format: WeightFormat,
 }
 
 impl std::fmt::Debug for Weights {
@@ -235,11 +238,22 @@ impl Weights {
         })
     }
 
-    /// Tensor `name` `[rows, cols]` on the device (row-chunked when large).
+    /// Requests `format` for the projections, embeddings and heads uploaded from now on.
+    pub fn set_format(&mut self, format: WeightFormat) {
+        self.format = format;
+    }
+
+    /// Tensor `name` `[rows, cols]` on the device (row-chunked when large), in the storage
+    /// [`WeightFormat::storage_for`] gives it (a streamed tensor keeps the storage it was
+    /// uploaded in).
     pub fn matrix(&self, gpu: &Gpu, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         match self.check_uploaded(name, &[rows, cols]) {
             Some(u) => Ok(u?.matrix.clone()),
-            None => gpu.upload_matrix(name, &self.get(name, &[rows, cols])?, rows, cols),
+            None => {
+                let format = self.format.storage_for(name, cols);
+                let data = self.get(name, &[rows, cols])?;
+                gpu.upload_matrix_as(name, &data, rows, cols, format)
+            }
         }
     }
 

@@ -5,11 +5,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{KernelSpec, Matrix, Step, Tensor};
+use crate::gpu::{KernelSpec, Matrix, Step, Tensor, WeightFormat};
 
 use super::{groups_for, WG};
 
 const SRC: &str = include_str!("../../shaders/embedding.wgsl");
+const QSRC: &str = include_str!("../../shaders/qembedding.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -25,9 +26,17 @@ pub(crate) fn spec() -> KernelSpec {
     KernelSpec::new("embedding", SRC).with("WG", WG)
 }
 
+/// The gather kernel of f16 and quantised tables (decoding a block of 32 per invocation).
+pub(crate) fn qspec(format: WeightFormat) -> Option<KernelSpec> {
+    super::with_format(KernelSpec::new("qembedding", QSRC).with("WG", WG), format)
+}
+
 /// Records the gather of `m` rows.
 pub fn embedding(step: &mut Step, ids: &Tensor, table: &Matrix, y: &Tensor, m: usize) {
-    let k = step.gpu().kernel(&spec());
+    let (k, per_item) = match qspec(table.format) {
+        Some(s) => (step.gpu().kernel(&s), crate::gpu::quant::BLOCK),
+        None => (step.gpu().kernel(&spec()), 1),
+    };
     for (chunk, row0, rows) in &table.chunks {
         let p = Params {
             m: m as u32,
@@ -35,7 +44,8 @@ pub fn embedding(step: &mut Step, ids: &Tensor, table: &Matrix, y: &Tensor, m: u
             row0: *row0 as u32,
             rows: *rows as u32,
         };
-        step.dispatch_linear(&k, &p, &[ids, chunk, y], groups_for(m * table.cols, WG));
+        let groups = groups_for(m * table.cols / per_item, WG);
+        step.dispatch_linear(&k, &p, &[ids, chunk, y], groups);
     }
 }
 
@@ -78,5 +88,33 @@ mod tests {
         s.submit().unwrap();
         let got = pollster::block_on(g.read_f32(&yt, 0, ids.len() * d)).unwrap();
         assert_eq!(got, cpu_embedding(&ids, &table, d));
+    }
+
+    /// f16 and quantised tables decode exactly what the host decoder gives, across chunks.
+    #[test]
+    fn embedding_decodes_every_weight_format() {
+        if gpu().is_none() {
+            return;
+        }
+        let g = pollster::block_on(Gpu::new(GpuOptions {
+            max_storage_binding: Some(4096),
+            ..Default::default()
+        }))
+        .unwrap();
+        let (v, d) = (300, 64);
+        let table = rand_vec(5, v * d, 1.0);
+        let ids = [0u32, 299, 73, 73, 150, 1, 64];
+        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+            let mat = g.upload_matrix_as("table", &table, v, d, format).unwrap();
+            assert!(mat.chunks.len() > 1, "{format}");
+            let it = g.upload_u32("ids", &ids);
+            let yt = g.zeros("y", ids.len() * d);
+            let mut s = Step::new(&g);
+            embedding(&mut s, &it, &mat, &yt, ids.len());
+            s.submit().unwrap();
+            let got = pollster::block_on(g.read_f32(&yt, 0, ids.len() * d)).unwrap();
+            let stored = format.decode(&format.encode(&table, v, d), v, d);
+            assert_eq!(got, cpu_embedding(&ids, &stored, d), "{format}");
+        }
     }
 }

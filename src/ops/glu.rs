@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{KernelSpec, Step, Tensor};
+use crate::gpu::{KernelSpec, Step, Tensor, WeightFormat};
 
 use super::{groups_for, linear, silu_mul, Linear};
 
@@ -50,7 +50,9 @@ pub fn glu(
         && gate.b.is_none()
         && up.b.is_none()
         && gate.w.chunks.len() == 1
-        && up.w.chunks.len() == 1;
+        && up.w.chunks.len() == 1
+        && gate.w.format == WeightFormat::F32
+        && up.w.format == WeightFormat::F32;
     if !fused {
         linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
         linear(step, x, 0, rows, up, gu, inter, 2 * inter);

@@ -1,8 +1,10 @@
 //! Linear layer `y = x W^T + b` (torch `nn.Linear` layout: `W` is `[out, in]`).
 //!
-//! Prefill (M > 2) uses the tiled `matmul` kernel; decode (M <= 2, K % 4 == 0) uses the
-//! `matvec` kernel. Weights larger than one storage binding are row chunks of a [`Matrix`];
-//! each chunk writes its own column range of `y`.
+//! f32 weights: prefill (M > 2) uses the tiled `matmul` kernel (`matmul_cpu` on CPU devices);
+//! decode (M <= 2, K % 4 == 0) uses the `matvec` kernel; widths that are not multiples of 4
+//! use the scalar `matvec_any` for decode (and for prefill on CPU devices). f16 and block-quantised weights use
+//! `qlinear` for both (their K is a multiple of 32). Weights larger than one storage binding
+//! are row chunks of a [`Matrix`]; each chunk writes its own column range of `y`.
 //!
 //! # Shapes
 //! x `[M, K]` from element `x_off`; W `[N, K]`; b `[N]`; y `[M, ldy]` from element `y_off`,
@@ -10,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{KernelSpec, Matrix, Step, Tensor};
+use crate::gpu::{KernelSpec, Matrix, Step, Tensor, WeightFormat};
 
 use super::{groups_for, WG};
 
@@ -18,6 +20,18 @@ const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl");
 const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
+const QLINEAR: &str = include_str!("../../shaders/qlinear.wgsl");
+const MATVEC_ANY: &str = include_str!("../../shaders/matvec_any.wgsl");
+
+/// The scalar kernel for widths the vec4 kernels cannot take.
+pub(crate) fn matvec_any_spec() -> KernelSpec {
+    KernelSpec::new("matvec_any", MATVEC_ANY).with("WG", WG)
+}
+
+/// The linear kernel of f16 and quantised weights.
+pub(crate) fn qlinear_spec(format: WeightFormat) -> Option<KernelSpec> {
+    super::with_format(KernelSpec::new("qlinear", QLINEAR).with("WG", WG), format)
+}
 
 /// The prefill kernel of CPU devices (no workgroup memory or barriers).
 pub(crate) fn matmul_cpu_spec() -> KernelSpec {
@@ -117,37 +131,55 @@ fn record(
     add: Option<f32>,
 ) {
     let k = lin.w.cols;
+    let params = |n: usize, row0: usize| Params {
+        m: rows as u32,
+        n: n as u32,
+        k: k as u32,
+        x_off: x_off as u32,
+        y_off: y_off as u32,
+        ldy: ldy as u32,
+        col0: row0 as u32,
+        has_bias: lin.b.is_some() as u32,
+        accumulate: add.is_some() as u32,
+        scale: add.unwrap_or(1.0),
+        _p: [0; 2],
+    };
+    if let Some(spec) = qlinear_spec(lin.w.format) {
+        // x_off is a whole number of rows of K (a multiple of 32) values.
+        debug_assert!(x_off.is_multiple_of(4));
+        let kernel = step.gpu().kernel(&spec);
+        for (chunk, row0, n) in &lin.w.chunks {
+            let bias = lin.b.as_ref().unwrap_or(chunk);
+            let groups = groups_for(n * rows.div_ceil(4), WG);
+            step.dispatch_linear(&kernel, &params(*n, *row0), &[x, chunk, bias, y], groups);
+        }
+        return;
+    }
     let vec_ok = k.is_multiple_of(4) && x_off.is_multiple_of(4);
     let small = rows <= 2 && vec_ok;
     let gpu = step.gpu();
     // CPU devices: the barrier-free prefill kernel (when the rows are vec4-aligned).
     let direct = !small && vec_ok && gpu.is_cpu();
+    // Unaligned widths: scalar loads for decode, and for prefill where barriers are costly.
+    let any = !vec_ok && (rows <= 2 || gpu.is_cpu());
     let (mv, per_group) = matvec_for(gpu);
     let kernel = gpu.kernel(&if small {
         mv
     } else if direct {
         matmul_cpu_spec()
+    } else if any {
+        matvec_any_spec()
     } else {
         matmul_spec()
     });
     for (chunk, row0, n) in &lin.w.chunks {
-        let p = Params {
-            m: rows as u32,
-            n: *n as u32,
-            k: k as u32,
-            x_off: x_off as u32,
-            y_off: y_off as u32,
-            ldy: ldy as u32,
-            col0: *row0 as u32,
-            has_bias: lin.b.is_some() as u32,
-            accumulate: add.is_some() as u32,
-            scale: add.unwrap_or(1.0),
-            _p: [0; 2],
-        };
+        let p = params(*n, *row0);
         let bias = lin.b.as_ref().unwrap_or(chunk);
         let bufs = [x, chunk, bias, y];
         if small {
             step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, per_group));
+        } else if any {
+            step.dispatch_linear(&kernel, &p, &bufs, groups_for(*n, WG));
         } else if direct {
             let blocks = n.div_ceil(4) * rows.div_ceil(4);
             step.dispatch_linear(&kernel, &p, &bufs, groups_for(blocks, WG));
@@ -191,13 +223,28 @@ mod tests {
     use crate::ops::testing::{assert_close, gpu, rand_vec};
 
     fn run(gpu: &Gpu, m: usize, n: usize, k: usize, bias: bool, x_off: usize) {
+        run_as(gpu, m, n, k, bias, x_off, WeightFormat::F32);
+    }
+
+    /// Checks against the CPU reference on the weights as `format` stores them (the
+    /// storage error itself is the format's own test).
+    fn run_as(
+        gpu: &Gpu,
+        m: usize,
+        n: usize,
+        k: usize,
+        bias: bool,
+        x_off: usize,
+        format: WeightFormat,
+    ) {
         let x = rand_vec(1 + m as u64, x_off + m * k, 1.0);
         let w = rand_vec(2 + n as u64, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
         let lin = Linear {
-            w: gpu.upload_matrix("w", &w, n, k).unwrap(),
+            w: gpu.upload_matrix_as("w", &w, n, k, format).unwrap(),
             b: bias.then(|| gpu.upload_f32("b", &b)),
         };
+        let w = format.decode(&format.encode(&w, n, k), n, k);
         let xt = gpu.upload_f32("x", &x);
         let yt = gpu.zeros("y", m * n + 3);
         let mut step = Step::new(gpu);
@@ -206,7 +253,7 @@ mod tests {
         let got = pollster::block_on(gpu.read_f32(&yt, 3, m * n)).unwrap();
         let want = cpu_linear(&x[x_off..], &w, bias.then_some(&b[..]), m, n, k);
         assert_close(
-            &format!("linear m={m} n={n} k={k}"),
+            &format!("linear {format} m={m} n={n} k={k}"),
             &got,
             &want,
             1e-4,
@@ -224,7 +271,7 @@ mod tests {
             want_add[3 + i] += -0.7 * v;
         }
         assert_close(
-            &format!("linear_add m={m} n={n} k={k}"),
+            &format!("linear_add {format} m={m} n={n} k={k}"),
             &got,
             &want_add,
             1e-4,
@@ -277,6 +324,49 @@ mod tests {
         }
         run(gpu, 1, 50, 16, true, 32);
         run(gpu, 5, 50, 16, true, 32);
+    }
+
+    #[test]
+    fn linear_matches_cpu_for_every_weight_format() {
+        let Some(gpu) = gpu() else { return };
+        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+            for &(m, n, k) in &[
+                (1, 1, 32),
+                (1, 7, 64),
+                (2, 130, 96),
+                (5, 65, 32),
+                (70, 129, 128),
+            ] {
+                run_as(gpu, m, n, k, false, 0, format);
+                run_as(gpu, m, n, k, true, 0, format);
+            }
+            run_as(gpu, 1, 50, 64, true, 64, format);
+            run_as(gpu, 6, 50, 64, true, 128, format);
+        }
+    }
+
+    #[test]
+    fn quantised_matrices_split_into_chunks_of_whole_rows() {
+        if gpu().is_none() {
+            return;
+        }
+        let small = pollster::block_on(Gpu::new(GpuOptions {
+            max_storage_binding: Some(4096),
+            ..Default::default()
+        }))
+        .unwrap();
+        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+            let mat = small
+                .upload_matrix_as("w", &rand_vec(9, 300 * 64, 1.0), 300, 64, format)
+                .unwrap();
+            assert!(mat.chunks.len() > 1, "{format}: expected a split matrix");
+            run_as(&small, 1, 300, 64, true, 0, format);
+            run_as(&small, 9, 300, 64, true, 0, format);
+        }
+        let err = small
+            .upload_matrix_as("w", &[0.0; 48], 1, 48, WeightFormat::Q8)
+            .unwrap_err();
+        assert!(err.to_string().contains("multiple of 32"), "{err}");
     }
 
     #[test]

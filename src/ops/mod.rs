@@ -38,10 +38,17 @@ pub use sub::{cpu_sub, sub};
 
 /// Compiles every kernel a model with these attention head dimensions uses, so that (in the
 /// browser) compilation overlaps the weight upload instead of delaying the first token.
-/// `adapter` is the activation of the shadow update networks when the adapter runs here.
-pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Act>) {
+/// `adapter` is the activation of the shadow update networks when the adapter runs here;
+/// `weights` the storage of the projections, embeddings and heads.
+pub fn precompile(
+    gpu: &crate::gpu::Gpu,
+    head_dims: &[usize],
+    adapter: Option<Act>,
+    weights: crate::gpu::WeightFormat,
+) {
     let mut specs = vec![
         linear::matvec_for(gpu).0,
+        linear::matvec_any_spec(),
         if gpu.is_cpu() {
             linear::matmul_cpu_spec()
         } else {
@@ -56,6 +63,8 @@ pub fn precompile(gpu: &crate::gpu::Gpu, head_dims: &[usize], adapter: Option<Ac
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
+    specs.extend(linear::qlinear_spec(weights));
+    specs.extend(embedding::qspec(weights));
     if let Some(act) = adapter {
         specs.extend([activation::spec(act), sub::spec(), shadow_update::spec()]);
         if act == Act::Silu {
@@ -89,6 +98,22 @@ pub(crate) fn decode_spec(
             WG,
         ),
     }
+}
+
+/// `spec` with the decoder of weight `format` prepended, or `None` for f32 (which the plain
+/// kernels read directly).
+pub(crate) fn with_format(
+    spec: crate::gpu::KernelSpec,
+    format: crate::gpu::WeightFormat,
+) -> Option<crate::gpu::KernelSpec> {
+    use crate::gpu::WeightFormat;
+    let prelude = match format {
+        WeightFormat::F32 => return None,
+        WeightFormat::F16 => ("format_f16", include_str!("../../shaders/format_f16.wgsl")),
+        WeightFormat::Q8 => ("format_q8", include_str!("../../shaders/format_q8.wgsl")),
+        WeightFormat::Q4 => ("format_q4", include_str!("../../shaders/format_q4.wgsl")),
+    };
+    Some(spec.prelude(prelude.0, prelude.1))
 }
 
 /// Default workgroup size of the element-wise and row kernels.

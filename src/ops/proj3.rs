@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{KernelSpec, Step, Tensor};
+use crate::gpu::{KernelSpec, Step, Tensor, WeightFormat};
 
 use super::{groups_for, linear, Linear};
 
@@ -35,9 +35,12 @@ pub fn proj3(step: &mut Step, x: &Tensor, rows: usize, outs: [(&Linear, &Tensor)
     let k = outs[0].0.w.cols;
     let fused = rows <= 2
         && k.is_multiple_of(4)
-        && outs
-            .iter()
-            .all(|(l, _)| l.b.is_none() && l.w.chunks.len() == 1 && l.w.cols == k);
+        && outs.iter().all(|(l, _)| {
+            l.b.is_none()
+                && l.w.chunks.len() == 1
+                && l.w.cols == k
+                && l.w.format == WeightFormat::F32
+        });
     if !fused {
         for (lin, y) in outs {
             linear(step, x, 0, rows, lin, y, 0, lin.w.rows);

@@ -699,15 +699,18 @@ pub async fn serve(
     })
 }
 
-/// Loads the frozen base a server holds (`config.json` + weights of a Hugging Face model dir).
+/// Loads the frozen base a server holds (`config.json` + weights of a Hugging Face model dir),
+/// its projections, embeddings and head stored as `weights`.
 pub async fn load_base<S: crate::model::source::Source>(
     gpu: &Gpu,
     src: &S,
     max_seq: usize,
+    weights: crate::gpu::WeightFormat,
 ) -> Result<BaseModel> {
     let v = crate::model::source::read_json(src, "config.json", "base model config").await?;
     let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
-    let w = Weights::load_hf(src).await?;
-    crate::ops::precompile(gpu, &[cfg.head_dim], Some(crate::ops::Act::Silu));
+    let mut w = Weights::load_hf(src).await?;
+    w.set_format(weights);
+    crate::ops::precompile(gpu, &[cfg.head_dim], Some(crate::ops::Act::Silu), weights);
     BaseModel::load(gpu, &w, &cfg, max_seq.min(cfg.max_positions).max(1), None)
 }

@@ -25,10 +25,10 @@ export class Core {
 
   /**
    * @param {string|FileList|File[]|Map<string, Blob>} source
-   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, maxSeq?: number, maxBinding?: number, wasmUrl?: string }} opts
+   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, maxSeq?: number, weights?: 'f32'|'f16'|'q8'|'q4', maxBinding?: number, wasmUrl?: string }} opts
    */
   static async load(source, opts = {}) {
-    const { onProgress = () => {}, signal, cache = true, maxSeq, maxBinding, wasmUrl } = opts;
+    const { onProgress = () => {}, signal, cache = true, maxSeq, weights, maxBinding, wasmUrl } = opts;
     const t0 = now();
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw new ShadowError('no-webgpu', 'WebGPU is not available here (navigator.gpu is missing): use a browser with WebGPU enabled, over https or localhost');
@@ -42,7 +42,13 @@ export class Core {
       throw engineError(e);
     }
     const src = openSource(source, { cache, signal });
-    const files = engine.files(src.name());
+    let files;
+    try {
+      files = engine.files(src.name(), weights);
+    } catch (e) {
+      engine.free();
+      throw engineError(e);
+    }
     let model;
     try {
       // 1. Open every file (headers only) so progress has a total from the start.

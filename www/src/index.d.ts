@@ -51,6 +51,10 @@ export interface LoadOptions {
   worker?: boolean;
   /** Longest prompt + generation, in tokens (default 2048, capped by the model's config). */
   maxSeq?: number;
+  /** Storage of the projections, embeddings and heads: 'f32' (default), 'f16', or 'q8' / 'q4'
+   * (int8 / int4 in blocks of 32 with f32 scales, decoded in the kernels; f32 accumulation).
+   * Norms, biases and matrices whose rows are not whole blocks of 32 stay f32. */
+  weights?: WeightFormat;
   /** Cap one GPU storage binding at this many bytes (larger tensors are split); for testing. */
   maxBinding?: number;
   /** URL of shadowpeft_bg.wasm when the bundler does not place it next to the module. */
@@ -147,10 +151,14 @@ export interface Generation extends AsyncIterableIterator<Token> {
   readonly done: Promise<GenerationResult>;
 }
 
+export type WeightFormat = 'f32' | 'f16' | 'q8' | 'q4';
+
 export interface ModelInfo {
   vocabSize: number;
   eosIds: number[];
   maxSeq: number;
+  /** The weight storage the model was loaded with. */
+  weights: WeightFormat;
   hasTokenizer: boolean;
   hasChatTemplate: boolean;
   engine: { adapter: string; backend: string; shaderF16: boolean; maxBinding: number };

@@ -122,7 +122,7 @@ export class ShadowModel {
     }
   }
 
-  /** `{ vocabSize, eosIds, maxSeq, hasTokenizer, hasChatTemplate, engine, bytes, fromCache, loadMs }` */
+  /** `{ vocabSize, eosIds, maxSeq, weights, hasTokenizer, hasChatTemplate, engine, bytes, fromCache, loadMs }` */
   get info() {
     return this._meta;
   }

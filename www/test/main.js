@@ -5,10 +5,10 @@ import { ShadowModel, ShadowError, clearCache, CACHE_NAME } from 'shadowpeft-web
 window.sp = { ShadowModel, ShadowError, clearCache, CACHE_NAME };
 
 /** Loads `url`, generates greedily from `ids`, returns what the test compares. */
-window.greedy = async (url, ids, n, { worker = true, maxBinding, ignoreEos = true } = {}) => {
+window.greedy = async (url, ids, n, { worker = true, maxBinding, weights, ignoreEos = true } = {}) => {
   const events = [];
   const t0 = performance.now();
-  const model = await ShadowModel.load(url, { worker, maxBinding, onProgress: (p) => events.push(p) });
+  const model = await ShadowModel.load(url, { worker, maxBinding, weights, onProgress: (p) => events.push(p) });
   const tLoaded = performance.now();
   const it = model.generate(ids, { maxNewTokens: n, ignoreEos });
   const tokens = [];

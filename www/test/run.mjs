@@ -41,9 +41,9 @@ function same(a, b, msg) {
   assert(JSON.stringify(a) === JSON.stringify(b), `${msg}: got ${JSON.stringify(a)}, want ${JSON.stringify(b)}`);
 }
 
-function nativeTokens(dir, ids, n) {
+function nativeTokens(dir, ids, n, extra = []) {
   if (!nativeBin) return null;
-  const r = spawnSync(nativeBin, ['generate', '--model', path.join(repo, dir, 'export'), '--tokens', ids.join(','), '--max-new-tokens', String(n), '--ignore-eos', '--json'], {
+  const r = spawnSync(nativeBin, ['generate', '--model', path.join(repo, dir, 'export'), '--tokens', ids.join(','), '--max-new-tokens', String(n), '--ignore-eos', '--json', ...extra], {
     encoding: 'utf8',
     env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
   });
@@ -108,6 +108,21 @@ async function main() {
     await test('main-thread mode and split tensors give the same tokens', async () => {
       const r = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12, { worker: false, maxBinding: 64 * 1024 }), [tinyUrl, tiny.input_ids]);
       same(r.tokens, tiny.greedy_export, 'main thread, 64 KiB bindings');
+    });
+
+    await test('f16, int8 and int4 weights (weights option) give the native engine\'s tokens', async () => {
+      const out = [];
+      for (const weights of ['f16', 'q8', 'q4']) {
+        const r = await page.evaluate(([u, ids, w]) => window.greedy(u, ids, 12, { weights: w }), [tinyUrl, tiny.input_ids, weights]);
+        same(r.info.weights, weights, 'info.weights');
+        const nat = nativeTokens('models/tiny', tiny.input_ids, 12, ['--weights', weights]);
+        if (nat) same(r.tokens, nat, `${weights}: browser vs native`);
+        if (weights === 'f16') same(r.tokens, tiny.greedy_export, 'f16 vs the f32 golden');
+        out.push(`${weights} ${r.result.decodeTokS.toFixed(1)} tok/s`);
+      }
+      const bad = await page.evaluate((u) => window.expectError(() => window.sp.ShadowModel.load(u, { weights: 'int3', cache: false })), tinyUrl);
+      assert(bad && /unknown format `int3`/.test(bad.message), `bad weights option: ${JSON.stringify(bad)}`);
+      return out.join(', ');
     });
 
     await test('progress events count every byte, in order', async () => {
