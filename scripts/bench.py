@@ -6,7 +6,8 @@ For each model size it makes (once, cached outside the repository) a random base
 shadow-peft adapter and its detached export, then measures in one run on this machine:
 
 * ``ours attached`` / ``ours detached``: ``shadowpeft generate --json`` (native wgpu: a real GPU
-  when present, else lavapipe), base + adapter, attached and detached;
+  when present, else lavapipe), base + adapter, attached and detached, with f32 weights and
+  with each other format of ``--weights`` (rows ``ours attached q4`` and so on);
 * ``official attached``: shadow-peft's ``ShadowForCausalLM.generate`` with its KV caches
   (``use_cache=True``) on CPU torch;
 * ``official shadow_only``: the same model in ``shadow_only`` inference mode (what the official
@@ -19,7 +20,7 @@ prefill and first-token costs cancel). Also: prefill tok/s (32-token prompt), ti
 token, and peak resident memory of the process (on lavapipe the "GPU" memory is host memory
 and counts too). Ratios compare with the official reference measured in the same run.
 
-    scripts/bench [--sizes tiny,medium,0.6b] [--runs 2] [--out target/bench]
+    scripts/bench [--sizes tiny,medium,0.6b] [--weights f32,q8,q4] [--runs 2] [--out target/bench]
 
 This is a measurement, not a test: nothing here asserts.
 """
@@ -142,7 +143,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dic
     return json.loads(line), ru.ru_maxrss * 1024
 
 
-def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int) -> dict[str, Any]:
+def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int,
+         weights: str = "f32") -> dict[str, Any]:
     env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
     times: dict[int, list[float]] = {SHORT: [], LONG: []}
     best: dict[str, Any] = {"peak_rss": 0, "ttft": float("inf"), "prefill": 0.0}
@@ -152,7 +154,7 @@ def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int) -> dict[st
                                    "--adapter", str(d / "adapter"), "--mode", mode,
                                    "--tokens", ",".join(map(str, ids)),
                                    "--max-new-tokens", str(n), "--ignore-eos", "--json",
-                                   "--max-seq", "512"], env)
+                                   "--max-seq", "512", "--weights", weights], env)
             assert len(v["tokens"]) == n, v
             times[n].append(v["generate_s"])
             best["peak_rss"] = max(best["peak_rss"], rss)
@@ -226,15 +228,20 @@ def report(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
     lines = [f"Machine: {machine}", "",
              "| size | engine | decode tok/s | vs reference | prefill tok/s | first token | peak RSS |",
              "|---|---|---|---|---|---|---|"]
-    refs = {"ours attached": "official attached", "ours detached": "official shadow_only",
-            "transformers": "official shadow_only"}
+    def ref_of(name: str) -> str:
+        if name.startswith("ours attached"):
+            return "official attached"
+        if name.startswith("ours detached") or name == "transformers":
+            return "official shadow_only"
+        return ""
+
     for size, rows in results.items():
         for name, r in rows.items():
             if "error" in r:
                 lines.append(f"| {size} | {name} | failed: {r['error'][:80]} | | | | |")
                 continue
-            ref = rows.get(refs.get(name, ""))
-            ratio = (f"{r['decode'] / ref['decode']:.2f}x {refs[name]}"
+            ref = rows.get(ref_of(name))
+            ratio = (f"{r['decode'] / ref['decode']:.2f}x {ref_of(name)}"
                      if ref and "decode" in ref else "(reference)")
             lines.append(f"| {size} | {name} | {r['decode']:.1f} | {ratio} | {r['prefill']:.0f} | "
                          f"{r['ttft'] * 1000:.0f} ms | {fmt_mem(r['peak_rss'])} |")
@@ -249,6 +256,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="tiny,medium")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--weights", default="f32,q8,q4",
+                    help="weight formats of our engine's rows (f32, f16, q8, q4)")
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "shadowpeft"))
     ap.add_argument("--only", default="", help="comma-separated engines to run (default all)")
@@ -270,9 +279,12 @@ def main() -> None:
         vocab = json.loads((d / "base" / "config.json").read_text())["vocab_size"]
         ids = prompt(vocab)
         rows: dict[str, dict[str, Any]] = {}
-        plan = [
-            ("ours attached", lambda: ours(Path(a.binary), d, "attached", ids, a.runs)),
-            ("ours detached", lambda: ours(Path(a.binary), d, "detached", ids, a.runs)),
+        plan = []
+        for mode in ("attached", "detached"):
+            for w in a.weights.split(","):
+                name = f"ours {mode}" + ("" if w == "f32" else f" {w}")
+                plan.append((name, lambda m=mode, w=w: ours(Path(a.binary), d, m, ids, a.runs, w)))
+        plan += [
             ("official attached", lambda: python_ref("official-attached", d, ids, a.runs)),
             ("official shadow_only", lambda: python_ref("official-shadow", d, ids, a.runs)),
             ("transformers", lambda: python_ref("transformers", d, ids, a.runs)),

@@ -1,6 +1,6 @@
 // qembedding: y[m, :] = table[ids[m] - row0, :] for the ids in this row chunk
 // [row0, row0 + rows) of an embedding table stored in a blocked format (the format file
-// prepended to this one defines V, SCALED and unpack_block). Each invocation decodes one
+// prepended to this one defines V, XPW, SCALED and word_values). Each invocation decodes one
 // block of 32 values.
 // Bindings: 0 Params, 1 ids [M] u32, 2 table: [rows, dim/32, V] vec4<u32> block data, then
 //           [rows, dim/32] f32 scales (int formats only), 3 y [M, dim].
@@ -37,17 +37,15 @@ fn qembedding(
         return;
     }
     let r = id - p.row0;
-    var d: array<vec4<u32>, V>;
-    for (var t = 0u; t < V; t++) {
-        d[t] = table[(r * nb + b) * V + t];
-    }
-    let q = unpack_block(d);
     var s = 1.0;
     if (SCALED) {
         let si = p.rows * nb * V * 4u + r * nb + b;
         s = bitcast<f32>(table[si / 4u][si % 4u]);
     }
-    for (var j = 0u; j < 8u; j++) {
-        y[idx * 8u + j] = q[j] * s;
+    for (var t = 0u; t < V; t++) {
+        let u = table[(r * nb + b) * V + t];
+        for (var j = 0u; j < XPW; j++) {
+            y[idx * 8u + t * XPW + j] = word_values(u, j) * s;
+        }
     }
 }

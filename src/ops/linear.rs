@@ -28,9 +28,23 @@ pub(crate) fn matvec_any_spec() -> KernelSpec {
     KernelSpec::new("matvec_any", MATVEC_ANY).with("WG", WG)
 }
 
-/// The linear kernel of f16 and quantised weights.
-pub(crate) fn qlinear_spec(format: WeightFormat) -> Option<KernelSpec> {
-    super::with_format(KernelSpec::new("qlinear", QLINEAR).with("WG", WG), format)
+/// The linear kernel of f16 and quantised weights, computing `cols` (1 or 4) output columns
+/// per invocation.
+pub(crate) fn qlinear_spec(format: WeightFormat, cols: u32) -> Option<KernelSpec> {
+    let spec = KernelSpec::new("qlinear", QLINEAR)
+        .with("WG", WG)
+        .with("COLS", cols);
+    super::with_format(spec, format)
+}
+
+/// Columns per invocation of `qlinear` for `n` outputs of `rows` rows: 4 (each block of x
+/// serves 4 weight rows) while that still gives at least 8 workgroups, else 1.
+fn qlinear_cols(n: usize, rows: usize) -> u32 {
+    if n.div_ceil(4) * rows >= 8 * WG as usize {
+        4
+    } else {
+        1
+    }
 }
 
 /// The prefill kernel of CPU devices (no workgroup memory or barriers).
@@ -144,14 +158,17 @@ fn record(
         scale: add.unwrap_or(1.0),
         _p: [0; 2],
     };
-    if let Some(spec) = qlinear_spec(lin.w.format) {
+    if lin.w.format != WeightFormat::F32 {
         // x_off is a whole number of rows of K (a multiple of 32) values.
         debug_assert!(x_off.is_multiple_of(4));
-        let kernel = step.gpu().kernel(&spec);
         for (chunk, row0, n) in &lin.w.chunks {
-            let bias = lin.b.as_ref().unwrap_or(chunk);
-            let groups = groups_for(n * rows.div_ceil(4), WG);
-            step.dispatch_linear(&kernel, &params(*n, *row0), &[x, chunk, bias, y], groups);
+            let cols = qlinear_cols(*n, rows);
+            if let Some(spec) = qlinear_spec(lin.w.format, cols) {
+                let kernel = step.gpu().kernel(&spec);
+                let bias = lin.b.as_ref().unwrap_or(chunk);
+                let groups = groups_for(n.div_ceil(cols as usize) * rows, WG);
+                step.dispatch_linear(&kernel, &params(*n, *row0), &[x, chunk, bias, y], groups);
+            }
         }
         return;
     }
@@ -342,6 +359,9 @@ mod tests {
             }
             run_as(gpu, 1, 50, 64, true, 64, format);
             run_as(gpu, 6, 50, 64, true, 128, format);
+            // Wide enough for 4 columns per invocation, with a partial last group.
+            run_as(gpu, 1, 2050, 64, true, 0, format);
+            run_as(gpu, 7, 302, 32, false, 0, format);
         }
     }
 

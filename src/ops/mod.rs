@@ -63,7 +63,8 @@ pub fn precompile(
         argmax::spec(),
     ];
     specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
-    specs.extend(linear::qlinear_spec(weights));
+    specs.extend(linear::qlinear_spec(weights, 1));
+    specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));
     if let Some(act) = adapter {
         specs.extend([activation::spec(act), sub::spec(), shadow_update::spec()]);
