@@ -1,6 +1,7 @@
 //! The gated MLP input of SwiGLU decoders: `y = silu(x Wg^T) * (x Wu^T)`. For decode (at most
-//! two rows, unsplit weights without biases) one fused matrix-vector dispatch; otherwise the
-//! two projections into a `[m, 2I]` scratch and [`super::silu_mul`].
+//! two rows, unsplit weights of one format without biases) one fused matrix-vector dispatch
+//! (`matvec_glu`, or `qmatvec_glu` for f16 and quantised weights); otherwise the two
+//! projections into a `[m, 2I]` scratch and [`super::silu_mul`].
 //!
 //! # Shapes
 //! x `[M, K]`; Wg, Wu `[I, K]`; gu scratch `[M, 2I]`; y `[M, I]`.
@@ -9,10 +10,19 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{KernelSpec, Step, Tensor, WeightFormat};
 
-use super::{groups_for, linear, silu_mul, Linear};
+use super::{groups_for, linear, silu_mul, Linear, WG};
 
 const PLAIN: &str = include_str!("../../shaders/matvec_glu.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/matvec_glu_subgroup.wgsl");
+const BLOCKED: &str = include_str!("../../shaders/qmatvec_glu.wgsl");
+
+/// The fused decode kernel of f16 and quantised weights (one output per invocation).
+pub(crate) fn qspec(format: WeightFormat) -> Option<KernelSpec> {
+    super::with_format(
+        KernelSpec::new("qmatvec_glu", BLOCKED).with("WG", WG),
+        format,
+    )
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -51,9 +61,22 @@ pub fn glu(
         && up.b.is_none()
         && gate.w.chunks.len() == 1
         && up.w.chunks.len() == 1
-        && gate.w.format == WeightFormat::F32
-        && up.w.format == WeightFormat::F32;
-    if !fused {
+        && gate.w.format == up.w.format;
+    let p = Params {
+        m: rows as u32,
+        n: inter as u32,
+        k: k as u32,
+        _p: 0,
+    };
+    if fused && gate.w.format != WeightFormat::F32 {
+        if let Some(s) = qspec(gate.w.format) {
+            let kernel = step.gpu().kernel(&s);
+            let bufs = [x, &gate.w.chunks[0].0, &up.w.chunks[0].0, y];
+            step.dispatch_linear(&kernel, &p, &bufs, groups_for(inter, WG));
+            return;
+        }
+    }
+    if !fused || gate.w.format != WeightFormat::F32 {
         linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
         linear(step, x, 0, rows, up, gu, inter, 2 * inter);
         silu_mul(step, gu, y, rows, inter);
@@ -62,12 +85,6 @@ pub fn glu(
     let gpu = step.gpu();
     let (s, per_group) = spec(gpu);
     let kernel = gpu.kernel(&s);
-    let p = Params {
-        m: rows as u32,
-        n: inter as u32,
-        k: k as u32,
-        _p: 0,
-    };
     step.dispatch_linear(
         &kernel,
         &p,
@@ -84,11 +101,16 @@ mod tests {
     use crate::ops::{cpu_linear, cpu_silu_mul};
 
     fn check(g: &Gpu, rows: usize, inter: usize, k: usize) {
+        check_as(g, rows, inter, k, WeightFormat::F32);
+    }
+
+    fn check_as(g: &Gpu, rows: usize, inter: usize, k: usize, format: WeightFormat) {
         let x = rand_vec(1, rows * k, 1.0);
+        let stored = |w: Vec<f32>| format.decode(&format.encode(&w, inter, k), inter, k);
         let wg = rand_vec(2, inter * k, 1.0);
         let wu = rand_vec(3, inter * k, 1.0);
         let lin = |w: &[f32]| Linear {
-            w: g.upload_matrix("w", w, inter, k).unwrap(),
+            w: g.upload_matrix_as("w", w, inter, k, format).unwrap(),
             b: None,
         };
         let (gate, up) = (lin(&wg), lin(&wu));
@@ -99,6 +121,7 @@ mod tests {
         glu(&mut step, &xt, rows, &gate, &up, &gu, &y, inter);
         step.submit().unwrap();
         let got = pollster::block_on(g.read_f32(&y, 0, rows * inter)).unwrap();
+        let (wg, wu) = (stored(wg), stored(wu));
         let a = cpu_linear(&x, &wg, None, rows, inter, k);
         let b = cpu_linear(&x, &wu, None, rows, inter, k);
         let mut cat = Vec::new();
@@ -108,7 +131,7 @@ mod tests {
         }
         let want = cpu_silu_mul(&cat, inter);
         assert_close(
-            &format!("glu rows={rows} inter={inter} k={k}"),
+            &format!("glu {format} rows={rows} inter={inter} k={k}"),
             &got,
             &want,
             1e-4,
@@ -131,6 +154,17 @@ mod tests {
             for &(rows, inter, k) in &[(1, 1, 4), (1, 130, 64), (2, 67, 36), (5, 40, 16), (1, 9, 6)]
             {
                 check(&g, rows, inter, k);
+            }
+        }
+    }
+
+    /// The blocked-format kernel (decode) and the unfused path (prefill).
+    #[test]
+    fn glu_matches_cpu_for_every_weight_format() {
+        let Some(g) = gpu() else { return };
+        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+            for &(rows, inter, k) in &[(1, 1, 32), (1, 130, 64), (2, 67, 96), (5, 40, 32)] {
+                check_as(g, rows, inter, k, format);
             }
         }
     }

@@ -66,6 +66,8 @@ pub fn precompile(
     specs.extend(linear::qlinear_spec(weights, 1));
     specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));
+    specs.extend(glu::qspec(weights));
+    specs.extend(proj3::qspec(weights));
     if let Some(act) = adapter {
         specs.extend([activation::spec(act), sub::spec(), shadow_update::spec()]);
         if act == Act::Silu {

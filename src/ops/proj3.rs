@@ -1,5 +1,6 @@
 //! Three projections of the same rows (attention's q, k and v): for decode (at most two rows,
-//! unsplit weights without biases) one fused matrix-vector dispatch, otherwise three
+//! unsplit weights of one format without biases) one fused matrix-vector dispatch
+//! (`matvec3`, or `qmatvec3` for f16 and quantised weights), otherwise three
 //! [`super::linear`] calls.
 //!
 //! # Shapes
@@ -9,10 +10,16 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{KernelSpec, Step, Tensor, WeightFormat};
 
-use super::{groups_for, linear, Linear};
+use super::{groups_for, linear, Linear, WG};
 
 const PLAIN: &str = include_str!("../../shaders/matvec3.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/matvec3_subgroup.wgsl");
+const BLOCKED: &str = include_str!("../../shaders/qmatvec3.wgsl");
+
+/// The fused decode kernel of f16 and quantised weights (one output per invocation).
+pub(crate) fn qspec(format: WeightFormat) -> Option<KernelSpec> {
+    super::with_format(KernelSpec::new("qmatvec3", BLOCKED).with("WG", WG), format)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -39,16 +46,23 @@ pub fn proj3(step: &mut Step, x: &Tensor, rows: usize, outs: [(&Linear, &Tensor)
             l.b.is_none()
                 && l.w.chunks.len() == 1
                 && l.w.cols == k
-                && l.w.format == WeightFormat::F32
+                && l.w.format == outs[0].0.w.format
         });
-    if !fused {
+    let blocked = match outs[0].0.w.format {
+        WeightFormat::F32 => None,
+        f => qspec(f),
+    };
+    if !fused || (outs[0].0.w.format != WeightFormat::F32 && blocked.is_none()) {
         for (lin, y) in outs {
             linear(step, x, 0, rows, lin, y, 0, lin.w.rows);
         }
         return;
     }
     let gpu = step.gpu();
-    let (s, per_group) = spec(gpu);
+    let (s, per_group) = match blocked {
+        Some(s) => (s, WG),
+        None => spec(gpu),
+    };
     let kernel = gpu.kernel(&s);
     let [(a, ya), (b, yb), (c, yc)] = outs;
     let p = Params {
@@ -83,6 +97,45 @@ mod tests {
     use crate::ops::cpu_linear;
     use crate::ops::testing::{assert_close, gpu, rand_vec};
 
+    fn check(g: &Gpu, rows: usize, k: usize, bias: bool, format: WeightFormat) {
+        let x = rand_vec(1, rows * k, 1.0);
+        let ns = [48, 16, 20];
+        let ws: Vec<Vec<f32>> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| rand_vec(2 + i as u64, n * k, 1.0))
+            .collect();
+        let bs: Vec<Vec<f32>> = ns.iter().map(|&n| rand_vec(9, n, 1.0)).collect();
+        let lins: Vec<Linear> = (0..3)
+            .map(|i| Linear {
+                w: g.upload_matrix_as("w", &ws[i], ns[i], k, format).unwrap(),
+                b: bias.then(|| g.upload_f32("b", &bs[i])),
+            })
+            .collect();
+        let ys: Vec<Tensor> = ns.iter().map(|&n| g.zeros("y", rows * n)).collect();
+        let xt = g.upload_f32("x", &x);
+        let mut step = Step::new(g);
+        proj3(
+            &mut step,
+            &xt,
+            rows,
+            [(&lins[0], &ys[0]), (&lins[1], &ys[1]), (&lins[2], &ys[2])],
+        );
+        step.submit().unwrap();
+        for i in 0..3 {
+            let got = pollster::block_on(g.read_f32(&ys[i], 0, rows * ns[i])).unwrap();
+            let w = format.decode(&format.encode(&ws[i], ns[i], k), ns[i], k);
+            let want = cpu_linear(&x, &w, bias.then_some(&bs[i][..]), rows, ns[i], k);
+            assert_close(
+                &format!("proj3 {format} {i} rows={rows} k={k} bias={bias}"),
+                &got,
+                &want,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+
     /// Fused (decode) and unfused paths, with and without subgroups, with and without biases.
     #[test]
     fn proj3_matches_cpu() {
@@ -101,41 +154,23 @@ mod tests {
                 (1, 64, true),
                 (5, 16, false),
             ] {
-                let x = rand_vec(1, rows * k, 1.0);
-                let ns = [48, 16, 20];
-                let ws: Vec<Vec<f32>> = ns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| rand_vec(2 + i as u64, n * k, 1.0))
-                    .collect();
-                let bs: Vec<Vec<f32>> = ns.iter().map(|&n| rand_vec(9, n, 1.0)).collect();
-                let lins: Vec<Linear> = (0..3)
-                    .map(|i| Linear {
-                        w: g.upload_matrix("w", &ws[i], ns[i], k).unwrap(),
-                        b: bias.then(|| g.upload_f32("b", &bs[i])),
-                    })
-                    .collect();
-                let ys: Vec<Tensor> = ns.iter().map(|&n| g.zeros("y", rows * n)).collect();
-                let xt = g.upload_f32("x", &x);
-                let mut step = Step::new(&g);
-                proj3(
-                    &mut step,
-                    &xt,
-                    rows,
-                    [(&lins[0], &ys[0]), (&lins[1], &ys[1]), (&lins[2], &ys[2])],
-                );
-                step.submit().unwrap();
-                for i in 0..3 {
-                    let got = pollster::block_on(g.read_f32(&ys[i], 0, rows * ns[i])).unwrap();
-                    let want = cpu_linear(&x, &ws[i], bias.then_some(&bs[i][..]), rows, ns[i], k);
-                    assert_close(
-                        &format!("proj3 {i} rows={rows} k={k} bias={bias}"),
-                        &got,
-                        &want,
-                        1e-4,
-                        1e-4,
-                    );
-                }
+                check(&g, rows, k, bias, WeightFormat::F32);
+            }
+        }
+    }
+
+    /// The blocked-format kernel (decode) and the unfused paths (prefill, biases).
+    #[test]
+    fn proj3_matches_cpu_for_every_weight_format() {
+        let Some(g) = gpu() else { return };
+        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+            for &(rows, k, bias) in &[
+                (1, 64, false),
+                (2, 96, false),
+                (1, 32, true),
+                (5, 32, false),
+            ] {
+                check(g, rows, k, bias, format);
             }
         }
     }
