@@ -24,6 +24,7 @@ async function load(source) {
   try {
     model = await ShadowModel.load(source, {
       worker: $('worker').checked,
+      weights: $('weights').value,
       onProgress: (p) => {
         if (p.phase === 'download') {
           $('progress').max = p.overallTotal || 1;
@@ -34,7 +35,7 @@ async function load(source) {
       },
     });
     const i = model.info;
-    status(`ready: ${fmtBytes(i.bytes)} ${i.fromCache ? 'from cache' : 'downloaded'} in ${(i.loadMs / 1000).toFixed(1)} s on ${i.engine.adapter || i.engine.backend}${i.hasChatTemplate ? '' : ' (no chat template: plain completion)'}`);
+    status(`ready: ${fmtBytes(i.bytes)} ${i.fromCache ? 'from cache' : 'downloaded'} in ${(i.loadMs / 1000).toFixed(1)} s on ${i.engine.adapter || i.engine.backend}, ${i.weights} weights${i.hasChatTemplate ? '' : ' (no chat template: plain completion)'}`);
     setChat(true);
   } catch (e) {
     status(`${e.code || 'error'}: ${e.message}`, true);
