@@ -4,35 +4,9 @@
 // Dispatch: (ceil(N / TN), ceil(M / TM), 1) workgroups of (16, 16) invocations; each invocation
 //           accumulates a 4x4 block in f32. Injected constants: none (tile sizes are fixed).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    x_off: u32,
-    y_off: u32,
-    ldy: u32,
-    col0: u32,
-    has_bias: u32,
-    // 1: y += scale * result (a fused residual add); 0: y = result.
-    accumulate: u32,
-    scale: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Params, bias (binding 3), y (binding 4) and store(): linear_common.wgsl, prepended.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn store(i: u32, v: f32) {
-    if (p.accumulate != 0u) {
-        y[i] += p.scale * v;
-    } else {
-        y[i] = v;
-    }
-}
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;

@@ -5,35 +5,9 @@
 // Dispatch: linear over ceil(N / WG) workgroups (2-D when > 65535). Requires K % 4 == 0.
 // Injected constants: WG (workgroup size).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    x_off: u32,
-    y_off: u32,
-    ldy: u32,
-    col0: u32,
-    has_bias: u32,
-    // 1: y += scale * result (a fused residual add); 0: y = result.
-    accumulate: u32,
-    scale: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Params, bias (binding 3), y (binding 4) and store(): linear_common.wgsl, prepended.
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn store(i: u32, v: f32) {
-    if (p.accumulate != 0u) {
-        y[i] += p.scale * v;
-    } else {
-        y[i] = v;
-    }
-}
 
 @compute @workgroup_size(WG)
 fn matvec(

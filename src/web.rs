@@ -85,26 +85,14 @@ impl Engine {
             Some(w) => w.parse().map_err(js_err)?,
             None => WeightFormat::F32,
         };
-        Ok(Files {
-            gpu: self.gpu.clone(),
-            src: MemSource::new(name),
-            streams: std::collections::HashMap::new(),
-            raw: false,
-            format,
-        })
+        Ok(self.new_files(name, false, format))
     }
 
     /// An empty adapter directory (kept as bytes: its tensors are uploaded to a backbone
     /// server or loaded for the stepped protocol by `Model.attach`).
     #[wasm_bindgen(js_name = adapterFiles)]
     pub fn adapter_files(&self, name: String) -> Files {
-        Files {
-            gpu: self.gpu.clone(),
-            src: MemSource::new(name),
-            streams: std::collections::HashMap::new(),
-            raw: true,
-            format: WeightFormat::F32,
-        }
+        self.new_files(name, true, WeightFormat::F32)
     }
 
     /// Loads a detached model (a Hugging Face causal LM or a causal_lm_with_hidden_projection
@@ -143,6 +131,20 @@ impl Engine {
             }
             .into())
         })
+    }
+}
+
+impl Engine {
+    /// An empty file set bound to this device: weight files streamed to the GPU in `format`,
+    /// or (`raw`) kept as bytes.
+    fn new_files(&self, name: String, raw: bool, format: WeightFormat) -> Files {
+        Files {
+            gpu: self.gpu.clone(),
+            src: MemSource::new(name),
+            streams: std::collections::HashMap::new(),
+            raw,
+            format,
+        }
     }
 }
 

@@ -1,9 +1,9 @@
-//! Compute pipelines, compiled once and cached by kernel name + injected constants + prelude.
+//! Compute pipelines, compiled once and cached by kernel name + injected constants + preludes.
 //!
 //! A kernel is a real `.wgsl` file from `shaders/`; its compile-time constants (workgroup size,
 //! head dimension, ...) are prepended as `const NAME: u32 = V;` lines by [`KernelSpec`], never
-//! spliced into the shader text, and so is its prelude file (a weight format's decoder) when
-//! it has one.
+//! spliced into the shader text, and so are its prelude files (shared declarations, a weight
+//! format's decoder) when it has any.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ pub struct KernelSpec {
     name: &'static str,
     source: &'static str,
     consts: Vec<(&'static str, u32)>,
-    prelude: Option<(&'static str, &'static str)>,
+    preludes: Vec<(&'static str, &'static str)>,
 }
 
 impl KernelSpec {
@@ -26,7 +26,7 @@ impl KernelSpec {
             name,
             source,
             consts: Vec::new(),
-            prelude: None,
+            preludes: Vec::new(),
         }
     }
 
@@ -37,15 +37,16 @@ impl KernelSpec {
     }
 
     /// Prepends another WGSL file (`name`, `source`) that defines what this kernel leaves
-    /// open, such as the weight-format decoder of the quantised-weight kernels.
+    /// open: the declarations a kernel family shares, or the weight-format decoder of the
+    /// quantised-weight kernels. Preludes are rendered in the order they are added.
     pub fn prelude(mut self, name: &'static str, source: &'static str) -> Self {
-        self.prelude = Some((name, source));
+        self.preludes.push((name, source));
         self
     }
 
     fn key(&self) -> String {
         let mut k = self.name.to_string();
-        if let Some((n, _)) = self.prelude {
+        for (n, _) in &self.preludes {
             k.push_str(&format!("<{n}"));
         }
         for (n, v) in &self.consts {
@@ -59,7 +60,7 @@ impl KernelSpec {
         for (n, v) in &self.consts {
             s.push_str(&format!("const {n}: u32 = {v}u;\n"));
         }
-        if let Some((_, src)) = self.prelude {
+        for (_, src) in &self.preludes {
             s.push_str(src);
             s.push('\n');
         }

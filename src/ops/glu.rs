@@ -62,28 +62,24 @@ pub fn glu(
         && gate.w.chunks.len() == 1
         && up.w.chunks.len() == 1
         && gate.w.format == up.w.format;
+    if !fused {
+        linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
+        linear(step, x, 0, rows, up, gu, inter, 2 * inter);
+        silu_mul(step, gu, y, rows, inter);
+        return;
+    }
     let p = Params {
         m: rows as u32,
         n: inter as u32,
         k: k as u32,
         _p: 0,
     };
-    if fused && gate.w.format != WeightFormat::F32 {
-        if let Some(s) = qspec(gate.w.format) {
-            let kernel = step.gpu().kernel(&s);
-            let bufs = [x, &gate.w.chunks[0].0, &up.w.chunks[0].0, y];
-            step.dispatch_linear(&kernel, &p, &bufs, groups_for(inter, WG));
-            return;
-        }
-    }
-    if !fused || gate.w.format != WeightFormat::F32 {
-        linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
-        linear(step, x, 0, rows, up, gu, inter, 2 * inter);
-        silu_mul(step, gu, y, rows, inter);
-        return;
-    }
     let gpu = step.gpu();
-    let (s, per_group) = spec(gpu);
+    // f16 and quantised weights run the blocked kernel (None for f32).
+    let (s, per_group) = match qspec(gate.w.format) {
+        Some(s) => (s, WG),
+        None => spec(gpu),
+    };
     let kernel = gpu.kernel(&s);
     step.dispatch_linear(
         &kernel,

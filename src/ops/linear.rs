@@ -22,10 +22,16 @@ const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl")
 const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
 const QLINEAR: &str = include_str!("../../shaders/qlinear.wgsl");
 const MATVEC_ANY: &str = include_str!("../../shaders/matvec_any.wgsl");
+const COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
+
+/// `spec` with the declarations every linear kernel shares (Params, bias, y, store).
+fn linear_kernel(spec: KernelSpec) -> KernelSpec {
+    spec.prelude("linear_common", COMMON)
+}
 
 /// The scalar kernel for widths the vec4 kernels cannot take.
 pub(crate) fn matvec_any_spec() -> KernelSpec {
-    KernelSpec::new("matvec_any", MATVEC_ANY).with("WG", WG)
+    linear_kernel(KernelSpec::new("matvec_any", MATVEC_ANY).with("WG", WG))
 }
 
 /// The linear kernel of f16 and quantised weights, computing `cols` (1 or 4) output columns
@@ -34,7 +40,7 @@ pub(crate) fn qlinear_spec(format: WeightFormat, cols: u32) -> Option<KernelSpec
     let spec = KernelSpec::new("qlinear", QLINEAR)
         .with("WG", WG)
         .with("COLS", cols);
-    super::with_format(spec, format)
+    super::with_format(linear_kernel(spec), format)
 }
 
 /// Columns per invocation of `qlinear` for `n` outputs of `rows` rows: 4 (each block of x
@@ -49,7 +55,7 @@ fn qlinear_cols(n: usize, rows: usize) -> u32 {
 
 /// The prefill kernel of CPU devices (no workgroup memory or barriers).
 pub(crate) fn matmul_cpu_spec() -> KernelSpec {
-    KernelSpec::new("matmul_cpu", MATMUL_CPU).with("WG", WG)
+    linear_kernel(KernelSpec::new("matmul_cpu", MATMUL_CPU).with("WG", WG))
 }
 
 /// A linear layer on the device.
@@ -89,15 +95,16 @@ struct Params {
 
 /// The decode kernel this device runs, and its columns per workgroup.
 pub(crate) fn matvec_for(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
-    super::decode_spec(
+    let (spec, per_group) = super::decode_spec(
         gpu,
         ("matvec", MATVEC),
         ("matvec_subgroup", MATVEC_SUBGROUP),
-    )
+    );
+    (linear_kernel(spec), per_group)
 }
 
 pub(crate) fn matmul_spec() -> KernelSpec {
-    KernelSpec::new("matmul", MATMUL)
+    linear_kernel(KernelSpec::new("matmul", MATMUL))
 }
 
 /// Records `y[m, 0..N] = x[m, :] W^T + b` for `m < rows`.

@@ -48,11 +48,9 @@ pub fn proj3(step: &mut Step, x: &Tensor, rows: usize, outs: [(&Linear, &Tensor)
                 && l.w.cols == k
                 && l.w.format == outs[0].0.w.format
         });
-    let blocked = match outs[0].0.w.format {
-        WeightFormat::F32 => None,
-        f => qspec(f),
-    };
-    if !fused || (outs[0].0.w.format != WeightFormat::F32 && blocked.is_none()) {
+    // f16 and quantised weights run the blocked kernel (None for f32).
+    let blocked = qspec(outs[0].0.w.format);
+    if !fused {
         for (lin, y) in outs {
             linear(step, x, 0, rows, lin, y, 0, lin.w.rows);
         }
