@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
                         false,
                     ))
                     .unwrap()
-                    .argmax
+                    .token
                     .unwrap();
                     let t0 = Instant::now();
                     for _ in 0..DECODE {
@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
                             false,
                         ))
                         .unwrap()
-                        .argmax
+                        .token
                         .unwrap();
                     }
                     total += t0.elapsed();

@@ -1,6 +1,8 @@
 //! Sampling and the token loop: one batched prefill, then one token per step on the KV
-//! caches. Greedy decoding without a repetition penalty takes the argmax on the GPU and reads
-//! back 4 bytes per token; other settings read the last row of logits and sample on the host.
+//! caches. The token is chosen on the GPU (argmax, or the device sampler of
+//! [`crate::ops::sample`] with a draw from the seeded host generator) and 4 bytes are read back
+//! per step; only a confidence check for escalation, or a top-k beyond
+//! [`crate::ops::TOP_K_MAX`], reads the last row of logits and samples on the host.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -93,7 +95,7 @@ impl GenerateOptions {
         Ok(())
     }
 
-    fn greedy_on_gpu(&self) -> bool {
+    fn greedy(&self) -> bool {
         self.temperature == 0.0 && self.repetition_penalty == 1.0
     }
 }
@@ -147,58 +149,69 @@ pub fn top_prob(logits: &[f32]) -> f32 {
     (1.0 / sum) as f32
 }
 
-/// Host sampler over one row of logits.
-pub struct Sampler {
-    rng: ChaCha8Rng,
+/// The settings of one sampling decision and its uniform draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k filter.
+    pub top_k: usize,
+    /// 1 means no nucleus filter.
+    pub top_p: f32,
+    /// 1 means none.
+    pub repetition_penalty: f32,
+    /// Uniform in [0, 1); unused at temperature 0.
+    pub draw: f64,
 }
 
-impl Sampler {
-    /// A sampler seeded with `seed` (same seed, same choices).
-    pub fn new(seed: u64) -> Self {
-        Sampler {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-
-    /// Picks the next token: repetition penalty over `history`, then temperature, top-k, top-p
-    /// (the order of Hugging Face's logits processors), then a draw.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], o: &GenerateOptions) -> u32 {
-        if o.repetition_penalty != 1.0 {
+impl Sampling {
+    /// Picks a token from `logits` (the reference the device sampler follows): the repetition
+    /// penalty once for each distinct id of `history`, then temperature, top-k, top-p (the
+    /// order of Hugging Face's logits processors), then the draw.
+    pub fn pick(&self, logits: &mut [f32], history: &[u32]) -> u32 {
+        if self.repetition_penalty != 1.0 {
+            let mut seen = std::collections::HashSet::with_capacity(history.len());
             for &t in history {
+                if !seen.insert(t) {
+                    continue;
+                }
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l = if *l < 0.0 {
-                        *l * o.repetition_penalty
+                        *l * self.repetition_penalty
                     } else {
-                        *l / o.repetition_penalty
+                        *l / self.repetition_penalty
                     };
                 }
             }
         }
-        if o.temperature == 0.0 {
+        if self.temperature == 0.0 {
             return crate::ops::cpu_argmax(logits);
         }
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        idx.sort_by(|a, b| {
+        let order = |a: &u32, b: &u32| {
             logits[*b as usize]
                 .total_cmp(&logits[*a as usize])
                 .then(a.cmp(b))
-        });
-        if o.top_k > 0 {
-            idx.truncate(o.top_k.max(1));
+        };
+        if self.top_k > 0 && self.top_k < idx.len() {
+            idx.select_nth_unstable_by(self.top_k - 1, order);
+            idx.truncate(self.top_k);
         }
+        idx.sort_unstable_by(order);
         let mx = logits[idx[0] as usize] as f64;
+        let t = self.temperature as f64;
         let mut probs: Vec<f64> = idx
             .iter()
-            .map(|&i| ((logits[i as usize] as f64 - mx) / o.temperature as f64).exp())
+            .map(|&i| ((logits[i as usize] as f64 - mx) / t).exp())
             .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
-        if o.top_p < 1.0 {
+        if self.top_p < 1.0 {
             let mut cum = 0.0;
             let mut keep = probs.len();
             for (i, p) in probs.iter().enumerate() {
                 cum += p;
-                if cum >= o.top_p as f64 {
+                if cum >= self.top_p as f64 {
                     keep = i + 1;
                     break;
                 }
@@ -207,7 +220,7 @@ impl Sampler {
             idx.truncate(keep);
         }
         let total: f64 = probs.iter().sum();
-        let r = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let r = self.draw * total;
         let mut cum = 0.0;
         for (i, p) in probs.iter().enumerate() {
             cum += p;
@@ -216,6 +229,41 @@ impl Sampler {
             }
         }
         idx[probs.len() - 1]
+    }
+}
+
+/// Seeded draws for [`Sampling`] (same seed, same choices).
+pub struct Sampler {
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next decision's settings from `o`, with a fresh draw (none at temperature 0).
+    pub fn next(&mut self, o: &GenerateOptions) -> Sampling {
+        let draw = if o.temperature == 0.0 {
+            0.0
+        } else {
+            (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        };
+        Sampling {
+            temperature: o.temperature,
+            top_k: o.top_k,
+            top_p: o.top_p,
+            repetition_penalty: o.repetition_penalty,
+            draw,
+        }
+    }
+
+    /// Picks the next token from `logits` on the host (see [`Sampling::pick`]).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], o: &GenerateOptions) -> u32 {
+        self.next(o).pick(logits, history)
     }
 }
 
@@ -318,11 +366,7 @@ impl TokenStream {
             sess.defer_base(true);
         }
         let min_prob = esc.as_ref().and_then(|e| e.min_prob);
-        let readout = if self.opts.greedy_on_gpu() && min_prob.is_none() {
-            Readout::Argmax
-        } else {
-            Readout::LastLogits
-        };
+        let readout = self.readout(gpu, sess, min_prob.is_some());
         let mut f = model
             .forward(gpu, sess, &self.input, readout, false)
             .await?;
@@ -331,7 +375,7 @@ impl TokenStream {
                 f = self.escalate(gpu, model, sess).await?;
             }
         }
-        let mut tok = self.pick(f.argmax, f.logits);
+        let mut tok = self.pick(f.token, f.logits);
         let mut mode = f.mode.unwrap_or(model.mode());
         let marker = match &esc {
             Some(e) if !self.escalated && mode == Mode::Detached => e.marker_ids.as_slice(),
@@ -348,7 +392,7 @@ impl TokenStream {
                 self.produced -= n - 1;
                 self.held.clear();
                 let f = self.escalate(gpu, model, sess).await?;
-                tok = self.pick(f.argmax, f.logits);
+                tok = self.pick(f.token, f.logits);
                 mode = f.mode.unwrap_or(model.mode());
             } else if marker.starts_with(&self.held) {
                 self.advance(tok);
@@ -384,16 +428,28 @@ impl TokenStream {
         sess: &mut Session,
     ) -> Result<crate::model::ForwardOutput> {
         self.escalated = true;
-        let readout = if self.opts.greedy_on_gpu() {
-            Readout::Argmax
-        } else {
-            Readout::LastLogits
-        };
+        let readout = self.readout(gpu, sess, false);
         model.escalate(gpu, sess, readout).await
     }
 
-    fn pick(&mut self, argmax: Option<u32>, mut logits: Vec<f32>) -> u32 {
-        match argmax {
+    /// What the next forward reads back: the token chosen on the device (greedy, or sampled
+    /// with a fresh draw), or the last row of logits when the host needs them (a confidence
+    /// check, or a top-k beyond the device sampler's).
+    fn readout(&mut self, gpu: &Gpu, sess: &mut Session, host_logits: bool) -> Readout {
+        if host_logits || self.opts.top_k > crate::ops::TOP_K_MAX {
+            return Readout::LastLogits;
+        }
+        if self.opts.greedy() {
+            return Readout::Argmax;
+        }
+        if self.opts.repetition_penalty != 1.0 {
+            sess.set_penalized(gpu, &self.history);
+        }
+        Readout::Sample(self.sampler.next(&self.opts))
+    }
+
+    fn pick(&mut self, token: Option<u32>, mut logits: Vec<f32>) -> u32 {
+        match token {
             Some(t) => t,
             None => self.sampler.sample(&mut logits, &self.history, &self.opts),
         }

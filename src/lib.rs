@@ -24,7 +24,9 @@ pub mod tokenizer;
 pub mod web;
 
 pub use error::{Error, Result};
-pub use generate::{generate, GenerateOptions, Generation, Sampler, StopReason, TokenStream};
+pub use generate::{
+    generate, GenerateOptions, Generation, Sampler, Sampling, StopReason, TokenStream,
+};
 pub use gpu::{Gpu, GpuOptions, Subgroups, WeightFormat};
 #[cfg(not(target_arch = "wasm32"))]
 pub use model::source::DirSource;

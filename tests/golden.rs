@@ -547,3 +547,77 @@ peft_fixture_test!(
     peft_explicit,
     peft_projected
 );
+
+/// Sampling on the device (4 bytes read back) chooses what the host sampler chooses from the
+/// read-back logits of the same step, for greedy with a penalty, top-k, nucleus and plain
+/// temperature settings; only a draw within float rounding of a boundary may differ.
+#[test]
+fn device_sampling_follows_the_host_sampler() {
+    use shadowpeft::{Sampler, Sampling};
+    let gpu = gpu().unwrap();
+    let name = "qwen3_implicit";
+    let g = Golden::load(&fixture(name));
+    let prompt = g.ids("input_ids");
+    for (mode, model) in [
+        ("attached", load(name, Mode::Attached)),
+        ("export", load_export(name)),
+    ] {
+        for (temperature, top_k, top_p, repetition_penalty) in [
+            (0.0, 0, 1.0, 1.5),
+            (0.9, 20, 1.0, 1.2),
+            (1.2, 0, 0.8, 1.0),
+            (0.6, 0, 1.0, 1.0),
+        ] {
+            let o = GenerateOptions {
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                ..Default::default()
+            };
+            let mut sampler = Sampler::new(5);
+            let (mut dev, mut host) = (model.new_session(gpu), model.new_session(gpu));
+            let mut history = prompt.clone();
+            let mut input = prompt.clone();
+            for _ in 0..12 {
+                let s: Sampling = sampler.next(&o);
+                dev.set_penalized(gpu, &history);
+                let got = pollster::block_on(model.forward(
+                    gpu,
+                    &mut dev,
+                    &input,
+                    Readout::Sample(s),
+                    false,
+                ))
+                .unwrap()
+                .token
+                .unwrap();
+                let row = pollster::block_on(model.forward(
+                    gpu,
+                    &mut host,
+                    &input,
+                    Readout::LastLogits,
+                    false,
+                ))
+                .unwrap()
+                .logits;
+                let want = s.pick(&mut row.clone(), &history);
+                if got != want {
+                    let near = [s.draw - 1e-5, s.draw + 1e-5].map(|d| {
+                        Sampling {
+                            draw: d.clamp(0.0, 0.999_999),
+                            ..s
+                        }
+                        .pick(&mut row.clone(), &history)
+                    });
+                    assert!(
+                        near.contains(&got),
+                        "{name} {mode} {o:?}: device {got}, host {want}"
+                    );
+                }
+                history.push(want);
+                input = vec![want];
+            }
+        }
+    }
+}

@@ -230,7 +230,7 @@ fn expired_sessions_rebuild(rt: &tokio::runtime::Runtime, gpu: &Gpu, name: &str)
             let o = rt
                 .block_on(m.forward(gpu, &mut s, &[tok], Readout::Argmax, false))
                 .unwrap();
-            tok = o.argmax.unwrap();
+            tok = o.token.unwrap();
             rest.push(tok);
         }
         assert_eq!(rest, want[4..], "{name} {protocol:?}");
@@ -688,9 +688,9 @@ fn killed_server_is_an_error_or_a_visible_detached_fallback() {
     let mut history = ids.clone();
     let mut tok = 0;
     for (i, s) in [&mut strict, &mut lenient].into_iter().enumerate() {
-        let mut t = step(s, &ids).unwrap().argmax.unwrap();
+        let mut t = step(s, &ids).unwrap().token.unwrap();
         for _ in 0..3 {
-            t = step(s, &[t]).unwrap().argmax.unwrap();
+            t = step(s, &[t]).unwrap().token.unwrap();
         }
         if i == 1 {
             tok = t;
@@ -714,7 +714,7 @@ fn killed_server_is_an_error_or_a_visible_detached_fallback() {
     for _ in 0..5 {
         let o = step(&mut lenient, &[t]).unwrap();
         assert_eq!(o.mode, Some(shadowpeft::Mode::Detached));
-        t = o.argmax.unwrap();
+        t = o.token.unwrap();
         after.push(t);
     }
     assert!(lenient.fallback_error().unwrap().contains("unreachable"));
@@ -731,14 +731,14 @@ fn killed_server_is_an_error_or_a_visible_detached_fallback() {
     let mut r = rt
         .block_on(export.forward(gpu, &mut s, &history, Readout::Argmax, false))
         .unwrap()
-        .argmax
+        .token
         .unwrap();
     let mut reference = vec![r];
     for _ in 0..4 {
         r = rt
             .block_on(export.forward(gpu, &mut s, &[r], Readout::Argmax, false))
             .unwrap()
-            .argmax
+            .token
             .unwrap();
         reference.push(r);
     }

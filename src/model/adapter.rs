@@ -22,8 +22,8 @@
 //! the last slot is never read (the shadow logits come from s0), so it is skipped.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Step, Tensor};
-use crate::ops::{self, Act, Linear};
+use crate::gpu::{Gpu, Step, Tensor, WeightFormat};
+use crate::ops::{self, Act, Linear, UpdateNets};
 
 use super::config::{PeftAdapterSpec, ShadowConfig};
 use super::decoder::{load_linear, load_vec};
@@ -48,17 +48,48 @@ impl AdapterFormat {
     }
 }
 
-/// A two-layer update network `l1(act(l0(x)))`.
-struct Mlp {
-    l0: Linear,
-    l1: Linear,
+struct Slot {
+    down: Tensor,
+    up: Linear,
+    /// The transform and gate networks `l1(act(l0(u)))`.
+    update: UpdateNets,
 }
 
-struct Slot {
-    down: Linear,
-    up: Linear,
-    transform: Mlp,
-    gate: Mlp,
+/// The single f32 buffer of an adapter matrix (adapter weights are never quantised and far
+/// below one storage binding).
+fn plain(l: &Linear, name: &str) -> Result<Tensor> {
+    match (l.w.format, l.w.chunks.as_slice()) {
+        (WeightFormat::F32, [(t, _, _)]) => Ok(t.clone()),
+        _ => Err(Error::InvalidRequest(format!(
+            "adapter matrix `{name}` must be one f32 buffer"
+        ))),
+    }
+}
+
+/// The update networks of one slot from their four linears (`{transform, gate} x {l0, l1}`);
+/// the biases, when present, are joined T's then G's for the fused kernels.
+fn update_nets(gpu: &Gpu, nets: [(&str, Linear); 4], width: usize) -> Result<UpdateNets> {
+    let [(t0n, t0), (t1n, t1), (g0n, g0), (g1n, g1)] = nets;
+    let join = |a: &Linear, b: &Linear, n: usize| -> Result<Option<Tensor>> {
+        let (Some(x), Some(y)) = (&a.b, &b.b) else {
+            return Ok(None);
+        };
+        let both = gpu.zeros("update biases", 2 * n);
+        let mut step = Step::new(gpu);
+        step.copy(x, 0, &both, 0, n);
+        step.copy(y, 0, &both, n, n);
+        step.submit()?;
+        Ok(Some(both))
+    };
+    Ok(UpdateNets {
+        hidden_bias: join(&t0, &g0, width)?,
+        out_bias: join(&t1, &g1, t1.w.rows)?,
+        t0: plain(&t0, t0n)?,
+        g0: plain(&g0, g0n)?,
+        t1: plain(&t1, t1n)?,
+        g1: plain(&g1, g1n)?,
+        width,
+    })
 }
 
 /// Injection and update weights for every adapted base layer.
@@ -77,13 +108,8 @@ pub struct Adapter {
 
 /// Activations of the adapter for up to `rows` tokens.
 pub(crate) struct AdapterScratch {
-    delta: Tensor,
     a: Tensor,
-    u: Tensor,
-    gh: Tensor,
-    th: Tensor,
-    t: Tensor,
-    g: Tensor,
+    hid: Tensor,
 }
 
 /// Slice `k` of a stacked `[L-1, rows, cols]` tensor, transposed to a `[cols, rows]` linear.
@@ -177,17 +203,24 @@ impl Adapter {
         for k in 0..n {
             let p = "shadow_update_model";
             let lin = |name: String, out, inp| load_linear(gpu, w, &name, out, inp, false);
+            let down = plain(&transposed(gpu, downs, &all_downs, k, d, r)?, downs)?;
+            let up = transposed(gpu, ups, &all_ups, k, r, d)?;
+            let names = [
+                format!("{p}.update_transforms.{k}.0"),
+                format!("{p}.update_transforms.{k}.3"),
+                format!("{p}.update_gates.{k}.0"),
+                format!("{p}.update_gates.{k}.2"),
+            ];
+            let nets = [
+                (names[0].as_str(), lin(names[0].clone(), g, d)?),
+                (names[1].as_str(), lin(names[1].clone(), d, g)?),
+                (names[2].as_str(), lin(names[2].clone(), g, d)?),
+                (names[3].as_str(), lin(names[3].clone(), d, g)?),
+            ];
             slots.push(Some(Slot {
-                down: transposed(gpu, downs, &all_downs, k, d, r)?,
-                up: transposed(gpu, ups, &all_ups, k, r, d)?,
-                transform: Mlp {
-                    l0: lin(format!("{p}.update_transforms.{k}.0"), g, d)?,
-                    l1: lin(format!("{p}.update_transforms.{k}.3"), d, g)?,
-                },
-                gate: Mlp {
-                    l0: lin(format!("{p}.update_gates.{k}.0"), g, d)?,
-                    l1: lin(format!("{p}.update_gates.{k}.2"), d, g)?,
-                },
+                down,
+                up,
+                update: update_nets(gpu, nets, g)?,
             }));
         }
         Ok(Adapter {
@@ -222,17 +255,22 @@ impl Adapter {
             let lin = |name: &str, out, inp, bias| {
                 load_linear(gpu, w, &format!("{p}{name}"), out, inp, bias)
             };
+            let down = plain(&lin("shadow_down.default", r, d, false)?, "shadow_down")?;
+            let up = lin("shadow_up.default", d, r, false)?;
+            let (t, g) = (
+                "shadow_update_transform.default",
+                "shadow_update_gate.default",
+            );
+            let nets = [
+                (t, lin(&format!("{t}.0"), u, d, true)?),
+                (t, lin(&format!("{t}.2"), d, u, true)?),
+                (g, lin(&format!("{g}.0"), u, d, true)?),
+                (g, lin(&format!("{g}.2"), d, u, true)?),
+            ];
             slots[l] = Some(Slot {
-                down: lin("shadow_down.default", r, d, false)?,
-                up: lin("shadow_up.default", d, r, false)?,
-                transform: Mlp {
-                    l0: lin("shadow_update_transform.default.0", u, d, true)?,
-                    l1: lin("shadow_update_transform.default.2", d, u, true)?,
-                },
-                gate: Mlp {
-                    l0: lin("shadow_update_gate.default.0", u, d, true)?,
-                    l1: lin("shadow_update_gate.default.2", d, u, true)?,
-                },
+                down,
+                up,
+                update: update_nets(gpu, nets, u)?,
             });
         }
         Ok(Adapter {
@@ -269,16 +307,9 @@ impl Adapter {
     }
 
     pub(crate) fn new_scratch(&self, gpu: &Gpu, rows: usize) -> AdapterScratch {
-        let z = |n: &str, w: usize| gpu.zeros(n, rows * w);
-        let d = self.hidden;
         AdapterScratch {
-            delta: z("delta", d),
-            a: z("inject a", self.rank),
-            u: z("update u", if self.norm.is_some() { d } else { 1 }),
-            gh: z("gate hidden", self.width),
-            th: z("transform hidden", self.width),
-            t: z("transform", d),
-            g: z("gate", d),
+            a: gpu.zeros("inject a", rows * self.rank),
+            hid: gpu.zeros("update hidden", rows * 2 * self.width),
         }
     }
 
@@ -297,8 +328,7 @@ impl Adapter {
             return;
         };
         let d = self.hidden;
-        ops::sub(step, h, s, &sc.delta, m * d);
-        ops::linear(step, &sc.delta, 0, m, &sl.down, &sc.a, 0, self.rank);
+        ops::inject_down(step, h, s, &sl.down, &sc.a, m, d, self.rank);
         ops::linear_add(step, &sc.a, 0, m, &sl.up, h, 0, d, self.alpha);
     }
 
@@ -319,20 +349,9 @@ impl Adapter {
         if !self.update_is_read(l) {
             return;
         }
-        let (d, g) = (self.hidden, self.width);
-        let u = match &self.norm {
-            Some((w, b)) => {
-                ops::layer_norm(step, h, w, b, &sc.u, m, d, 1e-5);
-                &sc.u
-            }
-            None => h,
-        };
-        ops::linear(step, u, 0, m, &sl.transform.l0, &sc.th, 0, g);
-        ops::activation(step, &sc.th, m * g, self.act);
-        ops::linear(step, &sc.th, 0, m, &sl.transform.l1, &sc.t, 0, d);
-        ops::linear(step, u, 0, m, &sl.gate.l0, &sc.gh, 0, g);
-        ops::activation(step, &sc.gh, m * g, self.act);
-        ops::linear(step, &sc.gh, 0, m, &sl.gate.l1, &sc.g, 0, d);
-        ops::shadow_update(step, &sc.t, &sc.g, s, m * d);
+        let d = self.hidden;
+        let norm = self.norm.as_ref().map(|(w, b)| (w, b));
+        ops::update_hidden(step, h, norm, &sl.update, &sc.hid, m, d, self.act);
+        ops::shadow_update(step, &sc.hid, &sl.update, s, m, d);
     }
 }

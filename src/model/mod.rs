@@ -175,7 +175,7 @@ enum Main {
 }
 
 /// What a forward pass reads back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Readout {
     /// Logits of every new position.
     AllLogits,
@@ -183,6 +183,10 @@ pub enum Readout {
     LastLogits,
     /// Only the argmax of the last position's logits (4 bytes read back).
     Argmax,
+    /// Only a token sampled from the last position's logits on the device (4 bytes read
+    /// back; the repetition penalty covers the ids of [`Session::set_penalized`]). Settings
+    /// with a top-k beyond [`crate::ops::TOP_K_MAX`] sample on the host after reading the row.
+    Sample(crate::generate::Sampling),
 }
 
 /// The result of one forward pass.
@@ -192,8 +196,9 @@ pub struct ForwardOutput {
     pub logits: Vec<f32>,
     /// Shadow-head logits (`[rows, vocab]`), when asked for.
     pub shadow_logits: Vec<f32>,
-    /// Greedy token of the last position, for [`Readout::Argmax`].
-    pub argmax: Option<u32>,
+    /// The token chosen for the last position, for [`Readout::Argmax`] and
+    /// [`Readout::Sample`].
+    pub token: Option<u32>,
     /// Which model produced `logits`: attached, or detached (a detached model, or an
     /// attached one that fell back after its backbone failed).
     pub mode: Option<Mode>,
@@ -213,7 +218,7 @@ pub struct Session {
     logits: Tensor,
     shadow_logits: Tensor,
     logit_rows: usize,
-    token: Tensor,
+    sampling: ops::SampleBuffers,
     remote: Option<RemoteState>,
     remote_xn: Tensor,
     stepped: Option<StepBuffers>,
@@ -286,6 +291,12 @@ impl Session {
     /// The backbone failure that switched this session to detached, if any.
     pub fn fallback_error(&self) -> Option<&str> {
         self.fallback_error.as_deref()
+    }
+
+    /// Sets the ids the repetition penalty of [`Readout::Sample`] applies to: each distinct
+    /// id of `history` once (Hugging Face semantics).
+    pub fn set_penalized(&mut self, gpu: &Gpu, history: &[u32]) {
+        self.sampling.set_penalized(gpu, history);
     }
 
     /// Round trips and bytes exchanged with the backbone server so far (remote mode).
@@ -1094,7 +1105,7 @@ impl ShadowModel {
             logits: gpu.zeros("logits", self.vocab),
             shadow_logits: gpu.zeros("shadow logits", self.vocab),
             logit_rows: 1,
-            token: gpu.zeros("token", 1),
+            sampling: ops::SampleBuffers::new(gpu, self.vocab),
             remote: self.remote.as_ref().map(|_| RemoteState::default()),
             remote_xn: gpu.zeros("remote hidden", self.hidden),
             stepped: None,
@@ -1371,8 +1382,13 @@ impl ShadowModel {
         } else {
             &sess.shadow_logits
         };
-        if readout == Readout::Argmax {
-            ops::argmax(&mut step, out_logits, (rows - 1) * v, v, &sess.token);
+        let last = (rows - 1) * v;
+        match readout {
+            Readout::Argmax => ops::argmax(&mut step, out_logits, last, v, &sess.sampling.out),
+            Readout::Sample(s) if ops::sample_on_device(&s) => {
+                ops::sample(&mut step, out_logits, last, v, &s, &sess.sampling)
+            }
+            _ => {}
         }
         step.submit()?;
         let mut out = ForwardOutput {
@@ -1384,7 +1400,26 @@ impl ShadowModel {
             ..Default::default()
         };
         match readout {
-            Readout::Argmax => out.argmax = Some(gpu.read_u32(&sess.token, 0, 1).await?[0]),
+            Readout::Argmax => out.token = Some(gpu.read_u32(&sess.sampling.out, 0, 1).await?[0]),
+            Readout::Sample(s) if ops::sample_on_device(&s) => {
+                let t = gpu.read_u32(&sess.sampling.out, 0, 1).await?[0];
+                out.token = Some(if t == ops::UNDECIDED {
+                    // Beyond the device candidates: the host finishes with the same draw on
+                    // the row (already penalised on the device).
+                    let mut row = gpu.read_f32(out_logits, last, v).await?;
+                    let s = crate::generate::Sampling {
+                        repetition_penalty: 1.0,
+                        ..s
+                    };
+                    s.pick(&mut row, &[])
+                } else {
+                    t
+                });
+            }
+            Readout::Sample(s) => {
+                let mut row = gpu.read_f32(out_logits, last, v).await?;
+                out.token = Some(s.pick(&mut row, sess.sampling.penalized()));
+            }
             _ => out.logits = gpu.read_f32(out_logits, 0, rows * v).await?,
         }
         if shadow_logits {

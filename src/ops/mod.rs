@@ -3,38 +3,38 @@
 //!
 //! Shapes are given in elements; every tensor is row-major f32 unless said otherwise.
 
-mod activation;
 mod add;
 mod argmax;
 mod attention;
 mod embedding;
 mod glu;
-mod layer_norm;
+mod inject;
 mod linear;
 mod proj3;
 mod rms_norm;
 mod rope;
+mod sample;
 mod shadow_update;
 mod silu_mul;
-mod sub;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use activation::{activation, cpu_activation, Act};
 pub use add::{add, cpu_add};
 pub use argmax::{argmax, cpu_argmax};
 pub use attention::{attention, cpu_attention};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
-pub use layer_norm::{cpu_layer_norm, layer_norm};
+pub use inject::{cpu_inject_down, inject_down};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use proj3::proj3;
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, rope, RopeTable};
-pub use shadow_update::{cpu_shadow_update, shadow_update};
+pub use sample::{on_device as sample_on_device, sample, SampleBuffers, TOP_K_MAX, UNDECIDED};
+pub use shadow_update::{
+    cpu_shadow_update, shadow_update, update_hidden, Act, CpuNets, UpdateNets,
+};
 pub use silu_mul::{cpu_silu_mul, silu_mul};
-pub use sub::{cpu_sub, sub};
 
 /// Compiles every kernel a model with these attention head dimensions uses, so that (in the
 /// browser) compilation overlaps the weight upload instead of delaying the first token.
@@ -69,10 +69,13 @@ pub fn precompile(
     specs.extend(glu::qspec(weights));
     specs.extend(proj3::qspec(weights));
     if let Some(act) = adapter {
-        specs.extend([activation::spec(act), sub::spec(), shadow_update::spec()]);
-        if act == Act::Silu {
-            specs.push(layer_norm::spec());
-        }
+        // The official form (SiLU) has the LayerNorm and no biases; peft's (GELU) the reverse.
+        let official = act == Act::Silu;
+        specs.extend([
+            inject::spec(),
+            shadow_update::hidden_spec(act, official, !official),
+            shadow_update::out_spec(!official),
+        ]);
     }
     for s in &specs {
         gpu.kernel(s);
