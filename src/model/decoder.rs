@@ -79,7 +79,6 @@ pub(crate) struct Scratch {
     rows: usize,
     xn: Tensor,
     q: Tensor,
-    k: Tensor,
     v: Tensor,
     q_raw: Tensor,
     k_raw: Tensor,
@@ -184,7 +183,6 @@ impl Decoder {
             rows,
             xn: z("xn", c.hidden),
             q: z("q", qd),
-            k: z("k", kvd),
             v: z("v", kvd),
             q_raw: z("q raw", qd),
             k_raw: z("k raw", kvd),
@@ -210,37 +208,28 @@ impl Decoder {
         let ly = &self.layers[l];
         let (h, hd) = (c.hidden, c.head_dim);
         let kvd = c.kv_heads * hd;
-        // 1. Attention input norm and q/k/v projections (+ per-head norm on Qwen3).
+        // 1. Attention input norm and q/k/v projections.
         ops::rms_norm(step, x, 0, &ly.in_norm, &s.xn, 0, m, h, c.rms_eps);
-        // q and k land in their raw buffers when a per-head norm follows.
-        let q_out = if ly.q_norm.is_some() { &s.q_raw } else { &s.q };
-        let k_out = if ly.k_norm.is_some() { &s.k_raw } else { &s.k };
         ops::proj3(
             step,
             &s.xn,
             m,
-            [(&ly.q, q_out), (&ly.k, k_out), (&ly.v, &s.v)],
+            [(&ly.q, &s.q_raw), (&ly.k, &s.k_raw), (&ly.v, &s.v)],
         );
-        if let Some(qn) = &ly.q_norm {
-            ops::rms_norm(step, &s.q_raw, 0, qn, &s.q, 0, m * c.heads, hd, c.rms_eps);
-        }
-        if let Some(kn) = &ly.k_norm {
-            ops::rms_norm(
-                step,
-                &s.k_raw,
-                0,
-                kn,
-                &s.k,
-                0,
-                m * c.kv_heads,
-                hd,
-                c.rms_eps,
-            );
-        }
-        // 2. Rotary embeddings, then append k/v to the cache.
-        ops::rope(step, &self.rope, &s.q, m, c.heads, pos0);
-        ops::rope(step, &self.rope, &s.k, m, c.kv_heads, pos0);
-        step.copy(&s.k, 0, &cache.k[l], pos0 * kvd, m * kvd);
+        // 2. Per-head q/k norm (Qwen3) and rotary embeddings; k goes straight into the
+        // cache, v is copied there.
+        let io = ops::QkRope {
+            q_in: &s.q_raw,
+            k_in: &s.k_raw,
+            q_norm: ly.q_norm.as_ref(),
+            k_norm: ly.k_norm.as_ref(),
+            q: &s.q,
+            k: &cache.k[l],
+            k_off: pos0 * kvd,
+        };
+        ops::qk_rope(
+            step, &self.rope, &io, m, c.heads, c.kv_heads, pos0, c.rms_eps,
+        );
         step.copy(&s.v, 0, &cache.v[l], pos0 * kvd, m * kvd);
         // 3. Causal attention over the cache, output projection, residual.
         ops::attention(

@@ -29,7 +29,7 @@ pub use inject::{cpu_inject_down, inject_down};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use proj3::proj3;
 pub use rms_norm::{cpu_rms_norm, rms_norm};
-pub use rope::{cpu_rope, rope, RopeTable};
+pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};
 pub use sample::{on_device as sample_on_device, sample, SampleBuffers, TOP_K_MAX, UNDECIDED};
 pub use shadow_update::{
     cpu_shadow_update, shadow_update, update_hidden, Act, CpuNets, UpdateNets,
@@ -55,7 +55,8 @@ pub fn precompile(
             linear::matmul_spec()
         },
         rms_norm::spec(),
-        rope::spec(),
+        rope::spec(true, true),
+        rope::spec(false, false),
         embedding::spec(),
         silu_mul::spec(),
         glu::spec(gpu).0,
