@@ -12,15 +12,25 @@ shadow-peft adapter and its detached export, then measures in one run on this ma
   (``use_cache=True``) on CPU torch;
 * ``official shadow_only``: the same model in ``shadow_only`` inference mode (what the official
   package offers for detached use);
-* ``transformers``: ``AutoModelForCausalLM.generate`` with a KV cache on the detached export.
+* ``transformers``: ``AutoModelForCausalLM.generate`` with a KV cache on the detached export;
+* ``browser ours detached``: the npm package in headless Chromium (WebGPU; SwiftShader without
+  a GPU) on the detached export, f32, through ``scripts/browser-generate``;
+* ``browser transformers.js``: transformers.js (onnxruntime-web, WebGPU execution provider, fp32)
+  in the same browser on the detached export converted to ONNX, through
+  ``scripts/browser-transformersjs``. The ONNX model is made once per size next to the other
+  models and its logits are checked against PyTorch's before use.
 
 Every measurement uses the same 32-token prompt and greedy decoding without EOS. Decode rate =
 192 / (time for 200 new tokens - time for 8 new tokens), each time the best of two runs (so load,
 prefill and first-token costs cancel). Also: prefill tok/s (32-token prompt), time to first
-token, and peak resident memory of the process (on lavapipe the "GPU" memory is host memory
-and counts too). Ratios compare with the official reference measured in the same run.
+token, and peak memory: the resident set of the process (on lavapipe the "GPU" memory is host
+memory and counts too), or for the browser rows the summed proportional set size of the whole
+process tree (driver, Chromium's browser, GPU and renderer processes), sampled. Ratios compare
+with the official reference measured in the same run; ``browser ours detached`` compares with
+``browser transformers.js``. Each browser run is a fresh browser that loads the model once.
 
     scripts/bench [--sizes tiny,medium,0.6b] [--weights f32,q8,q4] [--runs 2] [--out target/bench]
+                  [--only "browser ours detached,browser transformers.js"]
 
 This is a measurement, not a test: nothing here asserts.
 """
@@ -31,15 +41,19 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT_LEN = 32
 SHORT, LONG = 8, 200
+# Largest |ONNX logit - PyTorch logit| accepted for the transformers.js model (fp32 both).
+ONNX_TOLERANCE = 1e-4
 
 # Model sizes. `tiny` is the bundled model; the others are made here with random weights.
 # `0.6b` has the shape of Qwen3-0.6B for the base and for the (implicit, 28-layer) shadow, so
@@ -119,6 +133,113 @@ def build_models(size: str) -> None:
     (d / "done").write_text("ok\n")
 
 
+def onnx_models(size: str) -> Path:
+    """The size's detached export converted to ONNX for transformers.js, made and checked on
+    first use in a child process (again when the export changed)."""
+    d = cache_root() / size / "onnx-export"
+    done = d / "done"
+    if not (done.exists() and done.read_text() == fingerprint(make_models(size) / "export")):
+        log(f"bench: exporting the {size} model to ONNX in {d} (once)")
+        p = subprocess.run([sys.executable, __file__, "--make-onnx", size], capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"ONNX export of the {size} model failed:\n{p.stderr[-2000:]}")
+        log(f"bench: {p.stdout.strip().splitlines()[-1]}")
+    return d
+
+
+def fingerprint(d: Path) -> str:
+    return json.dumps({f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                       for f in sorted(d.iterdir())})
+
+
+def build_onnx(size: str) -> None:
+    """Exports the detached model to ONNX in the layout transformers.js loads for a decoder with a
+    KV cache: onnx/model.onnx (weights in onnx/model.onnx_data), config.json,
+    generation_config.json; inputs input_ids, attention_mask, position_ids,
+    past_key_values.{i}.key/.value; outputs logits, present.{i}.key/.value (optimum's names).
+
+    optimum-onnx, the exporter behind transformers.js's own models, requires transformers < 4.58
+    while this benchmark runs 5.x, so this is torch.onnx.export of one forward step with the
+    cache as explicit tensors. Eager attention keeps the graph to plain MatMul/Softmax ops. The
+    ONNX logits (onnxruntime, CPU) must match PyTorch's on a prefill from an empty cache and two
+    decode steps within ONNX_TOLERANCE, or nothing is kept."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    src = make_models(size) / "export"
+    d = cache_root() / size / "onnx-export"
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    cfg = model.config
+    layers = range(cfg.num_hidden_layers)
+    past_names = [f"past_key_values.{i}.{kv}" for i in layers for kv in ("key", "value")]
+    present_names = [f"present.{i}.{kv}" for i in layers for kv in ("key", "value")]
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache(config=cfg)
+            for i in layers:
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, past_key_values=cache, use_cache=True)
+            return out.logits, *(t for c in out.past_key_values.layers for t in (c.keys, c.values))
+
+    # Example shapes: 4 new tokens after 3 cached ones; every length is dynamic.
+    kv_shape = (1, cfg.num_key_value_heads, 3, cfg.head_dim)
+    example = (torch.ones(1, 4, dtype=torch.int64), torch.ones(1, 7, dtype=torch.int64),
+               torch.arange(3, 7)[None], *(torch.zeros(kv_shape) for _ in past_names))
+    dim = torch.export.Dim
+    batch, seq, past = dim("batch_size"), dim("sequence_length"), dim("past_sequence_length")
+    program = torch.onnx.export(
+        Step().eval(), example, input_names=["input_ids", "attention_mask", "position_ids",
+                                             *past_names],
+        output_names=["logits", *present_names], opset_version=18, dynamo=True,
+        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: dim("total_sequence_length")},
+                        {0: batch, 1: seq}, tuple({0: batch, 2: past} for _ in past_names)))
+
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "onnx").mkdir(parents=True)
+    onnx.save_model(program.model_proto, str(tmp / "onnx" / "model.onnx"),
+                    save_as_external_data=True, location="model.onnx_data")
+    config = json.loads((src / "config.json").read_text())
+    config["transformers.js_config"] = {"use_external_data_format": True}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if (src / "generation_config.json").exists():
+        shutil.copy(src / "generation_config.json", tmp / "generation_config.json")
+
+    ids = torch.tensor([prompt(cfg.vocab_size) + [1, 2]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits[0].numpy()
+    session = onnxruntime.InferenceSession(str(tmp / "onnx" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    cache = [np.zeros((1, cfg.num_key_value_heads, 0, cfg.head_dim), np.float32)] * len(past_names)
+    got, start = [], 0
+    for end in (PROMPT_LEN, PROMPT_LEN + 1, PROMPT_LEN + 2):
+        logits, *cache = session.run(None, {
+            "input_ids": ids[:, start:end].numpy(),
+            "attention_mask": np.ones((1, end), np.int64),
+            "position_ids": np.arange(start, end)[None], **dict(zip(past_names, cache))})
+        got.append(logits[0])
+        start = end
+    diff = float(np.abs(np.concatenate(got) - want).max())
+    if not diff <= ONNX_TOLERANCE:
+        raise SystemExit(f"ONNX export of the {size} model: logits differ from PyTorch's by up to "
+                         f"{diff:.2e} (tolerance {ONNX_TOLERANCE:.0e})")
+    print(f"{size} ONNX logits match PyTorch's: max abs diff {diff:.1e}")
+    (tmp / "done").write_text(fingerprint(src))
+    shutil.rmtree(d, ignore_errors=True)
+    tmp.rename(d)
+
+
 def prompt(vocab: int) -> list[int]:
     import random
 
@@ -143,25 +264,70 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dic
     return json.loads(line), ru.ru_maxrss * 1024
 
 
-def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int,
-         weights: str = "f32") -> dict[str, Any]:
-    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+def run_tree(cmd: list[str]) -> tuple[dict[str, Any], int]:
+    """Runs `cmd` and returns (its last stdout line as JSON, the peak of the summed proportional
+    set size of it and all its descendants, sampled every half second): for a browser, whose
+    processes share memory, a sum of RSS would count the shared pages several times."""
+    import psutil
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err)
+        root = psutil.Process(p.pid)
+        peak = 0
+        while p.poll() is None:
+            total = 0
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for q in tree:
+                try:
+                    total += q.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            peak = max(peak, total)
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n"
+                               f"{err.read().decode()[-2000:]}")
+        return json.loads(out.read().decode().strip().splitlines()[-1]), peak
+
+
+def timed(run: Callable[[int], tuple[dict[str, Any], int]], runs: int) -> dict[str, Any]:
+    """Best of `runs` runs of `run(n)` (-> generate JSON, peak memory) for n = SHORT and LONG."""
     times: dict[int, list[float]] = {SHORT: [], LONG: []}
     best: dict[str, Any] = {"peak_rss": 0, "ttft": float("inf"), "prefill": 0.0}
     for n in (SHORT, LONG):
         for _ in range(runs):
-            v, rss = run_measured([str(binary), "generate", "--base", str(d / "base"),
-                                   "--adapter", str(d / "adapter"), "--mode", mode,
-                                   "--tokens", ",".join(map(str, ids)),
-                                   "--max-new-tokens", str(n), "--ignore-eos", "--json",
-                                   "--max-seq", "512", "--weights", weights], env)
+            v, mem = run(n)
             assert len(v["tokens"]) == n, v
             times[n].append(v["generate_s"])
-            best["peak_rss"] = max(best["peak_rss"], rss)
+            best["peak_rss"] = max(best["peak_rss"], mem)
             best["ttft"] = min(best["ttft"], v["time_to_first_token_s"])
             best["prefill"] = max(best["prefill"], v["prefill_tok_s"])
             best["device"] = v["adapter"]
     return summarize(best, times)
+
+
+def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int,
+         weights: str = "f32") -> dict[str, Any]:
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    return timed(lambda n: run_measured(
+        [str(binary), "generate", "--base", str(d / "base"), "--adapter", str(d / "adapter"),
+         "--mode", mode, "--tokens", ",".join(map(str, ids)), "--max-new-tokens", str(n),
+         "--ignore-eos", "--json", "--max-seq", "512", "--weights", weights], env), runs)
+
+
+def browser(script: str, model: Path, ids: list[int], runs: int) -> dict[str, Any]:
+    """A browser runner (scripts/browser-generate or browser-transformersjs): a fresh headless
+    Chromium per run that loads `model` and generates greedily, EOS ignored."""
+    r = timed(lambda n: run_tree(
+        [str(REPO / "scripts" / script), "--model", str(model), "--tokens", ",".join(map(str, ids)),
+         "--max-new-tokens", str(n), "--ignore-eos"]), runs)
+    r["device"] = f"headless Chromium, {r['device']}"
+    return r
 
 
 def summarize(best: dict[str, Any], times: dict[int, list[float]]) -> dict[str, Any]:
@@ -231,7 +397,9 @@ def report(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
     def ref_of(name: str) -> str:
         if name.startswith("ours attached"):
             return "official attached"
-        if name.startswith("ours detached") or name == "transformers":
+        if name == "browser ours detached":
+            return "browser transformers.js"
+        if name.startswith("ours detached") or name in ("transformers", "browser transformers.js"):
             return "official shadow_only"
         return ""
 
@@ -248,7 +416,9 @@ def report(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
     lines += ["", "Devices: " + "; ".join(sorted({f"{n}: {r.get('device', '?')}" for rows in
                                                    results.values() for n, r in rows.items()})),
               "", f"Decode rate = {LONG - SHORT} / (t({LONG} new) - t({SHORT} new)), best of "
-              "the runs; prompt of 32 tokens; greedy, EOS ignored."]
+              "the runs; prompt of 32 tokens; greedy, EOS ignored. Peak memory of the browser "
+              "rows: summed PSS of the whole process tree (driver, Chromium's processes), "
+              "sampled every 0.5 s."]
     return "\n".join(lines) + "\n"
 
 
@@ -260,8 +430,13 @@ def main() -> None:
                     help="weight formats of our engine's rows (f32, f16, q8, q4)")
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "shadowpeft"))
-    ap.add_argument("--only", default="", help="comma-separated engines to run (default all)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated rows to run (default all): ours attached, "
+                    "ours detached (and with a format: ours detached q8, ...), official attached, "
+                    "official shadow_only, transformers, browser ours detached, "
+                    "browser transformers.js")
     ap.add_argument("--make", help=argparse.SUPPRESS)
+    ap.add_argument("--make-onnx", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
@@ -269,10 +444,13 @@ def main() -> None:
     if a.make:
         build_models(a.make)
         return
+    if a.make_onnx:
+        build_onnx(a.make_onnx)
+        return
     if a.worker:
         worker(a.worker, Path(a.dir), [int(i) for i in a.ids.split(",")], a.runs)
         return
-    only = set(filter(None, a.only.split(",")))
+    only = {o.strip() for o in a.only.split(",") if o.strip()}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for size in a.sizes.split(","):
         d = make_models(size)
@@ -288,7 +466,14 @@ def main() -> None:
             ("official attached", lambda: python_ref("official-attached", d, ids, a.runs)),
             ("official shadow_only", lambda: python_ref("official-shadow", d, ids, a.runs)),
             ("transformers", lambda: python_ref("transformers", d, ids, a.runs)),
+            ("browser ours detached",
+             lambda: browser("browser-generate", d / "export", ids, a.runs)),
+            ("browser transformers.js",
+             lambda: browser("browser-transformersjs", onnx_models(size), ids, a.runs)),
         ]
+        unknown = only - {name for name, _ in plan}
+        if unknown:
+            ap.error(f"--only: no row named {', '.join(sorted(unknown))}")
         for name, fn in plan:
             if only and name not in only:
                 continue

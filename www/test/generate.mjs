@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { buildPage, dist, handler, launch, listen, openPage } from './harness.mjs';
+import { buildPage, dist, gpuAdapter, handler, here, launch, listen, openPage, www } from './harness.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -33,7 +33,14 @@ const ids = tokens.split(',').map((t) => {
 });
 const n = Number(opt('--max-new-tokens', '64'));
 
-if (!fs.existsSync(path.join(dist, 'index.html'))) await buildPage();
+// The test page bundles the package: (re)build it when it is missing or older than its sources.
+const built = path.join(dist, 'index.html');
+const sources = [
+  ...['src', 'pkg'].flatMap((d) => fs.readdirSync(path.join(www, d)).map((f) => path.join(www, d, f))),
+  path.join(here, 'main.js'),
+  path.join(here, 'index.html'),
+];
+if (!fs.existsSync(built) || sources.some((f) => fs.statSync(f).mtimeMs > fs.statSync(built).mtimeMs)) await buildPage();
 const server = await listen(handler({ cors: true, root: dir }));
 const origin = `http://127.0.0.1:${server.address().port}`;
 const { context, close } = await launch();
@@ -52,8 +59,9 @@ try {
       prefill_tok_s: r.result.prefillTokS,
       decode_tok_s: r.result.decodeTokS,
       time_to_first_token_s: r.result.ttftMs / 1000,
+      generate_s: r.generateMs / 1000,
       load_s: r.loadMs / 1000,
-      adapter: r.info.engine.adapter || r.info.engine.backend,
+      adapter: r.info.engine.adapter || `${r.info.engine.backend} on ${await gpuAdapter(page)}`,
     }),
   );
 } catch (e) {

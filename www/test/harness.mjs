@@ -1,5 +1,6 @@
-// Shared by the browser tests and scripts/browser-generate: the Vite build of the test page,
-// the localhost servers, headless Chromium with WebGPU, and a safetensors reader.
+// Shared by the browser tests, scripts/browser-generate and scripts/browser-transformersjs: the
+// Vite build of the test page, the localhost servers, headless Chromium with WebGPU, and a
+// safetensors reader.
 
 import fs from 'node:fs';
 import http from 'node:http';
@@ -35,11 +36,11 @@ export const FIXTURES = [
 ];
 
 // ---- static servers -----------------------------------------------------------------------
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json' };
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json' };
 /** Paths requested from the servers, for tests that check the network was not used. */
 export const requests = [];
 
-function serveFile(res, file, { cors = true, truncate = false, immutable = false } = {}) {
+export function serveFile(res, file, { cors = true, truncate = false, immutable = false } = {}) {
   if (!fs.existsSync(file) || !fs.statSync(file).isFile()) {
     res.writeHead(404, cors ? { 'access-control-allow-origin': '*' } : {});
     return res.end('not found');
@@ -121,6 +122,14 @@ export async function launch() {
     fs.rmSync(userDataDir, { recursive: true, force: true });
   };
   return { context, close };
+}
+
+/** The page's WebGPU adapter in words ("google swiftshader"). */
+export async function gpuAdapter(page) {
+  return page.evaluate(async () => {
+    const a = await navigator.gpu.requestAdapter();
+    return a ? [a.info.vendor, a.info.architecture, a.info.description].filter(Boolean).join(' ') : 'no adapter';
+  });
 }
 
 /** Opens the test page and waits until the package is importable. */

@@ -18,8 +18,9 @@ window.greedy = async (url, ids, n, { worker = true, maxBinding, weights, ignore
     if (t.token !== null) tokens.push(t.token);
   }
   const r = await it.done;
+  const tDone = performance.now();
   await model.dispose();
-  return { tokens, result: r, info: model.info, events, loadMs: tLoaded - t0, firstTokenMs: tFirst - t0 };
+  return { tokens, result: r, info: model.info, events, loadMs: tLoaded - t0, firstTokenMs: tFirst - t0, generateMs: tDone - tLoaded };
 };
 
 /** Runs `fn` and returns the ShadowError it throws as { code, name, message }. */

@@ -1,0 +1,71 @@
+// scripts/browser-transformersjs: greedy generation with transformers.js (onnxruntime-web,
+// WebGPU execution provider) in headless Chromium, from an ONNX export served on localhost;
+// prints one JSON object (last line of stdout) with the fields of `shadowpeft generate --json`
+// that the benchmark reads.
+// Usage: node bench/transformersjs.mjs --npm NODE_MODULES --model DIR --tokens 1,2,3
+//          [--max-new-tokens N] [--ignore-eos]
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { gpuAdapter, launch, listen, serveFile } from '../test/harness.mjs';
+
+const page = path.join(path.dirname(fileURLToPath(import.meta.url)), 'transformersjs');
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+const npm = opt('--npm');
+const model = opt('--model');
+const tokens = opt('--tokens');
+if (!npm || !model || !tokens) {
+  console.error('usage: browser-transformersjs --model DIR --tokens IDS [--max-new-tokens N] [--ignore-eos]');
+  process.exit(2);
+}
+const dirs = { '/npm/': path.resolve(npm), '/model/': path.resolve(model), '/': page };
+if (!fs.existsSync(path.join(dirs['/model/'], 'onnx', 'model.onnx'))) {
+  console.error(`error: ${dirs['/model/']}: no onnx/model.onnx (expected an ONNX model directory)`);
+  process.exit(1);
+}
+const ids = tokens.split(',').map(Number);
+const n = Number(opt('--max-new-tokens', '64'));
+
+// The page, the packages and the model, each from its own directory.
+const server = await listen((req, res) => {
+  const p = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  const [prefix, root] = Object.entries(dirs).find(([k]) => p.startsWith(k));
+  const f = path.join(root, path.normalize(p.slice(prefix.length) || 'index.html'));
+  serveFile(res, f.startsWith(root) ? f : '/nonexistent');
+});
+const origin = `http://127.0.0.1:${server.address().port}`;
+const { context, close } = await launch();
+const logs = [];
+let code = 0;
+try {
+  const tab = await context.newPage();
+  tab.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
+  tab.on('pageerror', (e) => logs.push(`[pageerror] ${e}`));
+  tab.on('response', (r) => r.status() >= 400 && logs.push(`[http ${r.status()}] ${r.url()}`));
+  await tab.goto(`${origin}/`);
+  await tab.waitForFunction(() => window.pageReady === true);
+  const r = await tab.evaluate(([ids, n, ignoreEos]) => window.generate(ids, n, { ignoreEos }), [ids, n, args.includes('--ignore-eos')]);
+  console.log(
+    JSON.stringify({
+      tokens: r.tokens,
+      prompt_tokens: ids.length,
+      prefill_tok_s: ids.length / (r.ttftMs / 1000),
+      time_to_first_token_s: r.ttftMs / 1000,
+      generate_s: r.generateMs / 1000,
+      load_s: r.loadMs / 1000,
+      adapter: `onnxruntime-web ${r.ortVersion}, WebGPU EP on ${await gpuAdapter(tab)}`,
+    }),
+  );
+} catch (e) {
+  console.error(`error: ${e.message || e}\n${logs.slice(-20).join('\n')}`);
+  code = 1;
+} finally {
+  await close();
+  server.close();
+}
+process.exit(code);
