@@ -4,13 +4,14 @@ import { ShadowModel, ShadowError, clearCache, CACHE_NAME } from 'shadowpeft-web
 
 window.sp = { ShadowModel, ShadowError, clearCache, CACHE_NAME };
 
-/** Loads `url`, generates greedily from `ids`, returns what the test compares. */
-window.greedy = async (url, ids, n, { worker = true, maxBinding, weights, ignoreEos = true } = {}) => {
+/** Loads `url`, generates from `ids` (greedy unless `sampling` says otherwise), returns what
+ * the test compares. */
+window.greedy = async (url, ids, n, { worker = true, maxBinding, weights, ignoreEos = true, sampling = {} } = {}) => {
   const events = [];
   const t0 = performance.now();
   const model = await ShadowModel.load(url, { worker, maxBinding, weights, onProgress: (p) => events.push(p) });
   const tLoaded = performance.now();
-  const it = model.generate(ids, { maxNewTokens: n, ignoreEos });
+  const it = model.generate(ids, { maxNewTokens: n, ignoreEos, ...sampling });
   const tokens = [];
   let tFirst = null;
   for await (const t of it) {

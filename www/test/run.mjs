@@ -125,6 +125,20 @@ async function main() {
       return out.join(', ');
     });
 
+    await test('sampling on the GPU (temperature, top-k, top-p, repetition penalty) gives the native engine\'s tokens for a seed', async () => {
+      const cases = [
+        [{ temperature: 0.8, topK: 20, seed: 3 }, ['--temperature', '0.8', '--top-k', '20', '--seed', '3']],
+        [{ temperature: 1.2, topP: 0.9, repetitionPenalty: 1.3, seed: 4 }, ['--temperature', '1.2', '--top-p', '0.9', '--repetition-penalty', '1.3', '--seed', '4']],
+      ];
+      for (const [sampling, flags] of cases) {
+        const r = await page.evaluate(([u, ids, s]) => window.greedy(u, ids, 16, { sampling: s }), [tinyUrl, tiny.input_ids, sampling]);
+        assert(r.tokens.length === 16, `${JSON.stringify(sampling)}: ${r.tokens.length} tokens`);
+        assert(JSON.stringify(r.tokens.slice(0, tiny.greedy_export.length)) !== JSON.stringify(tiny.greedy_export), `${JSON.stringify(sampling)}: sampled tokens equal the greedy ones`);
+        const nat = nativeTokens('models/tiny', tiny.input_ids, 16, flags);
+        if (nat) same(r.tokens, nat, `${JSON.stringify(sampling)}: browser vs native`);
+      }
+    });
+
     await test('progress events count every byte, in order', async () => {
       const r = await page.evaluate(([u, ids]) => window.greedy(u, ids, 1, { worker: true }), [`${origin}/m/tests/fixtures/qwen2_gqa/export/`, [1, 2, 3]]);
       const dl = r.events.filter((e) => e.phase === 'download');
