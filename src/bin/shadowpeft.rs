@@ -410,6 +410,7 @@ mod cli {
         let l = load(&a.model).await?;
         let load_s = t_load.elapsed().as_secs_f64();
         let (gpu, model) = (&l.gpu, &l.model);
+        let dispatches_at_load = gpu.dispatch_count();
         let src = DirSource::open(&l.text_dir)?;
         let tokenizer = match (&tokens, &a.prompt) {
             (Some(_), _) => TextTokenizer::load(&src).await.ok(),
@@ -506,6 +507,7 @@ mod cli {
                 "generate_s": g.prefill_secs + g.decode_secs,
                 "load_s": load_s,
                 "adapter": gpu.adapter_name(),
+                "dispatches": gpu.dispatch_count() - dispatches_at_load,
             });
             v["modes"] = serde_json::json!(g
                 .modes

@@ -58,6 +58,8 @@ pub struct Gpu {
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Compute dispatches submitted so far.
+    pub(crate) dispatches: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -175,7 +177,14 @@ impl Gpu {
             staging: Mutex::new(None),
             errors,
             lost,
+            dispatches: Default::default(),
         })
+    }
+
+    /// Compute dispatches submitted on this device so far (a decode step's count is the
+    /// difference around it): the cost that dominates small models on CPU devices.
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".

@@ -158,6 +158,13 @@ impl<'g> Step<'g> {
         if self.ops.is_empty() {
             return Ok(());
         }
+        let n = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Dispatch { .. }))
+            .count();
+        gpu.dispatches
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         // The lock is held until the submit so that concurrent steps cannot interleave their
         // parameter uploads into the shared uniform buffer.
         let mut slot = gpu.uniform.lock().unwrap_or_else(|p| p.into_inner());
