@@ -212,6 +212,9 @@ mod cli {
                 Cmd::Serve(a) => run_serve(a).await,
             }
         });
+        if shadowpeft::gpu::profile::enabled() {
+            eprint!("{}", shadowpeft::gpu::profile::report());
+        }
         match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 
 use super::{Gpu, WeightFormat};
 
+// UNIFORM too: the CPU decode kernels bind a row of activations as a uniform array.
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 

@@ -221,6 +221,14 @@ impl Gpu {
         self.subgroup_max
     }
 
+    /// Whether elements `off..off + len` of a buffer can be bound as one uniform array: the
+    /// offset meets the uniform offset alignment and the range fits one uniform binding.
+    pub fn uniform_range_ok(&self, off: usize, len: usize) -> bool {
+        let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as u64;
+        (off as u64 * 4).is_multiple_of(align)
+            && len as u64 * 4 <= self.limits.max_uniform_buffer_binding_size
+    }
+
     /// The effective maximum size of one storage binding, in bytes.
     pub fn max_binding(&self) -> u64 {
         self.max_binding

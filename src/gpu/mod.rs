@@ -11,4 +11,6 @@ pub use buffers::{Matrix, Tensor};
 pub use context::{Gpu, GpuOptions, Subgroups};
 pub use pipelines::{Kernel, KernelSpec};
 pub use quant::WeightFormat;
+#[cfg(not(target_arch = "wasm32"))]
+pub use step::profile;
 pub use step::Step;

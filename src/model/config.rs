@@ -153,6 +153,12 @@ pub(crate) fn token_ids(v: &Value, file: &str, name: &str) -> Result<Vec<u32>> {
 }
 
 impl ArchConfig {
+    /// Input widths of the decoder's projections: hidden (q, k, v, gate, up, LM head),
+    /// intermediate (down) and heads x head_dim (o).
+    pub fn widths(&self) -> [usize; 3] {
+        [self.hidden, self.intermediate, self.heads * self.head_dim]
+    }
+
     /// Resolves a Hugging Face `config.json` of a supported family.
     pub fn from_hf(file: &str, v: &Value) -> Result<Self> {
         if !v.is_object() {

@@ -379,6 +379,7 @@ impl BaseWeights {
         ops::precompile(
             gpu,
             &[base_cfg.head_dim, shadow_cfg.head_dim],
+            &[base_cfg.widths(), shadow_cfg.widths()].concat(),
             (mode == Mode::Attached).then_some(act),
             opts.weights,
         );
@@ -777,7 +778,7 @@ impl ShadowModel {
                 (ArchConfig::from_hf(&loc, &v)?, "model.", None)
             };
         // Compile while the weights are read.
-        ops::precompile(gpu, &[cfg.head_dim], None, opts.weights);
+        ops::precompile(gpu, &[cfg.head_dim], &cfg.widths(), None, opts.weights);
         let mut w = Weights::load_hf(src).await?;
         w.set_format(opts.weights);
         // Hugging Face peft's `unload_shadow()` (`DetachedShadowModel`): the backbone under

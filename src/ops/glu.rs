@@ -1,6 +1,7 @@
 //! The gated MLP input of SwiGLU decoders: `y = silu(x Wg^T) * (x Wu^T)`. For decode (at most
 //! two rows, unsplit weights of one format without biases) one fused matrix-vector dispatch
-//! (`matvec_glu`, or `qmatvec_glu` for f16 and quantised weights); otherwise the two
+//! (`matvec_glu`, or `qmatvec_glu` for f16 and quantised weights, or `cmatvec_glu` for one row
+//! on CPU devices); otherwise the two
 //! projections into a `[m, 2I]` scratch and [`super::silu_mul`].
 //!
 //! # Shapes
@@ -15,6 +16,7 @@ use super::{groups_for, linear, silu_mul, Linear, WG};
 const PLAIN: &str = include_str!("../../shaders/matvec_glu.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/matvec_glu_subgroup.wgsl");
 const BLOCKED: &str = include_str!("../../shaders/qmatvec_glu.wgsl");
+const CPU: &str = include_str!("../../shaders/cmatvec_glu.wgsl");
 
 /// The fused decode kernel of f16 and quantised weights (one output per invocation).
 pub(crate) fn qspec(format: WeightFormat) -> Option<KernelSpec> {
@@ -31,6 +33,23 @@ struct Params {
     n: u32,
     k: u32,
     _p: u32,
+}
+
+/// Mirrors `Params` of cmatvec_glu.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CpuParams {
+    n: u32,
+    k: u32,
+    _p: [u32; 2],
+}
+
+/// The fused decode kernel of CPU devices for `format` weights of `k` columns.
+pub(crate) fn cpu_spec(format: WeightFormat, k: usize) -> KernelSpec {
+    let spec = KernelSpec::new("cmatvec_glu", CPU)
+        .with("WG", super::linear::CPU_WG)
+        .with("XN", (k / 4) as u32);
+    super::with_cpu_format(spec, format)
 }
 
 /// The fused decode kernel this device runs, and its outputs per workgroup.
@@ -62,6 +81,23 @@ pub fn glu(
         && gate.w.chunks.len() == 1
         && up.w.chunks.len() == 1
         && gate.w.format == up.w.format;
+    let gpu = step.gpu();
+    if super::linear::cpu_decode(gpu, rows, 0, k) && fused {
+        let kernel = gpu.kernel(&cpu_spec(gate.w.format, k));
+        let p = CpuParams {
+            n: inter as u32,
+            k: k as u32,
+            _p: [0; 2],
+        };
+        step.dispatch_uniform_linear(
+            &kernel,
+            &p,
+            (x, 0, k),
+            &[&gate.w.chunks[0].0, &up.w.chunks[0].0, y],
+            groups_for(inter.div_ceil(4), super::linear::CPU_WG),
+        );
+        return;
+    }
     if !fused {
         linear(step, x, 0, rows, gate, gu, 0, 2 * inter);
         linear(step, x, 0, rows, up, gu, inter, 2 * inter);
@@ -74,7 +110,6 @@ pub fn glu(
         k: k as u32,
         _p: 0,
     };
-    let gpu = step.gpu();
     // f16 and quantised weights run the blocked kernel (None for f32).
     let (s, per_group) = match qspec(gate.w.format) {
         Some(s) => (s, WG),

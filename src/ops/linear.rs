@@ -1,5 +1,7 @@
 //! Linear layer `y = x W^T + b` (torch `nn.Linear` layout: `W` is `[out, in]`).
 //!
+//! Decode (M = 1) on CPU devices, K % 32 == 0: `cmatvec` for every weight format (x bound as a
+//! uniform array, 8 rows per invocation; see its header for why).
 //! f32 weights: prefill (M > 2) uses the tiled `matmul` kernel (`matmul_cpu` on CPU devices);
 //! decode (M <= 2, K % 4 == 0) uses the `matvec` kernel; widths that are not multiples of 4
 //! use the scalar `matvec_any` for decode (and for prefill on CPU devices). f16 and block-quantised weights use
@@ -23,6 +25,24 @@ const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
 const QLINEAR: &str = include_str!("../../shaders/qlinear.wgsl");
 const MATVEC_ANY: &str = include_str!("../../shaders/matvec_any.wgsl");
 const COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
+const CMATVEC: &str = include_str!("../../shaders/cmatvec.wgsl");
+
+/// Workgroup size of the CPU decode kernels: small, so that even 512 outputs (64
+/// invocations of 8 rows) spread over several CPU threads.
+pub(crate) const CPU_WG: u32 = 16;
+
+/// The CPU decode kernel for `format` weights of `k` columns.
+pub(crate) fn cmatvec_spec(format: WeightFormat, k: usize) -> KernelSpec {
+    let spec = KernelSpec::new("cmatvec", CMATVEC)
+        .with("WG", CPU_WG)
+        .with("XN", (k / 4) as u32);
+    super::with_cpu_format(linear_kernel(spec), format)
+}
+
+/// Whether `x[x_off..x_off + k]` of a one-row product goes to the CPU decode kernels.
+pub(crate) fn cpu_decode(gpu: &crate::gpu::Gpu, rows: usize, x_off: usize, k: usize) -> bool {
+    gpu.is_cpu() && rows == 1 && k.is_multiple_of(32) && gpu.uniform_range_ok(x_off, k)
+}
 
 /// `spec` with the declarations every linear kernel shares (Params, bias, y, store).
 fn linear_kernel(spec: KernelSpec) -> KernelSpec {
@@ -165,6 +185,20 @@ fn record(
         scale: add.unwrap_or(1.0),
         _p: [0; 2],
     };
+    if cpu_decode(step.gpu(), rows, x_off, k) {
+        let kernel = step.gpu().kernel(&cmatvec_spec(lin.w.format, k));
+        for (chunk, row0, n) in &lin.w.chunks {
+            let bias = lin.b.as_ref().unwrap_or(chunk);
+            step.dispatch_uniform_linear(
+                &kernel,
+                &params(*n, *row0),
+                (x, x_off, k),
+                &[chunk, bias, y],
+                groups_for(n.div_ceil(8), CPU_WG),
+            );
+        }
+        return;
+    }
     if lin.w.format != WeightFormat::F32 {
         // x_off is a whole number of rows of K (a multiple of 32) values.
         debug_assert!(x_off.is_multiple_of(4));
@@ -353,10 +387,13 @@ mod tests {
     #[test]
     fn linear_matches_cpu_for_every_weight_format() {
         let Some(gpu) = gpu() else { return };
-        for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+        // Every format: on CPU devices one-row products of K % 32 == 0 run cmatvec (8 rows per
+        // invocation: n = 1, 7, 9, 50, 2050 leave partial groups; x_off = 64 a bound offset).
+        for format in WeightFormat::ALL {
             for &(m, n, k) in &[
                 (1, 1, 32),
                 (1, 7, 64),
+                (1, 9, 1024),
                 (2, 130, 96),
                 (5, 65, 32),
                 (70, 129, 128),

@@ -38,11 +38,14 @@ pub use silu_mul::{cpu_silu_mul, silu_mul};
 
 /// Compiles every kernel a model with these attention head dimensions uses, so that (in the
 /// browser) compilation overlaps the weight upload instead of delaying the first token.
-/// `adapter` is the activation of the shadow update networks when the adapter runs here;
-/// `weights` the storage of the projections, embeddings and heads.
+/// `widths` are the input widths of its projections (hidden, intermediate, heads x head_dim:
+/// the CPU decode kernels are specialised by width); `adapter` is the activation of the shadow
+/// update networks when the adapter runs here; `weights` the storage of the projections,
+/// embeddings and heads.
 pub fn precompile(
     gpu: &crate::gpu::Gpu,
     head_dims: &[usize],
+    widths: &[usize],
     adapter: Option<Act>,
     weights: crate::gpu::WeightFormat,
 ) {
@@ -69,6 +72,15 @@ pub fn precompile(
     specs.extend(embedding::qspec(weights));
     specs.extend(glu::qspec(weights));
     specs.extend(proj3::qspec(weights));
+    if gpu.is_cpu() {
+        let mut ws: Vec<usize> = widths.iter().copied().filter(|w| w % 32 == 0).collect();
+        ws.sort_unstable();
+        ws.dedup();
+        for &w in &ws {
+            specs.push(linear::cmatvec_spec(weights, w));
+            specs.push(glu::cpu_spec(weights, w));
+        }
+    }
     if let Some(act) = adapter {
         // The official form (SiLU) has the LayerNorm and no biases; peft's (GELU) the reverse.
         let official = act == Act::Silu;
@@ -121,6 +133,30 @@ pub(crate) fn with_format(
         WeightFormat::Q4 => ("format_q4", include_str!("../../shaders/format_q4.wgsl")),
     };
     Some(spec.prelude(prelude.0, prelude.1))
+}
+
+/// `spec` with the CPU decode kernels' decoder of `format` and their shared functions.
+pub(crate) fn with_cpu_format(
+    spec: crate::gpu::KernelSpec,
+    format: crate::gpu::WeightFormat,
+) -> crate::gpu::KernelSpec {
+    use crate::gpu::WeightFormat;
+    let prelude = match format {
+        WeightFormat::F32 => (
+            "cformat_f32",
+            include_str!("../../shaders/cformat_f32.wgsl"),
+        ),
+        WeightFormat::F16 => (
+            "cformat_f16",
+            include_str!("../../shaders/cformat_f16.wgsl"),
+        ),
+        WeightFormat::Q8 => ("cformat_q8", include_str!("../../shaders/cformat_q8.wgsl")),
+        WeightFormat::Q4 => ("cformat_q4", include_str!("../../shaders/cformat_q4.wgsl")),
+    };
+    spec.prelude(prelude.0, prelude.1).prelude(
+        "cmatvec_common",
+        include_str!("../../shaders/cmatvec_common.wgsl"),
+    )
 }
 
 /// Default workgroup size of the element-wise and row kernels.

@@ -1,7 +1,7 @@
 //! Three projections of the same rows (attention's q, k and v): for decode (at most two rows,
 //! unsplit weights of one format without biases) one fused matrix-vector dispatch
-//! (`matvec3`, or `qmatvec3` for f16 and quantised weights), otherwise three
-//! [`super::linear`] calls.
+//! (`matvec3`, or `qmatvec3` for f16 and quantised weights), otherwise (and for decode on CPU
+//! devices, which use `cmatvec`) three [`super::linear`] calls.
 //!
 //! # Shapes
 //! x `[M, K]` (from offset 0); each `(W [N, K], y [M, N])`.
@@ -40,7 +40,10 @@ pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> (KernelSpec, u32) {
 /// Records `y_i[m, :] = x[m, :] W_i^T (+ b_i)` for the three `(W_i, y_i)` and `m < rows`.
 pub fn proj3(step: &mut Step, x: &Tensor, rows: usize, outs: [(&Linear, &Tensor); 3]) {
     let k = outs[0].0.w.cols;
-    let fused = rows <= 2
+    // CPU devices decode with cmatvec (three dispatches: one kernel choosing among three
+    // weight bindings per load measured slower than the two dispatches it saves).
+    let fused = !super::linear::cpu_decode(step.gpu(), rows, 0, k)
+        && rows <= 2
         && k.is_multiple_of(4)
         && outs.iter().all(|(l, _)| {
             l.b.is_none()

@@ -1,0 +1,42 @@
+// cformat_f16: the f16 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
+// to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 4 vec4<u32> words; word t
+// holds values 2t (low half) and 2t + 1 (high half), read with unpack2x16float (core WGSL, no
+// shader-f16 needed); no scale. The kernel defines x (a uniform array of vec4)
+// and wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
+// choice folds away).
+
+const BV: u32 = 4u;
+const SCALED: bool = false;
+
+// One block of x.
+struct XBlock {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+}
+
+fn xblock(b: u32) -> XBlock {
+    let i = b * 8u;
+    return XBlock(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+}
+
+// Values 4j..4j + 3 of a block from its words 2j and 2j + 1.
+fn halves(lo: u32, hi: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
+}
+
+// sum_k x[k] * w[k] over block `blk` of matrix `mat`.
+fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+    let u0 = wblock(mat, 4u * blk);
+    let u1 = wblock(mat, 4u * blk + 1u);
+    let u2 = wblock(mat, 4u * blk + 2u);
+    let u3 = wblock(mat, 4u * blk + 3u);
+    var a = xb.v0 * halves(u0.x, u0.y);
+    a = fma(xb.v1, halves(u0.z, u0.w), a);
+    a = fma(xb.v2, halves(u1.x, u1.y), a);
+    a = fma(xb.v3, halves(u1.z, u1.w), a);
+    a = fma(xb.v4, halves(u2.x, u2.y), a);
+    a = fma(xb.v5, halves(u2.z, u2.w), a);
+    a = fma(xb.v6, halves(u3.x, u3.y), a);
+    a = fma(xb.v7, halves(u3.z, u3.w), a);
+    return (a.x + a.y) + (a.z + a.w);
+}

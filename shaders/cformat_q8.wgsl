@@ -1,0 +1,51 @@
+// cformat_q8: the int8 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
+// to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 2 vec4<u32>; word t holds
+// values 4t..4t + 3 as signed bytes, low byte first.
+// As in cformat_q4, the decode keeps to whole-vector integer ops: `word ^ 0x80808080` turns
+// the bytes into q + 128, bytes 0-2 masked in place give them times 1, 2^8 and 2^16, byte 3 is
+// shifted down; x is pre-multiplied by the inverse powers, and the +128 offset is taken out
+// once per block as 128 * sum(x). The kernel defines x (a uniform array of vec4)
+// and wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
+// choice folds away).
+
+const BV: u32 = 2u;
+const SCALED: bool = true;
+const MASKS = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0u);
+const UNSHIFT = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 1.0);
+
+// One block of x, scaled for the decode, and the offset correction.
+struct XBlock {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+    offset: f32,
+}
+
+fn xblock(b: u32) -> XBlock {
+    let i = b * 8u;
+    let a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+    let s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return XBlock(a[0] * UNSHIFT, a[1] * UNSHIFT, a[2] * UNSHIFT, a[3] * UNSHIFT,
+                  a[4] * UNSHIFT, a[5] * UNSHIFT, a[6] * UNSHIFT, a[7] * UNSHIFT,
+                  128.0 * ((s.x + s.y) + (s.z + s.w)));
+}
+
+fn bytes4(w: u32) -> vec4<f32> {
+    let u = w ^ 0x80808080u;
+    let m = (vec4<u32>(u) & MASKS) | vec4<u32>(0u, 0u, 0u, u >> 24u);
+    return vec4<f32>(bitcast<vec4<i32>>(m));
+}
+
+// sum_k x[k] * q[k] over block `blk` of matrix `mat`, before the block's scale.
+fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+    let u = wblock(mat, 2u * blk);
+    let v = wblock(mat, 2u * blk + 1u);
+    var a = xb.v0 * bytes4(u.x);
+    a = fma(xb.v1, bytes4(u.y), a);
+    a = fma(xb.v2, bytes4(u.z), a);
+    a = fma(xb.v3, bytes4(u.w), a);
+    a = fma(xb.v4, bytes4(v.x), a);
+    a = fma(xb.v5, bytes4(v.y), a);
+    a = fma(xb.v6, bytes4(v.z), a);
+    a = fma(xb.v7, bytes4(v.w), a);
+    return ((a.x + a.y) + (a.z + a.w)) - xb.offset;
+}
