@@ -349,10 +349,23 @@ pub mod profile {
 
     pub(super) fn record(op: &Op, t: Duration) {
         let key = match op {
-            Op::Dispatch { kernel, groups, .. } => {
+            Op::Dispatch {
+                kernel,
+                groups,
+                buffers,
+                ..
+            } => {
+                // The second binding's size tells apart the projections of one kernel.
+                let b2 = buffers
+                    .get(1)
+                    .map_or(0, |(b, r)| r.map_or(b.size(), |r| r.1));
                 format!(
-                    "{} [{}x{}x{}]",
-                    kernel.name, groups[0], groups[1], groups[2]
+                    "{} [{}x{}x{}] b2={}K",
+                    kernel.name,
+                    groups[0],
+                    groups[1],
+                    groups[2],
+                    b2 / 1024
                 )
             }
             Op::Copy { size, .. } => format!("copy [{size} B]"),

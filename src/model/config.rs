@@ -153,10 +153,15 @@ pub(crate) fn token_ids(v: &Value, file: &str, name: &str) -> Result<Vec<u32>> {
 }
 
 impl ArchConfig {
-    /// Input widths of the decoder's projections: hidden (q, k, v, gate, up, LM head),
-    /// intermediate (down) and heads x head_dim (o).
-    pub fn widths(&self) -> [usize; 3] {
-        [self.hidden, self.intermediate, self.heads * self.head_dim]
+    /// The shapes that decide which kernels this decoder compiles.
+    pub fn dims(&self) -> crate::ops::Dims {
+        crate::ops::Dims {
+            hidden: self.hidden,
+            intermediate: self.intermediate,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Resolves a Hugging Face `config.json` of a supported family.

@@ -85,6 +85,9 @@ pub(crate) struct Scratch {
     attn: Tensor,
     gu: Tensor,
     act: Tensor,
+    /// Attention scores of one query over the whole cache (`[heads, max_seq]`), for the CPU
+    /// decode kernel.
+    scores: Tensor,
 }
 
 impl Decoder {
@@ -189,6 +192,7 @@ impl Decoder {
             attn: z("attn", qd),
             gu: z("gate_up", 2 * c.intermediate),
             act: z("act", c.intermediate),
+            scores: gpu.zeros("scores", c.heads * self.rope.positions),
         }
     }
 
@@ -243,6 +247,7 @@ impl Decoder {
             c.heads,
             c.kv_heads,
             hd,
+            &s.scores,
         );
         ops::linear_add(step, &s.attn, 0, m, &ly.o, x, 0, h, 1.0);
         // 4. MLP: SwiGLU of the gate and up projections, down projection, residual.

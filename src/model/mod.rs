@@ -378,8 +378,7 @@ impl BaseWeights {
         let (d, v) = (base_cfg.hidden, base_cfg.vocab);
         ops::precompile(
             gpu,
-            &[base_cfg.head_dim, shadow_cfg.head_dim],
-            &[base_cfg.widths(), shadow_cfg.widths()].concat(),
+            &[base_cfg.dims(), shadow_cfg.dims()],
             (mode == Mode::Attached).then_some(act),
             opts.weights,
         );
@@ -778,7 +777,7 @@ impl ShadowModel {
                 (ArchConfig::from_hf(&loc, &v)?, "model.", None)
             };
         // Compile while the weights are read.
-        ops::precompile(gpu, &[cfg.head_dim], &cfg.widths(), None, opts.weights);
+        ops::precompile(gpu, &[cfg.dims()], None, opts.weights);
         let mut w = Weights::load_hf(src).await?;
         w.set_format(opts.weights);
         // Hugging Face peft's `unload_shadow()` (`DetachedShadowModel`): the backbone under

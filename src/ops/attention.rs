@@ -11,7 +11,30 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{KernelSpec, Step, Tensor};
 
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
+const CPU_SRC: &str = include_str!("../../shaders/cattention.wgsl");
 const ATTN_WG: u32 = 64;
+/// Lanes of the CPU decode kernel: one SIMD vector on CPU devices.
+const CPU_WG: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CpuParams {
+    ctx: u32,
+    heads: u32,
+    kv_heads: u32,
+    cap: u32,
+    scale: f32,
+    _p: [u32; 3],
+}
+
+/// The CPU decode kernel for `heads` query heads of `head_dim` over `kv_heads` KV heads.
+pub(crate) fn cpu_spec(heads: usize, kv_heads: usize, head_dim: usize) -> KernelSpec {
+    KernelSpec::new("cattention", CPU_SRC)
+        .with("WG", CPU_WG)
+        .with("HD", head_dim as u32)
+        .with("QN", (heads * head_dim / 4) as u32)
+        .with("GROUP", (heads / kv_heads.max(1)) as u32)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -32,7 +55,9 @@ pub(crate) fn spec(head_dim: usize) -> KernelSpec {
         .with("ACC", (head_dim as u32).div_ceil(ATTN_WG))
 }
 
-/// Records attention for `m` queries at positions `pos0..pos0 + m`.
+/// Records attention for `m` queries at positions `pos0..pos0 + m`. `scores` is scratch of
+/// `heads * cap` values for the CPU decode kernel (`cattention`, used on CPU devices for one
+/// query when `pos0 < cap` and q fits one uniform binding).
 pub fn attention(
     step: &mut Step,
     q: &Tensor,
@@ -44,8 +69,38 @@ pub fn attention(
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    scores: &Tensor,
 ) {
-    let k = step.gpu().kernel(&spec(head_dim));
+    let gpu = step.gpu();
+    let cap = scores.len() / heads.max(1);
+    let qn = heads * head_dim;
+    if gpu.is_cpu()
+        && m == 1
+        && pos0 < cap
+        && head_dim.is_multiple_of(4)
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && gpu.uniform_range_ok(0, qn)
+    {
+        let kernel = gpu.kernel(&cpu_spec(heads, kv_heads, head_dim));
+        let p = CpuParams {
+            ctx: pos0 as u32 + 1,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            cap: cap as u32,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            _p: [0; 3],
+        };
+        step.dispatch_uniform_linear(
+            &kernel,
+            &p,
+            (q, 0, qn),
+            &[k_cache, v_cache, scores, out],
+            kv_heads as u32,
+        );
+        return;
+    }
+    let k = gpu.kernel(&spec(head_dim));
     let p = Params {
         m: m as u32,
         pos0: pos0 as u32,
@@ -113,11 +168,17 @@ mod tests {
     #[test]
     fn attention_matches_cpu() {
         let Some(gpu) = gpu() else { return };
-        // (m, pos0, heads, kv_heads, head_dim): decode, prefill, GQA, > one key block, odd dims.
+        // (m, pos0, heads, kv_heads, head_dim): decode, prefill, GQA, > one key block, odd dims;
+        // one-query cases run cattention on CPU devices (groups of 1, 2, 4, 7 and 16; a context
+        // past the scores scratch falls back).
         for &(m, pos0, h, kvh, d) in &[
             (1, 0, 1, 1, 4),
             (7, 0, 4, 2, 16),
             (1, 130, 4, 1, 32),
+            (1, 61, 8, 4, 64),
+            (1, 36, 14, 2, 128),
+            (1, 9, 16, 1, 8),
+            (1, 300, 2, 2, 16),
             (5, 60, 2, 2, 7),
             (3, 1, 8, 8, 128),
             (70, 0, 2, 1, 8),
@@ -132,8 +193,9 @@ mod tests {
                 gpu.upload_f32("v", &vc),
                 gpu.zeros("o", m * h * d),
             );
+            let scores = gpu.zeros("scores", h * 256);
             let mut st = Step::new(gpu);
-            attention(&mut st, &qt, &kt, &vt, &ot, m, pos0, h, kvh, d);
+            attention(&mut st, &qt, &kt, &vt, &ot, m, pos0, h, kvh, d, &scores);
             st.submit().unwrap();
             let got = pollster::block_on(gpu.read_f32(&ot, 0, m * h * d)).unwrap();
             let want = cpu_attention(&q, &kc, &vc, m, pos0, h, kvh, d);

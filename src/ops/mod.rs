@@ -36,16 +36,23 @@ pub use shadow_update::{
 };
 pub use silu_mul::{cpu_silu_mul, silu_mul};
 
-/// Compiles every kernel a model with these attention head dimensions uses, so that (in the
-/// browser) compilation overlaps the weight upload instead of delaying the first token.
-/// `widths` are the input widths of its projections (hidden, intermediate, heads x head_dim:
-/// the CPU decode kernels are specialised by width); `adapter` is the activation of the shadow
-/// update networks when the adapter runs here; `weights` the storage of the projections,
-/// embeddings and heads.
+/// The shapes of a decoder that decide which kernels it compiles.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Compiles every kernel models of these shapes use, so that (in the browser) compilation
+/// overlaps the weight upload instead of delaying the first token. `adapter` is the
+/// activation of the shadow update networks when the adapter runs here; `weights` the
+/// storage of the projections, embeddings and heads.
 pub fn precompile(
     gpu: &crate::gpu::Gpu,
-    head_dims: &[usize],
-    widths: &[usize],
+    dims: &[Dims],
     adapter: Option<Act>,
     weights: crate::gpu::WeightFormat,
 ) {
@@ -66,20 +73,25 @@ pub fn precompile(
         proj3::spec(gpu).0,
         argmax::spec(),
     ];
-    specs.extend(head_dims.iter().map(|&d| attention::spec(d)));
+    specs.extend(dims.iter().map(|d| attention::spec(d.head_dim)));
     specs.extend(linear::qlinear_spec(weights, 1));
     specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));
     specs.extend(glu::qspec(weights));
     specs.extend(proj3::qspec(weights));
     if gpu.is_cpu() {
-        let mut ws: Vec<usize> = widths.iter().copied().filter(|w| w % 32 == 0).collect();
-        ws.sort_unstable();
-        ws.dedup();
-        for &w in &ws {
-            specs.push(linear::cmatvec_spec(weights, w));
-            specs.push(glu::cpu_spec(weights, w));
+        // The decode kernels are specialised by input width: hidden (q, k, v, gate, up, LM
+        // head), intermediate (down), heads x head_dim (o).
+        let mut mv: Vec<usize> = Vec::new();
+        for d in dims {
+            mv.extend([d.hidden, d.intermediate, d.heads * d.head_dim]);
+            specs.push(glu::cpu_spec(weights, d.hidden));
+            specs.push(attention::cpu_spec(d.heads, d.kv_heads, d.head_dim));
         }
+        mv.retain(|w| w % 32 == 0);
+        mv.sort_unstable();
+        mv.dedup();
+        specs.extend(mv.iter().map(|&w| linear::cmatvec_spec(weights, w)));
     }
     if let Some(act) = adapter {
         // The official form (SiLU) has the LayerNorm and no biases; peft's (GELU) the reverse.

@@ -711,12 +711,6 @@ pub async fn load_base<S: crate::model::source::Source>(
     let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
     let mut w = Weights::load_hf(src).await?;
     w.set_format(weights);
-    crate::ops::precompile(
-        gpu,
-        &[cfg.head_dim],
-        &cfg.widths(),
-        Some(crate::ops::Act::Silu),
-        weights,
-    );
+    crate::ops::precompile(gpu, &[cfg.dims()], Some(crate::ops::Act::Silu), weights);
     BaseModel::load(gpu, &w, &cfg, max_seq.min(cfg.max_positions).max(1), None)
 }
