@@ -58,6 +58,7 @@ pub(crate) fn spec(head_dim: usize) -> KernelSpec {
 /// Records attention for `m` queries at positions `pos0..pos0 + m`. `scores` is scratch of
 /// `heads * cap` values for the CPU decode kernel (`cattention`, used on CPU devices for one
 /// query when `pos0 < cap` and q fits one uniform binding).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
     q: &Tensor,
