@@ -1,23 +1,14 @@
 // cformat_f16: the f16 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
 // to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 4 vec4<u32> words; word t
 // holds values 2t (low half) and 2t + 1 (high half), read with unpack2x16float (core WGSL, no
-// shader-f16 needed); no scale. The kernel defines x (a uniform array of vec4)
-// and wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
-// choice folds away).
+// shader-f16 needed); no scale. cmatvec_common turns x into blocks
+// (XBlock: each vec4 times UNSHIFT, and OFFSET * sum(x)); the kernel defines wblock(mat, i) (vec4
+// word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
 
 const BV: u32 = 4u;
 const SCALED: bool = false;
-
-// One block of x.
-struct XBlock {
-    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
-}
-
-fn xblock(b: u32) -> XBlock {
-    let i = b * 8u;
-    return XBlock(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
-}
+const OFFSET: f32 = 0.0;
+const UNSHIFT = vec4<f32>(1.0);
 
 // Values 4j..4j + 3 of a block from its words 2j and 2j + 1.
 fn halves(lo: u32, hi: u32) -> vec4<f32> {

@@ -4,30 +4,15 @@
 // CPU compilers run one invocation per SIMD lane, so the decode keeps to whole-vector integer
 // ops: `word & 0x0F0F0F0F` masked byte by byte gives the four values times 1, 2^8, 2^16 and
 // 2^24 (exact as i32 and f32), and x is pre-multiplied by the inverse powers (exact too); the
-// +8 offset is taken out once per block as 8 * sum(x). The kernel defines x (a uniform array of vec4)
-// and wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
-// choice folds away).
+// +8 offset is taken out once per block as 8 * sum(x). cmatvec_common turns x into blocks
+// (XBlock: each vec4 times UNSHIFT, and OFFSET * sum(x)); the kernel defines wblock(mat, i) (vec4
+// word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
 
 const BV: u32 = 1u;
 const SCALED: bool = true;
 const MASKS = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
+const OFFSET: f32 = 8.0;
 const UNSHIFT = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08);
-
-// One block of x, scaled for the decode, and the offset correction.
-struct XBlock {
-    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
-    offset: f32,
-}
-
-fn xblock(b: u32) -> XBlock {
-    let i = b * 8u;
-    let a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
-    let s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    return XBlock(a[0] * UNSHIFT, a[1] * UNSHIFT, a[2] * UNSHIFT, a[3] * UNSHIFT,
-                  a[4] * UNSHIFT, a[5] * UNSHIFT, a[6] * UNSHIFT, a[7] * UNSHIFT,
-                  8.0 * ((s.x + s.y) + (s.z + s.w)));
-}
 
 fn nibbles(u: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u) & MASKS));

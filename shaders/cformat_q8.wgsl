@@ -4,30 +4,15 @@
 // As in cformat_q4, the decode keeps to whole-vector integer ops: `word ^ 0x80808080` turns
 // the bytes into q + 128, bytes 0-2 masked in place give them times 1, 2^8 and 2^16, byte 3 is
 // shifted down; x is pre-multiplied by the inverse powers, and the +128 offset is taken out
-// once per block as 128 * sum(x). The kernel defines x (a uniform array of vec4)
-// and wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
-// choice folds away).
+// once per block as 128 * sum(x). cmatvec_common turns x into blocks
+// (XBlock: each vec4 times UNSHIFT, and OFFSET * sum(x)); the kernel defines wblock(mat, i) (vec4
+// word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
 
 const BV: u32 = 2u;
 const SCALED: bool = true;
 const MASKS = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0u);
+const OFFSET: f32 = 128.0;
 const UNSHIFT = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 1.0);
-
-// One block of x, scaled for the decode, and the offset correction.
-struct XBlock {
-    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
-    offset: f32,
-}
-
-fn xblock(b: u32) -> XBlock {
-    let i = b * 8u;
-    let a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
-    let s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    return XBlock(a[0] * UNSHIFT, a[1] * UNSHIFT, a[2] * UNSHIFT, a[3] * UNSHIFT,
-                  a[4] * UNSHIFT, a[5] * UNSHIFT, a[6] * UNSHIFT, a[7] * UNSHIFT,
-                  128.0 * ((s.x + s.y) + (s.z + s.w)));
-}
 
 fn bytes4(w: u32) -> vec4<f32> {
     let u = w ^ 0x80808080u;

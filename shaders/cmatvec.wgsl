@@ -1,6 +1,7 @@
 // cmatvec: y[y_off + col0 + n] (+)= dot(x, w[n, :]) (+ bias[col0 + n]) for decode (M = 1) on CPU
-// devices (lavapipe, SwiftShader), with w in a blocked format (the cformat file prepended to
-// this one defines BV, SCALED, XBlock, xblock and block_dot; cmatvec_common scale4 and dot4).
+// devices (lavapipe, SwiftShader), with w in any format (the cformat file prepended to this
+// one defines BV, SCALED, OFFSET, UNSHIFT and block_dot; cmatvec_common XBlock, xblock, scale4
+// and dot4).
 // CPU compilers run invocations as SIMD lanes and load storage buffers lane by lane, so x comes
 // through a uniform binding (one vector gather per value for all lanes), and each invocation
 // computes 8 rows (two vec4 groups), so every block of x (loaded and pre-scaled once) serves 8
@@ -20,7 +21,7 @@ fn wblock(mat: u32, i: u32) -> vec4<u32> {
     return w[i];
 }
 
-// scale4, dot4: cmatvec_common.wgsl, prepended.
+// XBlock, xblock, scale4, dot4: cmatvec_common.wgsl, prepended.
 
 @compute @workgroup_size(WG)
 fn cmatvec(

@@ -1,5 +1,26 @@
 // cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) share, prepended after the
-// cformat file: the scales and dots of four rows at once. The kernel defines wblock(mat, i).
+// cformat file (which defines BV, SCALED, OFFSET, UNSHIFT and block_dot): the blocks of x and
+// the scales and dots of four rows at once. The kernel defines x and wblock(mat, i).
+
+// One block of x (32 values as 8 vec4), each vec4 times the format's UNSHIFT, and the format's
+// offset correction OFFSET * sum(x) (none where OFFSET is 0).
+struct XBlock {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+    offset: f32,
+}
+
+fn xblock(b: u32) -> XBlock {
+    let i = b * 8u;
+    let a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+    var offset = 0.0;
+    if (OFFSET != 0.0) {
+        let s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        offset = OFFSET * ((s.x + s.y) + (s.z + s.w));
+    }
+    return XBlock(a[0] * UNSHIFT, a[1] * UNSHIFT, a[2] * UNSHIFT, a[3] * UNSHIFT,
+                  a[4] * UNSHIFT, a[5] * UNSHIFT, a[6] * UNSHIFT, a[7] * UNSHIFT, offset);
+}
 
 // The scales of blocks `i` (block indices, row-major over rows and blocks) of matrix `mat`,
 // whose scales start at vec4 word `scales`; 1 for unscaled formats.

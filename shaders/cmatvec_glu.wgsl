@@ -1,9 +1,9 @@
 // cmatvec_glu: y[n] = silu(dot(x, wg[n, :])) * dot(x, wu[n, :]) for decode (M = 1) on CPU devices:
 // the SwiGLU gate and up projections and their activation in one dispatch, with the weights in
-// any format (the cformat file prepended to this one defines BV, SCALED, XBlock, xblock and
-// block_dot; cmatvec_common scale4 and dot4). As in cmatvec, x comes through a uniform binding;
-// each invocation computes 4 outputs (4 rows of each matrix), so every block of x serves 8
-// weight rows. f32 accumulation. Requires K % 32 == 0.
+// any format (the cformat file prepended to this one defines BV, SCALED, OFFSET, UNSHIFT and
+// block_dot; cmatvec_common XBlock, xblock, scale4 and dot4). As in cmatvec, x comes through
+// a uniform binding; each invocation computes 4 outputs (4 rows of each matrix), so every block
+// of x serves 8 weight rows. f32 accumulation. Requires K % 32 == 0.
 // Bindings: 0 Params (uniform), 1 x [K/4] vec4 (uniform), 2 wg, 3 wu (each [N, K/32, BV] vec4<u32>
 //           block data, then (int formats) [N, K/32] f32 scales), 4 y [N].
 // Dispatch: linear over ceil(N / 4 / WG) workgroups. Constants: WG, XN = K/4.
