@@ -192,7 +192,15 @@ impl Decoder {
             attn: z("attn", qd),
             gu: z("gate_up", 2 * c.intermediate),
             act: z("act", c.intermediate),
-            scores: gpu.zeros("scores", c.heads * self.rope.positions),
+            // Only CPU devices run that kernel; elsewhere a minimal buffer.
+            scores: gpu.zeros(
+                "scores",
+                if gpu.is_cpu() {
+                    c.heads * self.rope.positions
+                } else {
+                    1
+                },
+            ),
         }
     }
 

@@ -69,16 +69,19 @@ pub fn precompile(
         rope::spec(false, false),
         embedding::spec(),
         silu_mul::spec(),
-        glu::spec(gpu).0,
-        proj3::spec(gpu).0,
         argmax::spec(),
     ];
+    // The fused q/k/v and gate/up decode kernels; CPU devices decode with cmatvec wherever the
+    // width allows (K % 32 == 0), and compile these on first use only (a 2-token prompt).
+    if !gpu.is_cpu() || dims.iter().any(|d| !d.hidden.is_multiple_of(32)) {
+        specs.extend([glu::spec(gpu).0, proj3::spec(gpu).0]);
+        specs.extend(glu::qspec(weights));
+        specs.extend(proj3::qspec(weights));
+    }
     specs.extend(dims.iter().map(|d| attention::spec(d.head_dim)));
     specs.extend(linear::qlinear_spec(weights, 1));
     specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));
-    specs.extend(glu::qspec(weights));
-    specs.extend(proj3::qspec(weights));
     if gpu.is_cpu() {
         // The decode kernels are specialised by input width: hidden (q, k, v, gate, up, LM
         // head), intermediate (down), heads x head_dim (o).
