@@ -1,14 +1,16 @@
-// qk_rope: attention's per-head q/k steps in one dispatch: Qwen3's per-head RMSNorm
-// (NORM_Q, NORM_K), then the rotary position embedding in the rotate-half (GPT-NeoX /
-// Hugging Face) layout; q goes to its buffer and k straight into the KV cache.
+// qk_rope: attention's per-head steps after the joined q/k/v projection, in one dispatch: Qwen3's
+// per-head RMSNorm (NORM_Q, NORM_K), then the rotary position embedding in the rotate-half
+// (GPT-NeoX / Hugging Face) layout; q goes to its buffer, k straight into the KV cache, and v
+// is copied into the cache unchanged.
 //   u = NORM ? x * inverseSqrt(mean(x^2) + eps) * w : x     (over one head of D values)
 //   for i < D/2 at position pos = pos0 + m:
 //   y[i]       = u[i] * cos[pos, i] - u[i + D/2] * sin[pos, i]
 //   y[i + D/2] = u[i + D/2] * cos[pos, i] + u[i] * sin[pos, i]
-// Bindings: 0 Params, 1 cos [S, D/2], 2 sin [S, D/2], 3 q_in [M, heads, D],
-// 4 k_in [M, kv_heads, D], 5 qw [D], 6 kw [D], 7 q [M, heads, D],
-// 8 k [.., kv_heads * D] (rows written from element k_off).
-// Dispatch: one workgroup per (row, head), q heads first, linear. Constants: WG, NORM_Q, NORM_K.
+// Bindings: 0 Params, 1 cos [S, D/2], 2 sin [S, D/2], 3 qkv [M, (heads + 2 kv_heads) D] (each
+// row q, then k, then v), 4 qw [D], 5 kw [D], 6 q [M, heads, D], 7 k and 8 v
+// [.., kv_heads * D] (the caches; rows written from element kv_off).
+// Dispatch: one workgroup per (row, head), q heads, then k heads, then v heads, linear.
+// Constants: WG, NORM_Q, NORM_K.
 
 struct Params {
     rows: u32,
@@ -16,7 +18,7 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     pos0: u32,
-    k_off: u32,
+    kv_off: u32,
     eps: f32,
     _p0: u32,
 }
@@ -24,21 +26,14 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(2) var<storage, read> sin_t: array<f32>;
-@group(0) @binding(3) var<storage, read> q_in: array<f32>;
-@group(0) @binding(4) var<storage, read> k_in: array<f32>;
-@group(0) @binding(5) var<storage, read> qw: array<f32>;
-@group(0) @binding(6) var<storage, read> kw: array<f32>;
-@group(0) @binding(7) var<storage, read_write> q: array<f32>;
-@group(0) @binding(8) var<storage, read_write> k: array<f32>;
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read> qw: array<f32>;
+@group(0) @binding(5) var<storage, read> kw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> q: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k: array<f32>;
+@group(0) @binding(8) var<storage, read_write> v: array<f32>;
 
 var<workgroup> part: array<f32, WG>;
-
-fn load(is_k: bool, i: u32) -> f32 {
-    if (is_k) {
-        return k_in[i];
-    }
-    return q_in[i];
-}
 
 fn weight(is_k: bool, i: u32) -> f32 {
     if (is_k) {
@@ -54,16 +49,25 @@ fn qk_rope(
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
     let g = wg.x + wg.y * nwg.x;
-    let per_row = p.heads + p.kv_heads;
+    let per_row = p.heads + 2u * p.kv_heads;
     if (g >= p.rows * per_row) {
         return;
     }
     let m = g / per_row;
     let hh = g - m * per_row;
+    let d = p.head_dim;
+    // Head hh of row m starts at value hh * d of the row (q heads, k heads, v heads).
+    let src = (m * per_row + hh) * d;
+    if (hh >= p.heads + p.kv_heads) {
+        let dst = p.kv_off + (m * p.kv_heads + hh - p.heads - p.kv_heads) * d;
+        for (var i = lid.x; i < d; i += WG) {
+            v[dst + i] = qkv[src + i];
+        }
+        return;
+    }
     let is_k = hh >= p.heads;
     let nheads = select(p.heads, p.kv_heads, is_k);
     let h = select(hh, hh - p.heads, is_k);
-    let d = p.head_dim;
     let base = (m * nheads + h) * d;
     let norm = select(NORM_Q, NORM_K, is_k) == 1u;
     // Uniform per workgroup: every invocation takes the same branch.
@@ -71,8 +75,8 @@ fn qk_rope(
     if (norm) {
         var ss = 0.0;
         for (var i = lid.x; i < d; i += WG) {
-            let v = load(is_k, base + i);
-            ss = fma(v, v, ss);
+            let x = qkv[src + i];
+            ss = fma(x, x, ss);
         }
         part[lid.x] = ss;
         workgroupBarrier();
@@ -86,8 +90,8 @@ fn qk_rope(
     }
     let half = d / 2u;
     for (var i = lid.x; i < half; i += WG) {
-        var a = load(is_k, base + i);
-        var b = load(is_k, base + i + half);
+        var a = qkv[src + i];
+        var b = qkv[src + i + half];
         if (norm) {
             a = weight(is_k, i) * (a * inv);
             b = weight(is_k, i + half) * (b * inv);
@@ -98,8 +102,8 @@ fn qk_rope(
         let ya = a * c - b * s;
         let yb = b * c + a * s;
         if (is_k) {
-            k[p.k_off + base + i] = ya;
-            k[p.k_off + base + i + half] = yb;
+            k[p.kv_off + base + i] = ya;
+            k[p.kv_off + base + i + half] = yb;
         } else {
             q[base + i] = ya;
             q[base + i + half] = yb;

@@ -169,6 +169,68 @@ impl Gpu {
         })
     }
 
+    /// The rows of `parts` (in order) as one matrix in one buffer, joined on the device: the
+    /// block data of every part, then (scaled formats) their scales, as [`WeightFormat`]
+    /// lays out a chunk. `None` when the parts differ in format or width, any part is split
+    /// into chunks, or the joined rows exceed one storage binding; the caller keeps the parts.
+    pub fn join_rows(&self, label: &str, parts: &[&Matrix]) -> Result<Option<Matrix>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let (cols, format) = (first.cols, first.format);
+        if parts
+            .iter()
+            .any(|m| m.cols != cols || m.format != format || m.chunks.len() != 1)
+        {
+            return Ok(None);
+        }
+        let rows: usize = parts.iter().map(|m| m.rows).sum();
+        let total: usize = parts.iter().map(|m| m.chunks[0].0.len).sum();
+        if total as u64 * 4 > self.max_binding() {
+            return Ok(None);
+        }
+        // Scaled formats keep one f32 scale per block after all block data.
+        let scale_words = |n: usize| {
+            if format.scaled() {
+                n * cols / super::quant::BLOCK
+            } else {
+                0
+            }
+        };
+        let joined = self.zeros(label, total);
+        let mut step = super::Step::new(self);
+        let (mut data_at, mut scale_at) = (0, total - scale_words(rows));
+        for m in parts {
+            let chunk = &m.chunks[0].0;
+            let scales = scale_words(m.rows);
+            let data = chunk.len - scales;
+            step.copy(chunk, 0, &joined, data_at, data);
+            step.copy(chunk, data, &joined, scale_at, scales);
+            data_at += data;
+            scale_at += scales;
+        }
+        step.submit()?;
+        Ok(Some(Matrix {
+            rows,
+            cols,
+            format,
+            chunks: vec![(joined, 0, rows)],
+        }))
+    }
+
+    /// The concatenation of `parts` in one new buffer (joined on the device).
+    pub fn join(&self, label: &str, parts: &[&Tensor]) -> Result<Tensor> {
+        let joined = self.zeros(label, parts.iter().map(|t| t.len).sum());
+        let mut step = super::Step::new(self);
+        let mut at = 0;
+        for t in parts {
+            step.copy(t, 0, &joined, at, t.len);
+            at += t.len;
+        }
+        step.submit()?;
+        Ok(joined)
+    }
+
     /// Copies `n` f32 values starting at element `offset` of `t` back to the host.
     pub async fn read_f32(&self, t: &Tensor, offset: usize, n: usize) -> Result<Vec<f32>> {
         let bytes = self

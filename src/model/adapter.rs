@@ -18,12 +18,14 @@
 //! t = T(h_out);  g = sigmoid(G(h_out))                                   # after block l, no norm
 //! s = (1 - g) * s + g * t                   with T, G = Linear(+bias) -> GELU(erf) -> Linear(+bias)
 //! ```
-//! Both are held as one slot per base layer (`None` where a layer runs plain). The update after
-//! the last slot is never read (the shadow logits come from s0), so it is skipped.
+//! Both are held as one slot per base layer (`None` where a layer runs plain), its weights packed
+//! into one buffer; what runs between two base layers (the update after the first, the
+//! injection before the second) is one dispatch. The update after the last slot is never read
+//! (the shadow logits come from s0), so it is skipped.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step, Tensor, WeightFormat};
-use crate::ops::{self, Act, Linear, UpdateNets};
+use crate::ops::{self, AdapterShape, Linear, PackedSlot, UpdateNets};
 
 use super::config::{PeftAdapterSpec, ShadowConfig};
 use super::decoder::{load_linear, load_vec};
@@ -48,13 +50,6 @@ impl AdapterFormat {
     }
 }
 
-struct Slot {
-    down: Tensor,
-    up: Linear,
-    /// The transform and gate networks `l1(act(l0(u)))`.
-    update: UpdateNets,
-}
-
 /// The single f32 buffer of an adapter matrix (adapter weights are never quantised and far
 /// below one storage binding).
 fn plain(l: &Linear, name: &str) -> Result<Tensor> {
@@ -70,20 +65,15 @@ fn plain(l: &Linear, name: &str) -> Result<Tensor> {
 /// the biases, when present, are joined T's then G's for the fused kernels.
 fn update_nets(gpu: &Gpu, nets: [(&str, Linear); 4], width: usize) -> Result<UpdateNets> {
     let [(t0n, t0), (t1n, t1), (g0n, g0), (g1n, g1)] = nets;
-    let join = |a: &Linear, b: &Linear, n: usize| -> Result<Option<Tensor>> {
-        let (Some(x), Some(y)) = (&a.b, &b.b) else {
-            return Ok(None);
-        };
-        let both = gpu.zeros("update biases", 2 * n);
-        let mut step = Step::new(gpu);
-        step.copy(x, 0, &both, 0, n);
-        step.copy(y, 0, &both, n, n);
-        step.submit()?;
-        Ok(Some(both))
+    let join = |a: &Linear, b: &Linear| -> Result<Option<Tensor>> {
+        match (&a.b, &b.b) {
+            (Some(x), Some(y)) => Ok(Some(gpu.join("update biases", &[x, y])?)),
+            _ => Ok(None),
+        }
     };
     Ok(UpdateNets {
-        hidden_bias: join(&t0, &g0, width)?,
-        out_bias: join(&t1, &g1, t1.w.rows)?,
+        hidden_bias: join(&t0, &g0)?,
+        out_bias: join(&t1, &g1)?,
         t0: plain(&t0, t0n)?,
         g0: plain(&g0, g0n)?,
         t1: plain(&t1, t1n)?,
@@ -97,19 +87,21 @@ pub struct Adapter {
     format: AdapterFormat,
     alpha: f32,
     hidden: usize,
-    rank: usize,
-    width: usize,
-    act: Act,
-    /// The official update's LayerNorm (weight, bias); none in peft's.
-    norm: Option<(Tensor, Tensor)>,
+    shape: AdapterShape,
     /// One per base layer.
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Option<PackedSlot>>,
 }
 
-/// Activations of the adapter for up to `rows` tokens.
-pub(crate) struct AdapterScratch {
-    a: Tensor,
-    hid: Tensor,
+/// One layer's slot packed from its injection (`down` `[rank, d]`, `up` `[d, rank]`) and
+/// update networks, with the official update's LayerNorm `norm`.
+fn slot(
+    gpu: &Gpu,
+    norm: Option<(&Tensor, &Tensor)>,
+    down: Tensor,
+    up: &Linear,
+    nets: UpdateNets,
+) -> Result<PackedSlot> {
+    PackedSlot::new(gpu, norm, &nets, &down, &plain(up, "injection up")?)
 }
 
 /// Slice `k` of a stacked `[L-1, rows, cols]` tensor, transposed to a `[cols, rows]` linear.
@@ -199,6 +191,10 @@ impl Adapter {
         let ups = "shadow_injection_model.injection_ups";
         let all_downs = w.get(downs, &[n, d, r])?;
         let all_ups = w.get(ups, &[n, r, d])?;
+        let ln = (
+            load_vec(gpu, w, "shadow_update_model.hidden_norm.weight", d)?,
+            load_vec(gpu, w, "shadow_update_model.hidden_norm.bias", d)?,
+        );
         let mut slots = vec![None];
         for k in 0..n {
             let p = "shadow_update_model";
@@ -217,23 +213,14 @@ impl Adapter {
                 (names[2].as_str(), lin(names[2].clone(), g, d)?),
                 (names[3].as_str(), lin(names[3].clone(), d, g)?),
             ];
-            slots.push(Some(Slot {
-                down,
-                up,
-                update: update_nets(gpu, nets, g)?,
-            }));
+            let nets = update_nets(gpu, nets, g)?;
+            slots.push(Some(slot(gpu, Some((&ln.0, &ln.1)), down, &up, nets)?));
         }
         Ok(Adapter {
             format: AdapterFormat::ShadowPeft,
             alpha: sc.alpha,
             hidden: d,
-            rank: r,
-            width: g,
-            act: Act::Silu,
-            norm: Some((
-                load_vec(gpu, w, "shadow_update_model.hidden_norm.weight", d)?,
-                load_vec(gpu, w, "shadow_update_model.hidden_norm.bias", d)?,
-            )),
+            shape: sc.shape(),
             slots,
         })
     }
@@ -248,7 +235,7 @@ impl Adapter {
         hidden: usize,
     ) -> Result<Self> {
         let (d, r, u) = (hidden, spec.rank, spec.update_hidden);
-        let mut slots: Vec<Option<Slot>> = (0..layers).map(|_| None).collect();
+        let mut slots: Vec<Option<PackedSlot>> = (0..layers).map(|_| None).collect();
         spec.check_layers(layers)?;
         for &l in &spec.blocks {
             let p = peft_block_prefix(l);
@@ -267,20 +254,13 @@ impl Adapter {
                 (g, lin(&format!("{g}.0"), u, d, true)?),
                 (g, lin(&format!("{g}.2"), d, u, true)?),
             ];
-            slots[l] = Some(Slot {
-                down,
-                up,
-                update: update_nets(gpu, nets, u)?,
-            });
+            slots[l] = Some(slot(gpu, None, down, &up, update_nets(gpu, nets, u)?)?);
         }
         Ok(Adapter {
             format: AdapterFormat::Peft,
             alpha: spec.alpha,
             hidden: d,
-            rank: r,
-            width: u,
-            act: Act::Gelu,
-            norm: None,
+            shape: spec.shape(),
             slots,
         })
     }
@@ -306,52 +286,32 @@ impl Adapter {
         self.slots.iter().skip(l + 1).any(Option::is_some)
     }
 
-    pub(crate) fn new_scratch(&self, gpu: &Gpu, rows: usize) -> AdapterScratch {
-        AdapterScratch {
-            a: gpu.zeros("inject a", rows * self.rank),
-            hid: gpu.zeros("update hidden", rows * 2 * self.width),
-        }
+    /// The shape of this adapter's update and injection.
+    pub fn shape(&self) -> AdapterShape {
+        self.shape
     }
 
-    /// Injection before base layer `l` (nothing when `l` is not adapted):
-    /// `h += alpha * up(down(h - s))`.
-    pub(crate) fn inject(
-        &self,
-        step: &mut Step,
-        l: usize,
-        h: &Tensor,
-        s: &Tensor,
-        m: usize,
-        sc: &AdapterScratch,
-    ) {
-        let Some(Some(sl)) = self.slots.get(l) else {
-            return;
-        };
-        let d = self.hidden;
-        ops::inject_down(step, h, s, &sl.down, &sc.a, m, d, self.rank);
-        ops::linear_add(step, &sc.a, 0, m, &sl.up, h, 0, d, self.alpha);
-    }
-
-    /// Update after base layer `l` (nothing when `l` is not adapted or no later layer reads
-    /// the state): `s += sigmoid(G(u)) * (T(u) - s)`, `u = LN(h)` (official) or `u = h` (peft).
-    pub(crate) fn update(
-        &self,
-        step: &mut Step,
-        l: usize,
-        h: &Tensor,
-        s: &Tensor,
-        m: usize,
-        sc: &AdapterScratch,
-    ) {
-        let Some(Some(sl)) = self.slots.get(l) else {
-            return;
-        };
-        if !self.update_is_read(l) {
-            return;
-        }
-        let d = self.hidden;
-        let norm = self.norm.as_ref().map(|(w, b)| (w, b));
-        ops::update_hidden(step, h, norm, &sl.update, &sc.hid, m, d, self.act);
-        ops::shadow_update(step, &sc.hid, &sl.update, s, m, d);
+    /// Records what runs between base layers `next - 1` and `next` (`next` 0: before the
+    /// first): the update after `next - 1` when a later injection reads it, then the
+    /// injection before `next`, `h += alpha * up(down(h - s))`; the update is
+    /// `s += sigmoid(G(u)) * (T(u) - s)`, `u = LN(h)` (official) or `u = h` (peft).
+    pub(crate) fn between(&self, step: &mut Step, next: usize, h: &Tensor, s: &Tensor, m: usize) {
+        let update = next
+            .checked_sub(1)
+            .filter(|&l| self.update_is_read(l))
+            .and_then(|l| self.slots.get(l))
+            .and_then(Option::as_ref);
+        let inject = self.slots.get(next).and_then(Option::as_ref);
+        ops::adapter_step(
+            step,
+            &self.shape,
+            update,
+            inject,
+            self.alpha,
+            h,
+            s,
+            m,
+            self.hidden,
+        );
     }
 }

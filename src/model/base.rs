@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! h = E[ids];  s = s0
-//! for l in 0..L:  h = inject_l(h, s);  h = Layer_l(h);  s = update_l(h, s)   # where adapted
+//! for l in 0..L:  s = update_{l-1}(h, s);  h = inject_l(h, s);  h = Layer_l(h)   # where adapted
 //! out = norm(h)
 //! ```
 
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor};
 use crate::ops;
 
-use super::adapter::{Adapter, AdapterScratch};
+use super::adapter::Adapter;
 use super::config::ArchConfig;
 use super::decoder::{Decoder, KvCache, Scratch};
 use super::weights::Weights;
@@ -33,8 +33,8 @@ pub struct BaseState {
     /// The final normed hidden state `[rows, hidden]` of the last run.
     pub(crate) xn: Tensor,
     scratch: Scratch,
-    /// The adapter's activations; `None` for a stepped session (its client runs the adapter).
-    adapter: Option<AdapterScratch>,
+    /// Whether this state runs the adapter (false for a stepped session: its client does).
+    adapted: bool,
 }
 
 impl BaseModel {
@@ -71,7 +71,7 @@ impl BaseModel {
             s: gpu.zeros("s", rows * d),
             xn: gpu.zeros("xn", rows * d),
             scratch: self.decoder.new_scratch(gpu, rows),
-            adapter: adapter.map(|a| a.new_scratch(gpu, rows)),
+            adapted: adapter.is_some(),
         }
     }
 
@@ -86,7 +86,7 @@ impl BaseModel {
         st.s = gpu.zeros("s", rows * d);
         st.xn = gpu.zeros("xn", rows * d);
         st.scratch = self.decoder.new_scratch(gpu, rows);
-        st.adapter = adapter.map(|a| a.new_scratch(gpu, rows));
+        st.adapted = adapter.is_some();
     }
 
     /// Records the base over `m` tokens `ids` at positions `pos0..pos0 + m` with shadow state
@@ -101,18 +101,20 @@ impl BaseModel {
         m: usize,
         pos0: usize,
     ) -> Result<()> {
-        let sc = st.adapter.as_ref().ok_or_else(|| {
-            Error::InvalidRequest("this base state was made without adapter activations".into())
-        })?;
+        if !st.adapted {
+            return Err(Error::InvalidRequest(
+                "this base state was made for a stepped session (its client runs the adapter)"
+                    .into(),
+            ));
+        }
         let d = self.decoder.cfg.hidden;
         ops::embedding(step, ids, &self.embed, &st.x, m);
         step.copy(s0, 0, &st.s, 0, m * d);
         let n = self.decoder.num_layers();
         for l in 0..n {
-            adapter.inject(step, l, &st.x, &st.s, m, sc);
+            adapter.between(step, l, &st.x, &st.s, m);
             self.decoder
                 .layer(step, l, &st.x, m, pos0, &st.cache, &st.scratch);
-            adapter.update(step, l, &st.x, &st.s, m, sc);
         }
         self.decoder.final_norm(step, &st.x, &st.xn, m);
         Ok(())

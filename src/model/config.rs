@@ -379,6 +379,17 @@ impl ShadowConfig {
             modules_to_save,
         })
     }
+
+    /// The shape of the official adapter's update and injection (LayerNorm, SiLU, no biases).
+    pub fn shape(&self) -> crate::ops::AdapterShape {
+        crate::ops::AdapterShape {
+            act: crate::ops::Act::Silu,
+            norm: true,
+            bias: false,
+            width: self.gate_hidden_size,
+            rank: self.injection_hidden_size,
+        }
+    }
 }
 
 /// What the injection/update of a Hugging Face peft SHADOW adapter needs: everything the
@@ -396,6 +407,17 @@ pub struct PeftAdapterSpec {
 }
 
 impl PeftAdapterSpec {
+    /// The shape of peft's update and injection (no norm, GELU, biases).
+    pub fn shape(&self) -> crate::ops::AdapterShape {
+        crate::ops::AdapterShape {
+            act: crate::ops::Act::Gelu,
+            norm: false,
+            bias: true,
+            width: self.update_hidden,
+            rank: self.rank,
+        }
+    }
+
     /// Checks that every wrapped block exists in a base of `layers` layers.
     pub fn check_layers(&self, layers: usize) -> Result<()> {
         match self.blocks.iter().find(|&&l| l >= layers) {

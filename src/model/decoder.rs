@@ -3,7 +3,7 @@
 //!
 //! One layer, for M new tokens at positions pos0..pos0+M:
 //! ```text
-//! xn = RMSNorm(x);  q,k,v = xn Wq^T (+bq), ...;  [Qwen3] q,k = RMSNorm_head(q,k)
+//! xn = RMSNorm(x);  [q|k|v] = xn [Wq|Wk|Wv]^T (+b);  [Qwen3] q,k = RMSNorm_head(q,k)
 //! q,k = RoPE(q,k);  cache[pos0..] = k,v;  x += Attention(q, cache) Wo^T
 //! xn = RMSNorm(x);  x += (silu(xn Wg^T) * (xn Wu^T)) Wd^T
 //! ```
@@ -38,12 +38,46 @@ pub(crate) fn load_vec(gpu: &Gpu, w: &Weights, name: &str, n: usize) -> Result<T
     w.vector(gpu, name, n)
 }
 
+/// The q, k and v projections: one matrix of their rows joined (one product writes
+/// `[q | k | v]` per token), or the three apart where they cannot be joined (formats or
+/// widths differ, or the joined rows exceed one storage binding).
+enum Qkv {
+    Joined(Linear),
+    Split([Linear; 3]),
+}
+
+impl Qkv {
+    fn new(gpu: &Gpu, label: &str, q: Linear, k: Linear, v: Linear) -> Result<Self> {
+        let Some(w) = gpu.join_rows(label, &[&q.w, &k.w, &v.w])? else {
+            return Ok(Qkv::Split([q, k, v]));
+        };
+        let b = match (&q.b, &k.b, &v.b) {
+            (Some(a), Some(b), Some(c)) => Some(gpu.join(label, &[a, b, c])?),
+            _ => None,
+        };
+        Ok(Qkv::Joined(Linear { w, b }))
+    }
+
+    /// Records `y[m, :] = [q | k | v]` of `x[m, :]` for `m < rows`.
+    fn record(&self, step: &mut Step, x: &Tensor, rows: usize, y: &Tensor) {
+        match self {
+            Qkv::Joined(l) => ops::linear(step, x, 0, rows, l, y, 0, l.w.rows),
+            Qkv::Split(parts) => {
+                let ld = parts.iter().map(|l| l.w.rows).sum();
+                let mut at = 0;
+                for l in parts {
+                    ops::linear(step, x, 0, rows, l, y, at, ld);
+                    at += l.w.rows;
+                }
+            }
+        }
+    }
+}
+
 struct Layer {
     in_norm: Tensor,
     post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -78,10 +112,10 @@ impl KvCache {
 pub(crate) struct Scratch {
     rows: usize,
     xn: Tensor,
+    /// `[rows, q | k | v]` as projected.
+    qkv: Tensor,
+    /// q after its norm and rotation.
     q: Tensor,
-    v: Tensor,
-    q_raw: Tensor,
-    k_raw: Tensor,
     attn: Tensor,
     gu: Tensor,
     act: Tensor,
@@ -105,12 +139,19 @@ impl Decoder {
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = format!("{prefix}layers.{l}");
+            let a = format!("{p}.self_attn");
+            let proj =
+                |name: &str, out| load_linear(gpu, w, &format!("{a}.{name}"), out, h, c.qkv_bias);
             layers.push(Layer {
                 in_norm: load_vec(gpu, w, &format!("{p}.input_layernorm.weight"), h)?,
                 post_norm: load_vec(gpu, w, &format!("{p}.post_attention_layernorm.weight"), h)?,
-                q: load_linear(gpu, w, &format!("{p}.self_attn.q_proj"), qd, h, c.qkv_bias)?,
-                k: load_linear(gpu, w, &format!("{p}.self_attn.k_proj"), kvd, h, c.qkv_bias)?,
-                v: load_linear(gpu, w, &format!("{p}.self_attn.v_proj"), kvd, h, c.qkv_bias)?,
+                qkv: Qkv::new(
+                    gpu,
+                    &format!("{a}.qkv"),
+                    proj("q_proj", qd)?,
+                    proj("k_proj", kvd)?,
+                    proj("v_proj", kvd)?,
+                )?,
                 o: load_linear(gpu, w, &format!("{p}.self_attn.o_proj"), h, qd, c.o_bias)?,
                 q_norm: c
                     .qk_norm
@@ -185,10 +226,8 @@ impl Decoder {
         Scratch {
             rows,
             xn: z("xn", c.hidden),
+            qkv: z("qkv", qd + 2 * kvd),
             q: z("q", qd),
-            v: z("v", kvd),
-            q_raw: z("q raw", qd),
-            k_raw: z("k raw", kvd),
             attn: z("attn", qd),
             gu: z("gate_up", 2 * c.intermediate),
             act: z("act", c.intermediate),
@@ -222,27 +261,21 @@ impl Decoder {
         let kvd = c.kv_heads * hd;
         // 1. Attention input norm and q/k/v projections.
         ops::rms_norm(step, x, 0, &ly.in_norm, &s.xn, 0, m, h, c.rms_eps);
-        ops::proj3(
-            step,
-            &s.xn,
-            m,
-            [(&ly.q, &s.q_raw), (&ly.k, &s.k_raw), (&ly.v, &s.v)],
-        );
-        // 2. Per-head q/k norm (Qwen3) and rotary embeddings; k goes straight into the
-        // cache, v is copied there.
+        ly.qkv.record(step, &s.xn, m, &s.qkv);
+        // 2. Per-head q/k norm (Qwen3) and rotary embeddings; k and v go straight into the
+        // cache.
         let io = ops::QkRope {
-            q_in: &s.q_raw,
-            k_in: &s.k_raw,
+            qkv: &s.qkv,
             q_norm: ly.q_norm.as_ref(),
             k_norm: ly.k_norm.as_ref(),
             q: &s.q,
             k: &cache.k[l],
-            k_off: pos0 * kvd,
+            v: &cache.v[l],
+            kv_off: pos0 * kvd,
         };
         ops::qk_rope(
             step, &self.rope, &io, m, c.heads, c.kv_heads, pos0, c.rms_eps,
         );
-        step.copy(&s.v, 0, &cache.v[l], pos0 * kvd, m * kvd);
         // 3. Causal attention over the cache, output projection, residual.
         ops::attention(
             step,

@@ -21,11 +21,11 @@ pub mod weights;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Step, Tensor, WeightFormat};
-use crate::ops::{self, Act, Linear};
+use crate::ops::{self, Linear};
 
 use crate::remote::client::{Connect, LocalAdapter, Protocol, RemoteBase, RemoteState};
 use crate::remote::frame;
-use adapter::{Adapter, AdapterFormat, AdapterScratch};
+use adapter::{Adapter, AdapterFormat};
 use base::{BaseModel, BaseState};
 use config::{ArchConfig, PeftShadowConfig, ProjectedConfig, ShadowConfig};
 use decoder::{load_linear, Decoder, KvCache, Scratch};
@@ -93,7 +93,6 @@ struct StepBuffers {
     rows: usize,
     x: Tensor,
     s: Tensor,
-    scratch: AdapterScratch,
 }
 
 /// Runs the injection and update between the server's layers (stepped protocol).
@@ -112,7 +111,6 @@ impl Stepper<'_> {
                 rows: m,
                 x: gpu.zeros("stepped x", m * d),
                 s: gpu.zeros("stepped s", m * d),
-                scratch: self.adapter.new_scratch(gpu, m),
             });
         }
         // Just filled when absent.
@@ -136,10 +134,7 @@ impl LocalAdapter for Stepper<'_> {
         let b = self.buffers(m);
         gpu.write_f32(&b.x, h);
         let mut step = Step::new(gpu);
-        if next >= 1 {
-            adapter.update(&mut step, next - 1, &b.x, &b.s, m, &b.scratch);
-        }
-        adapter.inject(&mut step, next, &b.x, &b.s, m, &b.scratch);
+        adapter.between(&mut step, next, &b.x, &b.s, m);
         step.submit()?;
         gpu.read_f32(&b.x, 0, m * d).await
     }
@@ -364,7 +359,7 @@ struct BaseWeights {
 }
 
 impl BaseWeights {
-    /// Starts compiling the kernels (`act`: the adapter's activation, when attached) and
+    /// Starts compiling the kernels (`adapter`: the adapter's shape, when attached) and
     /// reads the base's weights meanwhile.
     async fn load<B: Source>(
         gpu: &Gpu,
@@ -372,14 +367,14 @@ impl BaseWeights {
         base_cfg: &ArchConfig,
         shadow_cfg: &ArchConfig,
         mode: Mode,
-        act: Act,
+        adapter: ops::AdapterShape,
         opts: &LoadOptions,
     ) -> Result<Self> {
         let (d, v) = (base_cfg.hidden, base_cfg.vocab);
         ops::precompile(
             gpu,
             &[base_cfg.dims(), shadow_cfg.dims()],
-            (mode == Mode::Attached).then_some(act),
+            (mode == Mode::Attached).then_some(adapter),
             opts.weights,
         );
         let max_seq = opts
@@ -556,7 +551,16 @@ impl ShadowModel {
             mut embed,
             mut head,
             max_seq,
-        } = BaseWeights::load(gpu, base_src, &base_cfg, &shadow_cfg, mode, Act::Silu, opts).await?;
+        } = BaseWeights::load(
+            gpu,
+            base_src,
+            &base_cfg,
+            &shadow_cfg,
+            mode,
+            sc.shape(),
+            opts,
+        )
+        .await?;
         // shadow_modules.safetensors: trained heads replace the base ones (only those listed
         // in modules_to_save when the list is non-empty, as the official loader does).
         let wanted =
@@ -691,7 +695,16 @@ impl ShadowModel {
             embed,
             mut head,
             max_seq,
-        } = BaseWeights::load(gpu, base_src, &base_cfg, &shadow_cfg, mode, Act::Gelu, opts).await?;
+        } = BaseWeights::load(
+            gpu,
+            base_src,
+            &base_cfg,
+            &shadow_cfg,
+            mode,
+            pc.spec.shape(),
+            opts,
+        )
+        .await?;
         // modules_to_save: ["lm_head"] trains a copy of the head, used by both outputs (peft
         // wraps the module itself; the embeddings stay as they were even when tied).
         if pc.trained_head {

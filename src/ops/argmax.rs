@@ -20,13 +20,13 @@ struct Params {
 }
 
 /// The compiled kernel of this op.
-pub(crate) fn spec() -> KernelSpec {
-    KernelSpec::new("argmax", SRC).with("WG", ARGMAX_WG)
+pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> KernelSpec {
+    KernelSpec::new("argmax", SRC).with("WG", super::reduce_wg(gpu, ARGMAX_WG))
 }
 
 /// Records `out[0] = argmax(x[x_off .. x_off + n])`.
 pub fn argmax(step: &mut Step, x: &Tensor, x_off: usize, n: usize, out: &Tensor) {
-    let k = step.gpu().kernel(&spec());
+    let k = step.gpu().kernel(&spec(step.gpu()));
     let p = Params {
         n: n as u32,
         x_off: x_off as u32,

@@ -3,37 +3,33 @@
 //!
 //! Shapes are given in elements; every tensor is row-major f32 unless said otherwise.
 
+mod adapter_step;
 mod add;
 mod argmax;
 mod attention;
 mod embedding;
 mod glu;
-mod inject;
 mod linear;
-mod proj3;
 mod rms_norm;
 mod rope;
 mod sample;
-mod shadow_update;
 mod silu_mul;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use adapter_step::{
+    adapter_step, cpu_inject, cpu_shadow_update, Act, AdapterShape, CpuNets, PackedSlot, UpdateNets,
+};
 pub use add::{add, cpu_add};
 pub use argmax::{argmax, cpu_argmax};
 pub use attention::{attention, cpu_attention};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
-pub use inject::{cpu_inject_down, inject_down};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
-pub use proj3::proj3;
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};
 pub use sample::{on_device as sample_on_device, sample, SampleBuffers, TOP_K_MAX, UNDECIDED};
-pub use shadow_update::{
-    cpu_shadow_update, shadow_update, update_hidden, Act, CpuNets, UpdateNets,
-};
 pub use silu_mul::{cpu_silu_mul, silu_mul};
 
 /// The shapes of a decoder that decide which kernels it compiles.
@@ -47,13 +43,13 @@ pub struct Dims {
 }
 
 /// Compiles every kernel models of these shapes use, so that (in the browser) compilation
-/// overlaps the weight upload instead of delaying the first token. `adapter` is the
-/// activation of the shadow update networks when the adapter runs here; `weights` the
-/// storage of the projections, embeddings and heads.
+/// overlaps the weight upload instead of delaying the first token. `adapter` is the shape of
+/// the shadow adapter when it runs here; `weights` the storage of the projections,
+/// embeddings and heads.
 pub fn precompile(
     gpu: &crate::gpu::Gpu,
     dims: &[Dims],
-    adapter: Option<Act>,
+    adapter: Option<AdapterShape>,
     weights: crate::gpu::WeightFormat,
 ) {
     let mut specs = vec![
@@ -64,19 +60,18 @@ pub fn precompile(
         } else {
             linear::matmul_spec()
         },
-        rms_norm::spec(),
-        rope::spec(true, true),
-        rope::spec(false, false),
+        rms_norm::spec(gpu),
+        rope::spec(gpu, true, true),
+        rope::spec(gpu, false, false),
         embedding::spec(),
         silu_mul::spec(),
-        argmax::spec(),
+        argmax::spec(gpu),
     ];
-    // The fused q/k/v and gate/up decode kernels; CPU devices decode with cmatvec wherever the
+    // The fused gate/up decode kernels; CPU devices decode with cmatvec wherever the
     // width allows (K % 32 == 0), and compile these on first use only (a 2-token prompt).
     if !gpu.is_cpu() || dims.iter().any(|d| !d.hidden.is_multiple_of(32)) {
-        specs.extend([glu::spec(gpu).0, proj3::spec(gpu).0]);
+        specs.push(glu::spec(gpu).0);
         specs.extend(glu::qspec(weights));
-        specs.extend(proj3::qspec(weights));
     }
     specs.extend(dims.iter().map(|d| attention::spec(d.head_dim)));
     specs.extend(linear::qlinear_spec(weights, 1));
@@ -96,13 +91,10 @@ pub fn precompile(
         mv.dedup();
         specs.extend(mv.iter().map(|&w| linear::cmatvec_spec(weights, w)));
     }
-    if let Some(act) = adapter {
-        // The official form (SiLU) has the LayerNorm and no biases; peft's (GELU) the reverse.
-        let official = act == Act::Silu;
+    if let Some(shape) = adapter {
         specs.extend([
-            inject::spec(),
-            shadow_update::hidden_spec(act, official, !official),
-            shadow_update::out_spec(!official),
+            adapter_step::spec(gpu, &shape, true, true),
+            adapter_step::spec(gpu, &shape, false, true),
         ]);
     }
     for s in &specs {
@@ -176,6 +168,18 @@ pub(crate) fn with_cpu_format(
 
 /// Default workgroup size of the element-wise and row kernels.
 pub(crate) const WG: u32 = 64;
+
+/// Workgroup size of the kernels that reduce across a workgroup with barriers (row norms, the
+/// per-head q/k norms, the adapter step, argmax): `default` on GPUs; 8 on CPU devices, where a
+/// workgroup runs as SIMD groups of 8 lanes on one thread and every barrier switches between
+/// those groups (one group: no switching).
+pub(crate) fn reduce_wg(gpu: &crate::gpu::Gpu, default: u32) -> u32 {
+    if gpu.is_cpu() {
+        8
+    } else {
+        default
+    }
+}
 
 /// Workgroups needed to cover `n` items with `per` items per workgroup.
 pub(crate) fn groups_for(n: usize, per: u32) -> u32 {

@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{KernelSpec, Step, Tensor};
+use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
 use super::WG;
 
@@ -24,8 +24,8 @@ struct Params {
 }
 
 /// The compiled kernel of this op.
-pub(crate) fn spec() -> KernelSpec {
-    KernelSpec::new("rms_norm", SRC).with("WG", WG)
+pub(crate) fn spec(gpu: &Gpu) -> KernelSpec {
+    KernelSpec::new("rms_norm", SRC).with("WG", super::reduce_wg(gpu, WG))
 }
 
 /// Records an RMSNorm of `rows` rows of width `dim`.
@@ -40,7 +40,7 @@ pub fn rms_norm(
     dim: usize,
     eps: f32,
 ) {
-    let k = step.gpu().kernel(&spec());
+    let k = step.gpu().kernel(&spec(step.gpu()));
     let p = Params {
         rows: rows as u32,
         dim: dim as u32,

@@ -1,12 +1,13 @@
 //! Rotary position embedding (rotate-half layout of Hugging Face Llama/Qwen), fused with
-//! Qwen3's per-head q/k RMSNorm and the write of k into the KV cache ([`qk_rope`]).
+//! Qwen3's per-head q/k RMSNorm and the writes of k and v into the KV cache ([`qk_rope`]).
 //!
 //! The cos/sin tables are computed on the host exactly as transformers does: `inv_freq[i] =
 //! 1 / theta^(2i/D)` in f32, angle = `pos * inv_freq[i]` rounded to f32, then cos/sin of that
 //! f32 angle. A GPU `cos` of large arguments would drift; a table does not.
 //!
 //! # Shapes
-//! tables `[S, D/2]`; q `[M, heads, D]`, k `[M, kv_heads, D]` at positions `pos0..pos0 + M`.
+//! tables `[S, D/2]`; the joined projection `[M, (heads + 2 kv_heads) D]` (each row q, k, v);
+//! q `[M, heads, D]`; the caches' k and v rows `[M, kv_heads, D]` at positions `pos0..pos0 + M`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -64,34 +65,34 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     pos0: u32,
-    k_off: u32,
+    kv_off: u32,
     eps: f32,
     _p: u32,
 }
 
 /// The compiled kernel of this op, for the per-head norms a model has.
-pub(crate) fn spec(norm_q: bool, norm_k: bool) -> KernelSpec {
+pub(crate) fn spec(gpu: &Gpu, norm_q: bool, norm_k: bool) -> KernelSpec {
     KernelSpec::new("qk_rope", SRC)
-        .with("WG", WG)
+        .with("WG", super::reduce_wg(gpu, WG))
         .with("NORM_Q", norm_q as u32)
         .with("NORM_K", norm_k as u32)
 }
 
-/// The per-head inputs and outputs of [`qk_rope`]: raw projections in, `q` and the KV
-/// cache's `k` (from element `k_off`) out.
+/// The per-head inputs and outputs of [`qk_rope`]: the joined q/k/v projection in; `q`, and
+/// the KV cache's `k` and `v` (from element `kv_off`) out.
 pub struct QkRope<'a> {
-    pub q_in: &'a Tensor,
-    pub k_in: &'a Tensor,
+    pub qkv: &'a Tensor,
     /// Per-head RMSNorm weights `[head_dim]` (Qwen3), when the model has them.
     pub q_norm: Option<&'a Tensor>,
     pub k_norm: Option<&'a Tensor>,
     pub q: &'a Tensor,
     pub k: &'a Tensor,
-    pub k_off: usize,
+    pub v: &'a Tensor,
+    pub kv_off: usize,
 }
 
 /// Records, for `rows` tokens at positions `pos0..`, the per-head RMSNorm (when given) and
-/// RoPE of `heads` q heads and `kv_heads` k heads.
+/// RoPE of `heads` q heads and `kv_heads` k heads, and the copy of the v heads into the cache.
 pub fn qk_rope(
     step: &mut Step,
     table: &RopeTable,
@@ -104,24 +105,24 @@ pub fn qk_rope(
 ) {
     let k = step
         .gpu()
-        .kernel(&spec(io.q_norm.is_some(), io.k_norm.is_some()));
+        .kernel(&spec(step.gpu(), io.q_norm.is_some(), io.k_norm.is_some()));
     let p = Params {
         rows: rows as u32,
         heads: heads as u32,
         kv_heads: kv_heads as u32,
         head_dim: table.head_dim as u32,
         pos0: pos0 as u32,
-        k_off: io.k_off as u32,
+        kv_off: io.kv_off as u32,
         eps,
         _p: 0,
     };
-    let qw = io.q_norm.unwrap_or(io.q_in);
-    let kw = io.k_norm.unwrap_or(io.k_in);
+    let qw = io.q_norm.unwrap_or(io.qkv);
+    let kw = io.k_norm.unwrap_or(io.qkv);
     step.dispatch_linear(
         &k,
         &p,
-        &[&table.cos, &table.sin, io.q_in, io.k_in, qw, kw, io.q, io.k],
-        (rows * (heads + kv_heads)) as u32,
+        &[&table.cos, &table.sin, io.qkv, qw, kw, io.q, io.k, io.v],
+        (rows * (heads + 2 * kv_heads)) as u32,
     );
 }
 
@@ -152,7 +153,8 @@ mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, gpu, rand_vec};
 
-    /// With and without the per-head norms, k landing at an offset in a larger cache buffer.
+    /// With and without the per-head norms, k and v landing at an offset in larger cache
+    /// buffers.
     #[test]
     fn qk_rope_matches_cpu() {
         let Some(gpu) = gpu() else { return };
@@ -165,28 +167,36 @@ mod tests {
         ] {
             let table = RopeTable::new(gpu, 1e6, hd, 1100);
             let (c, s) = RopeTable::host(1e6, hd, 1100);
-            let qx = rand_vec(rows as u64, rows * heads * hd, 1.0);
-            let kx = rand_vec(rows as u64 + 50, rows * kv * hd, 1.0);
+            let (qd, kvd) = (heads * hd, kv * hd);
+            let all = rand_vec(rows as u64, rows * (qd + 2 * kvd), 1.0);
+            let part = |from: usize, n: usize| -> Vec<f32> {
+                all.chunks(qd + 2 * kvd)
+                    .flat_map(|r| r[from..from + n].to_vec())
+                    .collect()
+            };
+            let (qx, kx, vx) = (part(0, qd), part(qd, kvd), part(qd + kvd, kvd));
             let (qw, kw) = (rand_vec(3, hd, 2.0), rand_vec(4, hd, 2.0));
             let up = |n: &str, v: &[f32]| gpu.upload_f32(n, v);
-            let (qt, kt, qwt, kwt) = (up("q", &qx), up("k", &kx), up("qw", &qw), up("kw", &kw));
+            let (qkv, qwt, kwt) = (up("qkv", &all), up("qw", &qw), up("kw", &kw));
             let q = gpu.zeros("q out", qx.len());
-            let off = (pos0 + 3) * kv * hd;
-            let cache = gpu.zeros("cache", off + kx.len());
+            let off = (pos0 + 3) * kvd;
+            let k_cache = gpu.zeros("k cache", off + kx.len());
+            let v_cache = gpu.zeros("v cache", off + vx.len());
             let mut st = Step::new(gpu);
             let io = QkRope {
-                q_in: &qt,
-                k_in: &kt,
+                qkv: &qkv,
                 q_norm: norm.then_some(&qwt),
                 k_norm: norm.then_some(&kwt),
                 q: &q,
-                k: &cache,
-                k_off: off,
+                k: &k_cache,
+                v: &v_cache,
+                kv_off: off,
             };
             qk_rope(&mut st, &table, &io, rows, heads, kv, pos0, 1e-6);
             st.submit().unwrap();
             let got_q = pollster::block_on(gpu.read_f32(&q, 0, qx.len())).unwrap();
-            let got_k = pollster::block_on(gpu.read_f32(&cache, off, kx.len())).unwrap();
+            let got_k = pollster::block_on(gpu.read_f32(&k_cache, off, kx.len())).unwrap();
+            let got_v = pollster::block_on(gpu.read_f32(&v_cache, off, vx.len())).unwrap();
             let normed = |x: &[f32], w: &[f32]| {
                 if norm {
                     crate::ops::cpu_rms_norm(x, w, hd, 1e-6)
@@ -199,6 +209,7 @@ mod tests {
             let what = format!("qk_rope rows={rows} heads={heads}/{kv} d={hd} norm={norm}");
             assert_close(&format!("{what} q"), &got_q, &want_q, 1e-5, 1e-5);
             assert_close(&format!("{what} k"), &got_k, &want_k, 1e-5, 1e-5);
+            assert_eq!(got_v, vx, "{what} v");
         }
     }
 }

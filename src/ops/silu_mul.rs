@@ -39,7 +39,7 @@ pub fn silu_mul(step: &mut Step, gu: &Tensor, y: &Tensor, m: usize, inter: usize
 pub fn cpu_silu_mul(gu: &[f32], inter: usize) -> Vec<f32> {
     gu.chunks(2 * inter)
         .flat_map(|r| {
-            (0..inter).map(move |i| crate::ops::shadow_update::silu_f32(r[i]) * r[inter + i])
+            (0..inter).map(move |i| crate::ops::adapter_step::silu_f32(r[i]) * r[inter + i])
         })
         .collect()
 }

@@ -711,6 +711,7 @@ pub async fn load_base<S: crate::model::source::Source>(
     let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
     let mut w = Weights::load_hf(src).await?;
     w.set_format(weights);
-    crate::ops::precompile(gpu, &[cfg.dims()], Some(crate::ops::Act::Silu), weights);
+    // Adapters arrive with their sessions; their kernels compile with the first upload.
+    crate::ops::precompile(gpu, &[cfg.dims()], None, weights);
     BaseModel::load(gpu, &w, &cfg, max_seq.min(cfg.max_positions).max(1), None)
 }
