@@ -14,6 +14,9 @@
 // (read_write), 4 s [rows, dim] (read_write).
 // Dispatch: one workgroup per row, linear. Constants: WG, UPDATE, INJECT, NORM, BIAS, ACT,
 // G2 (= 2G, at least 1), R (the rank, at least 1).
+// The two products over dim (the hidden layers, and Wd) run with the invocations over dim, each
+// keeping partial sums of up to CH outputs at a time, which then add up across the workgroup:
+// every value an invocation loads is its own (CPU devices load storage buffers lane by lane).
 
 struct Params {
     rows: u32,
@@ -43,6 +46,9 @@ struct Params {
 var<workgroup> part: array<f32, WG>;
 var<workgroup> hid: array<f32, G2>;
 var<workgroup> a: array<f32, R>;
+// Outputs of a product over dim summed per pass, and the passes' partial sums [WG, CH].
+const CH: u32 = 32u;
+var<workgroup> partials: array<f32, WG * CH>;
 
 // erf(z) for z >= 0 (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7).
 fn erf_pos(z: f32) -> f32 {
@@ -103,28 +109,41 @@ fn adapter_step(
             }
             inv = inverseSqrt(reduce_sum(ss, t) / f32(p.dim) + p.eps);
         }
-        // 2. Hidden layers of T (j < G) and G (j >= G).
-        for (var j = t; j < 2u * p.g; j += WG) {
-            let row = p.hidden + j * p.dim;
-            var acc = 0.0;
-            for (var i = 0u; i < p.dim; i++) {
+        // 2. Hidden layers of T (j < G) and G (j >= G), CH at a time: partial sums over this
+        // invocation's values of u, then their total.
+        for (var j0 = 0u; j0 < G2; j0 += CH) {
+            let nj = min(CH, G2 - j0);
+            var acc: array<f32, CH>;
+            for (var i = t; i < p.dim; i += WG) {
                 var u = h[base + i];
                 if (NORM == 1u) {
                     u = (u - mean) * inv * pu[p.ln + i] + pu[p.ln + p.dim + i];
                 }
-                acc = fma(u, pu[row + i], acc);
+                for (var j = 0u; j < nj; j++) {
+                    acc[j] = fma(u, pu[p.hidden + (j0 + j) * p.dim + i], acc[j]);
+                }
             }
-            if (BIAS == 1u) {
-                acc += pu[p.hidden_bias + j];
+            for (var j = 0u; j < nj; j++) {
+                partials[t * CH + j] = acc[j];
             }
-            hid[j] = act(acc);
+            workgroupBarrier();
+            for (var j = t; j < nj; j += WG) {
+                var v = 0.0;
+                for (var k = 0u; k < WG; k++) {
+                    v += partials[k * CH + j];
+                }
+                if (BIAS == 1u) {
+                    v += pu[p.hidden_bias + j0 + j];
+                }
+                hid[j0 + j] = act(v);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         // 3. Output layers and the gated update.
         for (var i = t; i < p.dim; i += WG) {
             var tv = 0.0;
             var z = 0.0;
-            for (var j = 0u; j < p.g; j++) {
+            for (var j = 0u; j < G2 / 2u; j++) {
                 tv = fma(pu[p.t1 + i * p.g + j], hid[j], tv);
                 z = fma(pu[p.g1 + i * p.g + j], hid[p.g + j], z);
             }
@@ -138,21 +157,34 @@ fn adapter_step(
         storageBarrier();
     }
     if (INJECT == 1u) {
-        // 4. a = (h - s) Wd^T.
-        for (var j = t; j < p.rank; j += WG) {
-            let row = p.down + j * p.dim;
-            var acc = 0.0;
-            for (var i = 0u; i < p.dim; i++) {
-                acc = fma(h[base + i] - s[base + i], pi[row + i], acc);
+        // 4. a = (h - s) Wd^T, CH outputs at a time: partial sums, then their total.
+        for (var j0 = 0u; j0 < R; j0 += CH) {
+            let nj = min(CH, R - j0);
+            var acc: array<f32, CH>;
+            for (var i = t; i < p.dim; i += WG) {
+                let d = h[base + i] - s[base + i];
+                for (var j = 0u; j < nj; j++) {
+                    acc[j] = fma(d, pi[p.down + (j0 + j) * p.dim + i], acc[j]);
+                }
             }
-            a[j] = acc;
+            for (var j = 0u; j < nj; j++) {
+                partials[t * CH + j] = acc[j];
+            }
+            workgroupBarrier();
+            for (var j = t; j < nj; j += WG) {
+                var v = 0.0;
+                for (var k = 0u; k < WG; k++) {
+                    v += partials[k * CH + j];
+                }
+                a[j0 + j] = v;
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         // 5. h += alpha * a Wu^T.
         for (var i = t; i < p.dim; i += WG) {
             let row = p.up + i * p.rank;
             var acc = 0.0;
-            for (var j = 0u; j < p.rank; j++) {
+            for (var j = 0u; j < R; j++) {
                 acc = fma(pi[row + j], a[j], acc);
             }
             h[base + i] += p.alpha * acc;
