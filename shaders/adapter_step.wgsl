@@ -66,6 +66,15 @@ fn act(v: f32) -> f32 {
     return 0.5 * v * select(1.0 - e, 1.0 + e, v >= 0.0);
 }
 
+// The total of output j of a pass over every invocation's partial sums.
+fn total(j: u32) -> f32 {
+    var v = 0.0;
+    for (var k = 0u; k < WG; k++) {
+        v += partials[k * CH + j];
+    }
+    return v;
+}
+
 fn reduce_sum(v: f32, t: u32) -> f32 {
     part[t] = v;
     workgroupBarrier();
@@ -128,10 +137,7 @@ fn adapter_step(
             }
             workgroupBarrier();
             for (var j = t; j < nj; j += WG) {
-                var v = 0.0;
-                for (var k = 0u; k < WG; k++) {
-                    v += partials[k * CH + j];
-                }
+                var v = total(j);
                 if (BIAS == 1u) {
                     v += pu[p.hidden_bias + j0 + j];
                 }
@@ -172,11 +178,7 @@ fn adapter_step(
             }
             workgroupBarrier();
             for (var j = t; j < nj; j += WG) {
-                var v = 0.0;
-                for (var k = 0u; k < WG; k++) {
-                    v += partials[k * CH + j];
-                }
-                a[j0 + j] = v;
+                a[j0 + j] = total(j);
             }
             workgroupBarrier();
         }

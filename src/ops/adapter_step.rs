@@ -62,7 +62,9 @@ pub struct AdapterShape {
 }
 
 /// Where each part of a [`PackedSlot`] starts (in f32 elements); parts a form lacks are empty.
-#[derive(Debug, Clone, Copy, Default)]
+/// Also the offsets half of the kernel's `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
 struct Offsets {
     ln: u32,
     hidden: u32,
@@ -139,14 +141,8 @@ struct Params {
     rank: u32,
     eps: f32,
     alpha: f32,
-    ln: u32,
-    hidden: u32,
-    hidden_bias: u32,
-    t1: u32,
-    g1: u32,
-    out_bias: u32,
-    down: u32,
-    up: u32,
+    /// The update's parts from its slot, the injection's (`down`, `up`) from its own.
+    off: Offsets,
     _p: [u32; 2],
 }
 
@@ -192,14 +188,11 @@ pub fn adapter_step(
         rank: shape.rank as u32,
         eps: 1e-5,
         alpha,
-        ln: u.off.ln,
-        hidden: u.off.hidden,
-        hidden_bias: u.off.hidden_bias,
-        t1: u.off.t1,
-        g1: u.off.g1,
-        out_bias: u.off.out_bias,
-        down: i.off.down,
-        up: i.off.up,
+        off: Offsets {
+            down: i.off.down,
+            up: i.off.up,
+            ..u.off
+        },
         _p: [0; 2],
     };
     step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], rows as u32);
