@@ -286,11 +286,6 @@ impl Adapter {
         self.slots.iter().skip(l + 1).any(Option::is_some)
     }
 
-    /// The shape of this adapter's update and injection.
-    pub fn shape(&self) -> AdapterShape {
-        self.shape
-    }
-
     /// Records what runs between base layers `next - 1` and `next` (`next` 0: before the
     /// first): the update after `next - 1` when a later injection reads it, then the
     /// injection before `next`, `h += alpha * up(down(h - s))`; the update is
