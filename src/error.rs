@@ -71,6 +71,14 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A prompt and the tokens asked for do not fit the session's positions.
+    #[error("context length: the prompt's {prompt} tokens and max_tokens {max_tokens} exceed the {max_seq} positions of the model's KV cache (shorten the conversation, lower max_tokens, raise max_seq, or truncate the oldest turns)")]
+    ContextLength {
+        prompt: usize,
+        max_tokens: usize,
+        max_seq: usize,
+    },
+
     /// No usable GPU adapter, or the adapter lacks what the model needs.
     #[error("GPU unavailable: {0}")]
     NoGpu(String),

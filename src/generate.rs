@@ -120,6 +120,9 @@ pub struct Generation {
     /// before an escalation, or after a backbone failure with fallback).
     pub modes: Vec<Mode>,
     pub stop: StopReason,
+    /// Prompt positions kept from the session's KV caches (the common prefix with what the
+    /// session held); the prefill ran the other `prefill_tokens`.
+    pub cached_tokens: usize,
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
@@ -268,10 +271,12 @@ impl Sampler {
 }
 
 /// A generation in progress, advanced one token at a time by [`TokenStream::next`]: the
-/// first call runs the prompt (batched prefill), later calls feed back the previous token.
-/// Driving the loop from outside lets callers stream, abort between tokens, or interleave work.
+/// first call runs the part of the prompt the session does not hold yet (batched prefill),
+/// later calls feed back the previous token. Driving the loop from outside lets callers
+/// stream, abort between tokens, or interleave work.
 pub struct TokenStream {
     opts: GenerateOptions,
+    cached: usize,
     sampler: Sampler,
     eos: Vec<u32>,
     history: Vec<u32>,
@@ -287,8 +292,17 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
-    /// Starts a generation after `prompt` (validated here; nothing runs until `next`).
-    pub fn new(model: &ShadowModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+    /// Starts a generation after `prompt`, the whole sequence so far (for a chat, the whole
+    /// conversation rendered again). The session keeps the longest common prefix of what it
+    /// holds and `prompt` (see [`Session::reuse`]), so only the rest is run; the result is
+    /// that of a fresh session on `prompt`. Options are validated before the session is
+    /// touched; nothing runs until `next`.
+    pub fn new(
+        model: &ShadowModel,
+        sess: &mut Session,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
         opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -300,12 +314,17 @@ impl TokenStream {
         }
         let mut eos: Vec<u32> = model.eos_ids().to_vec();
         eos.extend(&opts.eos_ids);
+        // Escalation defers the base again at the first step; otherwise a deferred stretch
+        // left by an earlier generation is caught up by the first forward.
+        sess.defer_base(false);
+        let cached = sess.reuse(prompt);
         Ok(TokenStream {
             opts: opts.clone(),
+            cached,
             sampler: Sampler::new(opts.seed),
             eos,
             history: prompt.to_vec(),
-            input: prompt.to_vec(),
+            input: prompt[cached..].to_vec(),
             produced: 0,
             stop: None,
             last_mode: None,
@@ -313,6 +332,11 @@ impl TokenStream {
             held: Vec::new(),
             escalated: false,
         })
+    }
+
+    /// Prompt positions reused from the session's caches.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached
     }
 
     /// Why the stream ended, once it has.
@@ -463,8 +487,9 @@ impl TokenStream {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
-/// soon as it exists; `on_token` returns `false` to stop. The session continues from its
-/// current position (a fresh session starts at 0).
+/// soon as it exists; `on_token` returns `false` to stop. `prompt` is the whole sequence:
+/// the session reuses what it already holds of it (see [`TokenStream::new`]), so a chat
+/// passes the whole conversation at every turn.
 pub async fn generate(
     gpu: &Gpu,
     model: &ShadowModel,
@@ -473,12 +498,13 @@ pub async fn generate(
     o: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Generation> {
-    let mut stream = TokenStream::new(model, prompt, o)?;
+    let mut stream = TokenStream::new(model, sess, prompt, o)?;
     let mut out = Generation {
         tokens: Vec::new(),
         modes: Vec::new(),
         stop: StopReason::Length,
-        prefill_tokens: prompt.len(),
+        cached_tokens: stream.cached_tokens(),
+        prefill_tokens: prompt.len() - stream.cached_tokens(),
         prefill_secs: 0.0,
         decode_secs: 0.0,
     };

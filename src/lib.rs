@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod gpu;
@@ -23,6 +24,7 @@ pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use chat::{ChatPrompt, Truncation};
 pub use error::{Error, Result};
 pub use generate::{
     generate, GenerateOptions, Generation, Sampler, Sampling, StopReason, TokenStream,

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::source::{read_json_opt, read_required, Source};
 
 /// One chat message.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,

@@ -417,7 +417,8 @@ impl Model {
         })
     }
 
-    /// Starts a new generation after `prompt` (the conversation state is reset). `options`
+    /// Starts a new generation after `prompt`, the whole sequence: the session keeps what it
+    /// holds of it (the longest common prefix) and runs the rest. `options`
     /// are the sampling settings (`maxNewTokens`, `temperature`, `topK`, `topP`,
     /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`, `escalate: { marker, minProb }`).
     pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<(), JsValue> {
@@ -437,9 +438,8 @@ impl Model {
                     };
                 }
             }
-            i.session.defer_base(false);
-            let stream = TokenStream::new(&i.model, &prompt, &opts).map_err(js_err)?;
-            i.session.reset();
+            let stream =
+                TokenStream::new(&i.model, &mut i.session, &prompt, &opts).map_err(js_err)?;
             i.stream = Some(stream);
             i.text = StreamDecoder::default();
             Ok(())

@@ -123,6 +123,23 @@ pub struct RemoteState {
     pub bytes_received: u64,
 }
 
+impl RemoteState {
+    /// Positions the server acknowledged, in order (what a lost session is rebuilt from).
+    pub fn held(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Forgets the positions from `pos` on; the next request names `pos`, which rewinds the
+    /// server's session to it.
+    pub fn rewind(&mut self, pos: usize) {
+        if pos < self.ids.len() {
+            let width = self.s0.len() / self.ids.len();
+            self.ids.truncate(pos);
+            self.s0.truncate(pos * width);
+        }
+    }
+}
+
 /// An error with its causes, e.g. "error sending request: connection refused".
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

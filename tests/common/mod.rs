@@ -118,9 +118,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Serves `base` on a free loopback port, with extra `serve` flags.
     pub fn start(base: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_at(base, "127.0.0.1:0", extra)
+    }
+
+    /// Serves `base` on `listen` (e.g. the address of a server that was killed).
+    pub fn start_at(base: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowpeft"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--base"])
+            .args(["serve", "--listen", listen, "--base"])
             .arg(base)
             .args(extra)
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())

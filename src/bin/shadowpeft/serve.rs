@@ -1,0 +1,71 @@
+//! `shadowpeft serve`: the backbone server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shadowpeft::{DirSource, Gpu, GpuOptions};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The base model dir (Hugging Face layout).
+    #[arg(long)]
+    base: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Require `Authorization: Bearer SECRET` on every request.
+    #[arg(long)]
+    token: Option<String>,
+    /// Most sessions alive at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// Seconds an idle session is kept.
+    #[arg(long, default_value_t = 600)]
+    session_ttl: u64,
+    /// Longest sequence per session (KV cache length).
+    #[arg(long, default_value_t = 2048)]
+    max_seq: usize,
+    /// Storage of the base's projections, embeddings and head: f32, f16, or q8 / q4
+    /// (int8 / int4 in blocks of 32 with f32 scales).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8", "q4"])]
+    weights: String,
+    /// Largest request body in MiB (adapter uploads included).
+    #[arg(long, default_value_t = 256)]
+    max_body_mib: usize,
+}
+
+pub async fn run_serve(a: ServeArgs) -> Result<()> {
+    use std::sync::Arc;
+    let gpu = Arc::new(Gpu::new(GpuOptions::default()).await?);
+    let base = shadowpeft::remote::server::load_base(
+        &gpu,
+        &DirSource::open(&a.base)?,
+        a.max_seq,
+        a.weights.parse()?,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("--listen {}", a.listen))?;
+    let cfg = shadowpeft::remote::server::ServerConfig {
+        token: a.token.clone(),
+        max_sessions: a.max_sessions.max(1),
+        session_ttl: std::time::Duration::from_secs(a.session_ttl.max(1)),
+        max_body: a.max_body_mib.max(1) << 20,
+        ..Default::default()
+    };
+    eprintln!(
+        "serving {} ({} layers, hidden {}) on http://{} with {}",
+        a.base.display(),
+        base.cfg().layers,
+        base.cfg().hidden,
+        listener.local_addr()?,
+        gpu.adapter_name()
+    );
+    tokio::select! {
+        r = shadowpeft::remote::server::serve(listener, gpu.clone(), Arc::new(base), cfg) => r?,
+        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+    }
+    Ok(())
+}
