@@ -96,7 +96,7 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
     let interrupted = interrupts();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut turn = 0usize;
-    if !a.json {
+    {
         eprintln!(
             "[chat with {} ({:?}) on {}: one message per line; /reset, /system TEXT; Ctrl-C ends an answer, Ctrl-D the chat]",
             l.text_dir.display(),
