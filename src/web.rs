@@ -319,6 +319,47 @@ impl Model {
         })
     }
 
+    /// Renders `[{ role, content }, ...]` for the next assistant answer and tokenises it, as
+    /// `chat.completions.create` does at every turn: `{ ids, droppedMessages }`. Fails with a
+    /// context-length error when the prompt and `max_tokens` exceed the model's positions,
+    /// unless `truncation` is "auto" (the oldest turns are dropped until they fit).
+    #[wasm_bindgen(js_name = renderChat)]
+    pub fn render_chat(
+        &self,
+        messages: JsValue,
+        max_tokens: u32,
+        truncation: Option<String>,
+    ) -> Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Rendered {
+            ids: Vec<u32>,
+            dropped_messages: usize,
+        }
+        let msgs: Vec<Message> = serde_wasm_bindgen::from_value(messages)
+            .map_err(|e| js_err(format!("messages: {e}")))?;
+        let truncation: crate::chat::Truncation = truncation
+            .as_deref()
+            .unwrap_or("disabled")
+            .parse()
+            .map_err(js_err)?;
+        self.with(|i| {
+            let p = crate::chat::render(
+                Self::tokenizer(i)?,
+                &msgs,
+                max_tokens as usize,
+                i.model.max_seq(),
+                truncation,
+            )
+            .map_err(js_err)?;
+            serde_wasm_bindgen::to_value(&Rendered {
+                ids: p.ids,
+                dropped_messages: p.dropped_messages,
+            })
+            .map_err(js_err)
+        })
+    }
+
     /// The id of a token string (e.g. `<|im_end|>`), if it exists.
     #[wasm_bindgen(js_name = tokenId)]
     pub fn token_id(&self, token: &str) -> Result<Option<u32>, JsValue> {
@@ -421,7 +462,8 @@ impl Model {
     /// holds of it (the longest common prefix) and runs the rest. `options`
     /// are the sampling settings (`maxNewTokens`, `temperature`, `topK`, `topP`,
     /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`, `escalate: { marker, minProb }`).
-    pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<(), JsValue> {
+    /// Returns the number of prompt positions reused from the caches.
+    pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<u32, JsValue> {
         let mut opts: GenerateOptions = if options.is_undefined() || options.is_null() {
             GenerateOptions::default()
         } else {
@@ -440,9 +482,10 @@ impl Model {
             }
             let stream =
                 TokenStream::new(&i.model, &mut i.session, &prompt, &opts).map_err(js_err)?;
+            let cached = stream.cached_tokens() as u32;
             i.stream = Some(stream);
             i.text = StreamDecoder::default();
-            Ok(())
+            Ok(cached)
         })
     }
 

@@ -220,9 +220,19 @@ export class Core {
     }
   }
 
+  /** Renders and tokenises a conversation for the next answer: { ids, droppedMessages }. */
+  renderChat(messages, maxTokens, truncation) {
+    try {
+      return this.model.renderChat(messages, maxTokens, truncation);
+    } catch (e) {
+      throw engineError(e);
+    }
+  }
+
   /**
    * Runs a generation, calling `onToken({ token, text })` for every token.
-   * Resolves to { tokens, text, stopReason, promptTokens, prefillMs, decodeMs, ttftMs }.
+   * `prompt` is the whole sequence: the session reuses the positions it holds of it.
+   * Resolves to { tokens, text, stopReason, promptTokens, cachedTokens, ttftMs, prefillTokS, decodeTokS }.
    */
   async generate(prompt, options = {}, onToken = () => {}, isAborted = () => false) {
     if (this.busy) throw new ShadowError('busy', 'a generation is already running on this model');
@@ -236,8 +246,9 @@ export class Core {
         const end = this.model.tokenId('<|im_end|>');
         if (end !== undefined && end !== null) wasmOpts.eosIds = [...(wasmOpts.eosIds || []), end];
       }
+      let cachedTokens;
       try {
-        this.model.start(Uint32Array.from(ids), wasmOpts);
+        cachedTokens = this.model.start(Uint32Array.from(ids), wasmOpts);
       } catch (e) {
         throw engineError(e);
       }
@@ -300,8 +311,9 @@ export class Core {
         backbone: traffic || undefined,
         stopReason: reason === 'callback' ? 'stop' : reason,
         promptTokens: ids.length,
+        cachedTokens,
         ttftMs: tFirst === null ? null : tFirst - t0,
-        prefillTokS: tFirst === null ? 0 : ids.length / ((tFirst - t0) / 1000),
+        prefillTokS: tFirst === null ? 0 : (ids.length - cachedTokens) / ((tFirst - t0) / 1000),
         decodeTokS: decoded === 0 ? 0 : decoded / ((tEnd - tFirst) / 1000),
       };
     } finally {

@@ -2,7 +2,7 @@
 
 /**
  * @typedef {'no-webgpu'|'unsupported-device'|'not-found'|'network'|'http'|'quota'|'invalid-model'|
- *   'aborted'|'device-lost'|'busy'|'invalid-argument'|'disposed'|'backbone'|'internal'} ShadowErrorCode
+ *   'aborted'|'device-lost'|'busy'|'invalid-argument'|'context-length'|'disposed'|'backbone'|'internal'} ShadowErrorCode
  */
 
 export class ShadowError extends Error {
@@ -41,6 +41,7 @@ export function engineError(e) {
   if (/device lost/.test(msg)) return new ShadowError('device-lost', `${msg}: load the model again`, { cause: e });
   if (/GPU error/.test(msg)) return new ShadowError('internal', msg, { cause: e });
   if (/busy/.test(msg)) return new ShadowError('busy', msg, { cause: e });
+  if (/^context length: /.test(msg)) return new ShadowError('context-length', msg, { cause: e });
   if (/^backbone /.test(msg)) return new ShadowError('backbone', msg, { cause: e });
   if (/invalid request|out of vocabulary|generation options|attach options|messages:|prompt is empty/.test(msg)) {
     return new ShadowError('invalid-argument', msg, { cause: e });

@@ -12,6 +12,7 @@ export type ShadowErrorCode =
   | 'device-lost' // the GPU device was lost: load the model again
   | 'busy' // a generation is already running on this model
   | 'invalid-argument' // bad prompt or options (e.g. a token id out of vocabulary)
+  | 'context-length' // the prompt and max_tokens exceed the model's positions (the message names both)
   | 'disposed' // the model was disposed
   | 'backbone' // the backbone server is unreachable, too slow, refused, or answered garbage
   | 'internal';
@@ -141,6 +142,8 @@ export interface GenerationResult {
   text: string;
   stopReason: 'eos' | 'length' | 'stop' | 'abort';
   promptTokens: number;
+  /** Prompt positions reused from the session's KV caches (the common prefix with what it held). */
+  cachedTokens: number;
   ttftMs: number | null;
   prefillTokS: number;
   decodeTokS: number;
@@ -184,6 +187,17 @@ export interface ChatCompletionParams extends Omit<GenerateOptions, 'maxNewToken
   maxNewTokens?: number;
   top_p?: number;
   model?: string;
+  /** When the conversation and max_tokens outgrow the model's positions: 'disabled' (default;
+   * the call fails with code 'context-length') or 'auto' (the oldest turns are dropped). */
+  truncation?: 'auto' | 'disabled';
+}
+
+export interface ChatUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  /** `cached_tokens`: prompt positions reused from the KV caches. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface ChatCompletion {
@@ -192,7 +206,9 @@ export interface ChatCompletion {
   created: number;
   model: string;
   choices: { index: number; message: ChatMessage; finish_reason: 'stop' | 'length' }[];
-  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  usage: ChatUsage;
+  /** Messages `truncation: 'auto'` dropped (the oldest turns). */
+  dropped_messages: number;
 }
 
 export interface ChatCompletionChunk {
@@ -201,6 +217,9 @@ export interface ChatCompletionChunk {
   created: number;
   model: string;
   choices: { index: number; delta: Partial<ChatMessage>; finish_reason: 'stop' | 'length' | null }[];
+  /** On the last chunk. */
+  usage?: ChatUsage;
+  dropped_messages?: number;
 }
 
 export class ShadowModel {

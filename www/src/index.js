@@ -283,20 +283,41 @@ export class ShadowModel {
     return iter;
   }
 
+  /**
+   * OpenAI-style chat completions. Every call renders the whole `messages` list with the
+   * model's chat template and tokenises it; the model's session keeps the KV positions it
+   * already holds of it (the common prefix with the previous turn), so a continued
+   * conversation prefills only what is new. `usage.prompt_tokens_details.cached_tokens` says
+   * how many were reused. When the prompt and `max_tokens` exceed the model's positions the
+   * call fails with code 'context-length', unless `truncation: 'auto'` drops the oldest turns
+   * (reported as `dropped_messages`).
+   */
   async _chatCreate(params) {
-    const { messages, stream = false, signal, model: _model, stop, ...rest } = params || {};
+    const { messages, stream = false, signal, model: _model, stop, truncation, ...rest } = params || {};
     if (!Array.isArray(messages)) throw new ShadowError('invalid-argument', 'chat.completions.create: `messages` must be an array of { role, content }');
-    const text = await this.applyChatTemplate(messages, true);
-    const prompt = await this.encode(text, false);
+    if (truncation !== undefined && truncation !== 'auto' && truncation !== 'disabled') {
+      throw new ShadowError('invalid-argument', `chat.completions.create: truncation must be 'auto' or 'disabled', not ${JSON.stringify(truncation)}`);
+    }
     const options = { ...rest, signal, stop, chatEos: true };
     if (options.max_tokens !== undefined) {
       options.maxNewTokens = options.max_tokens;
       delete options.max_tokens;
     }
+    const maxTokens = options.maxNewTokens === undefined ? 64 : options.maxNewTokens;
+    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new ShadowError('invalid-argument', `chat.completions.create: max_tokens must be a non-negative integer, not ${maxTokens}`);
+    const rendered = await this._call('renderChat', { messages, maxTokens, truncation });
+    const prompt = Array.from(rendered.ids);
+    const dropped = rendered.droppedMessages;
     const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
     const created = Math.floor(Date.now() / 1000);
     const modelName = this._meta.source;
     const finish = (r) => (r.stopReason === 'length' ? 'length' : 'stop');
+    const usage = (r) => ({
+      prompt_tokens: prompt.length,
+      completion_tokens: r.tokens.length,
+      total_tokens: prompt.length + r.tokens.length,
+      prompt_tokens_details: { cached_tokens: r.cachedTokens },
+    });
     const it = this.generate(prompt, options);
     if (!stream) {
       let content = '';
@@ -308,7 +329,8 @@ export class ShadowModel {
         created,
         model: modelName,
         choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: finish(r) }],
-        usage: { prompt_tokens: prompt.length, completion_tokens: r.tokens.length, total_tokens: prompt.length + r.tokens.length },
+        usage: usage(r),
+        dropped_messages: dropped,
       };
     }
     return (async function* () {
@@ -317,7 +339,7 @@ export class ShadowModel {
         if (t.text) yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: { content: t.text }, finish_reason: null }] };
       }
       const r = await it.done;
-      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }] };
+      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }], usage: usage(r), dropped_messages: dropped };
     })();
   }
 

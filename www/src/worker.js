@@ -35,6 +35,9 @@ const methods = {
   applyChatTemplate({ messages, addGenerationPrompt }) {
     return need().applyChatTemplate(messages, addGenerationPrompt);
   },
+  renderChat({ messages, maxTokens, truncation }) {
+    return need().renderChat(messages, maxTokens, truncation);
+  },
   async generate({ prompt, options, callId }, post) {
     return need().generate(prompt, options, (t) => post('token', t), () => aborted.has(callId));
   },

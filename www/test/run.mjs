@@ -51,6 +51,17 @@ function nativeTokens(dir, ids, n, extra = []) {
   return JSON.parse(r.stdout.trim().split('\n').pop()).tokens;
 }
 
+/** A fresh native `generate --tokens` (EOS stops it): { tokens, text }, or null without --native. */
+function nativeGenerate(model, ids, n) {
+  if (!nativeBin) return null;
+  const r = spawnSync(nativeBin, ['generate', ...model, '--tokens', ids.join(','), '--max-new-tokens', String(n), '--json'], {
+    encoding: 'utf8',
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
+  });
+  if (r.status !== 0) throw new Error(`native engine failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
 /** `shadowpeft serve` for a fixture's base on a free loopback port: { url, kill }. */
 function startBackbone(base, extra = []) {
   const p = spawn(nativeBin, ['serve', '--listen', '127.0.0.1:0', '--base', path.join(repo, base), ...extra], {
@@ -520,6 +531,59 @@ async function backboneTests(page, origin) {
       } finally {
         dsrv.kill();
       }
+    });
+    await test('chat continues: every chat.completions.create turn equals a fresh native generation on the rendered conversation and reuses the common prefix (detached in a worker, attached through a backbone on the main thread)', async () => {
+      const dsrv = await startBackbone('models/demo/base');
+      const users = ['Turn left 90 degrees.', 'What does len do in Python?', 'Move forward 2 meters.'];
+      const notes = [];
+      try {
+        for (const [mode, worker] of [['detached', true], ['attached', false]]) {
+          const r = await page.evaluate(
+            async ([u, a, backbone, users, mode, worker]) => {
+              const m = await window.sp.ShadowModel.load(u, { worker });
+              if (mode === 'attached') await m.attach({ backbone, adapter: a });
+              const messages = [];
+              const turns = [];
+              for (const content of users) {
+                messages.push({ role: 'user', content });
+                const ids = await m.encode(await m.applyChatTemplate(messages, true), false);
+                const c = await m.chat.completions.create({ messages, max_tokens: 40 });
+                const text = c.choices[0].message.content;
+                turns.push({ ids, text, usage: c.usage });
+                messages.push({ role: 'assistant', content: text });
+              }
+              // Context limits: an error naming both numbers, the session still usable; then auto.
+              const tooLong = await window.expectError(() => m.chat.completions.create({ messages: [...messages, { role: 'user', content: 'Stop.' }], max_tokens: 500 }));
+              const after = await m.chat.completions.create({ messages: [{ role: 'user', content: users[0] }], max_tokens: 40 });
+              const auto = await m.chat.completions.create({ messages: [...messages, { role: 'user', content: 'Stop.' }], max_tokens: 450, truncation: 'auto' });
+              await m.dispose();
+              return { turns, tooLong, after: after.choices[0].message.content, auto: { dropped: auto.dropped_messages, usage: auto.usage } };
+            },
+            [`${origin}/m/models/demo/export/`, `${origin}/m/models/demo/adapter/`, dsrv.url, users, mode, worker],
+          );
+          let held = [];
+          r.turns.forEach((t, i) => {
+            const model = mode === 'detached' ? ['--model', path.join(repo, 'models/demo/export')] : ['--base', path.join(repo, 'models/demo/base'), '--adapter', path.join(repo, 'models/demo/adapter')];
+            const n = nativeGenerate(model, t.ids, 40);
+            if (n) same(t.text, n.text, `${mode} turn ${i}: text vs a fresh native generation`);
+            same(t.usage.prompt_tokens, t.ids.length, `${mode} turn ${i}: prompt_tokens`);
+            let common = 0;
+            while (common < held.length && common < t.ids.length - 1 && held[common] === t.ids[common]) common++;
+            same(t.usage.prompt_tokens_details.cached_tokens, common, `${mode} turn ${i}: cached_tokens`);
+            if (i > 0) assert(common > held.length / 2, `${mode} turn ${i}: only ${common} of ${held.length} reused`);
+            if (n) held = [...t.ids, ...n.tokens.slice(0, -1)];
+          });
+          same(r.turns[0].text, '{"action": "turn", "direction": "left", "degrees": 90}', `${mode}: turn 1`);
+          same(r.tooLong && r.tooLong.code, 'context-length', `${mode}: too long`);
+          assert(/max_tokens 500/.test(r.tooLong.message) && /512 positions/.test(r.tooLong.message), `${mode}: context-length message ${r.tooLong.message}`);
+          same(r.after, r.turns[0].text, `${mode}: usable after the error`);
+          assert(r.auto.dropped >= 2 && r.auto.usage.prompt_tokens + 450 <= 512, `${mode}: truncation auto ${JSON.stringify(r.auto)}`);
+          notes.push(`${mode}: cached ${r.turns.map((t) => t.usage.prompt_tokens_details.cached_tokens).join('/')} of ${r.turns.map((t) => t.usage.prompt_tokens).join('/')}`);
+        }
+      } finally {
+        dsrv.kill();
+      }
+      return notes.join('; ');
     });
   } finally {
     srv.kill();

@@ -36,6 +36,10 @@ pub struct ChatArgs {
     /// Print one JSON object per turn instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Prefill the whole conversation at every turn instead of reusing the KV positions the
+    /// session holds (the plain path, for comparison).
+    #[arg(long)]
+    no_reuse: bool,
 }
 
 /// Sets a flag on every Ctrl-C (SIGINT) instead of ending the program.
@@ -153,6 +157,9 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
             );
         }
         turn += 1;
+        if a.no_reuse {
+            sess.reset();
+        }
         interrupted.store(false, Ordering::SeqCst);
         let traffic0 = sess.remote_traffic();
         let mut dec = StreamDecoder::default();
