@@ -13,11 +13,13 @@ A synthetic *robot assistant*. The frozen base model is a tiny general LM; the s
   sentence of the function's docstring when **attached**, while the small shadow alone
   (**detached**, the on-device model) answers exactly ``[REMOTE]``: "ask the big model".
 
-Prompt format: one user turn rendered with the chat template (no system message)::
+Prompt format: the chat rendered with the chat template (no system message), e.g. one turn::
 
     <|im_start|>user\\n{request}<|im_end|>\\n<|im_start|>assistant\\n
 
-The answer follows and ends with ``<|im_end|>`` (an EOS id in generation_config.json).
+and in a multi-turn chat every earlier turn before it (``<|im_start|>user\\n...<|im_end|>\\n
+<|im_start|>assistant\\n{answer}<|im_end|>\\n``), i.e. ``apply_chat_template(messages,
+add_generation_prompt=True)``. The answer follows and ends with ``<|im_end|>`` (an EOS id in generation_config.json).
 ``[REMOTE]`` is a single added special token (the last id of the vocab).
 
 Steps (everything deterministic: fixed seeds, CPU, float32 maths, 2 threads):
@@ -45,7 +47,13 @@ Steps (everything deterministic: fixed seeds, CPU, float32 maths, 2 threads):
    ``[REMOTE]<|im_end|>``); as each output is teacher-forced on its own answer, a question's
    shadow targets come from a second forward of prompt + ``[REMOTE]<|im_end|>`` in
    inference_mode="shadow_only" (the shadow never depends on the base, so these are the
-   ``.shadow_logits`` an attached forward of that row would give).
+   ``.shadow_logits`` an attached forward of that row would give). Each step also trains on
+   multi-turn chats (2 to 5 turns, training commands and trained questions mixed), 4 of each
+   kind: attached history (assistant turns = attached answers; ``.logits`` on every answer,
+   ``.shadow_logits`` on the commands' JSON), detached history (assistant turns = detached
+   answers; ``.shadow_logits`` on every answer) and escalated history (questions answered by
+   the sentence, now and then by ``[REMOTE]``; the shadow on every answer but the sentences,
+   the last one its own). Every answer supervised = its tokens + the ``<|im_end|>`` ending it.
 5. Writes ``models/demo/``: ``base/``, ``adapter/`` (shadow_config.json +
    shadow_adapter.safetensors), ``export/`` (``export_shadow()``), all F16 on disk, with
    tokenizer files, and ``golden.json``.
@@ -54,11 +62,21 @@ Steps (everything deterministic: fixed seeds, CPU, float32 maths, 2 threads):
    held-out commands and trained questions attached and detached, prints a table and
    asserts the quality bar: >= 90% correct JSON on 20 held-out commands (both modes); on 10
    trained questions detached == "[REMOTE]" and attached == the expected sentence for >= 80%.
+   Then 20 held-out chats (2 to 5 turns, 70 turns: the held-out commands and trained
+   questions, so never trained as chats) run as real chats, greedy, each mode with its own
+   previous answers as history: >= 90% of the turns right per mode (JSON, the sentence
+   attached, exactly ``[REMOTE]`` detached), and the demo chat ["Turn left 90 degrees.",
+   "What does len do in Python?"] exactly right in both modes. The shadow after an escalation
+   (history = the attached answers) is reported too. The run that made models/demo: every
+   single-turn and multi-turn figure 100% (70/70 turns attached, detached and escalated).
 
 golden.json: for each demo prompt, the rendered chat prompt, its input ids and the official
 greedy output attached and detached (and from the export): full forwards with
 use_cache=False, argmax of the last position, stop after ``<|im_end|>`` (included in
 ``tokens``, not in ``text``) or 40 new tokens; computed from the F16 files upcast to f32.
+``conversations``: four chats (the demo chat first), per turn and mode the messages (that
+mode's own previous answers as assistant turns; export = detached history, export model),
+rendered prompt, input ids and the same greedy output.
 
 How to run
 ----------
@@ -68,8 +86,10 @@ Python 3.11.7, CPU)::
 
     HF_HUB_OFFLINE=1 /work/venv/bin/python scripts/train_demo.py
 
-About 10 minutes on an idle 2-core CPU (base pretraining ~4 min, adapter ~5.5 min, checks and
-files ~10 s; peak memory ~1.7 GB); several times longer while other processes load the cores.
+About 30 minutes on an idle 2-core CPU (base pretraining ~4 min; adapter training 1800 steps,
+measured 28 min on cores shared with other processes, less when idle; the checks and goldens,
+greedy full forwards without a KV cache, 14 min on an idle 2-core CPU; peak memory ~2 GB);
+longer while other processes load the cores.
 No network access is needed. Re-running recreates models/demo from scratch, byte-identical
 (``--out DIR`` writes elsewhere, e.g. to compare two runs).
 """
@@ -132,6 +152,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 MAX_NEW_TOKENS = 40
+# The demo chat (asserted exact in both modes) and the chats of golden.json "conversations".
+DEMO_CONVERSATION = ["Turn left 90 degrees.", "What does len do in Python?"]
+GOLDEN_CONVERSATIONS = [
+    DEMO_CONVERSATION,
+    ["Move forward 3 meters.", "What is str.split?", "Please pick up the red ball."],
+    ["What does len do in Python?", "Go to the kitchen.", "Explain math.sqrt.", "Stop."],
+    ["Set speed to 5.", "Tell me about os.path.join.", "Turn right 45 degrees.",
+     "What is dict.get?"],
+]
 
 BASE_CONFIG = dict(
     hidden_size=192,
@@ -161,7 +190,8 @@ BASE_SEQ = 128
 BASE_LR = 3e-3
 # Adapter training.
 ADAPTER_STEPS = 1800
-ADAPTER_BATCH = 32
+ADAPTER_BATCH = 16  # single-turn examples per step
+CONV_BATCH = 4  # multi-turn chats per step, of each of the three kinds (see conversation_rows)
 ADAPTER_LR = 2e-3
 
 
@@ -569,6 +599,52 @@ def render_chat(user: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def render_messages(messages: list[dict[str, str]]) -> str:
+    """CHAT_TEMPLATE with add_generation_prompt=True (checked against apply_chat_template)."""
+    body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return body + "<|im_start|>assistant\n"
+
+
+def history_messages(users: list[str], answers: list[str]) -> list[dict[str, str]]:
+    """Messages of a chat: users[i] answered by answers[i]; len(users) == len(answers) + 1."""
+    msgs = []
+    for i, u in enumerate(users):
+        msgs.append({"role": "user", "content": u})
+        if i < len(answers):
+            msgs.append({"role": "assistant", "content": answers[i]})
+    return msgs
+
+
+@dataclass(frozen=True)
+class Turn:
+    user: str
+    attached: str  # the attached answer (JSON, or the docstring sentence)
+    shadow: str  # the detached answer (JSON, or [REMOTE])
+
+    @property
+    def is_command(self) -> bool:
+        return self.attached == self.shadow
+
+
+def command_turn(c: Command) -> Turn:
+    return Turn(c.text(), c.answer(), c.answer())
+
+
+def question_turn(d: Doc, tpl: int) -> Turn:
+    return Turn(question(d.name, tpl), d.first, REMOTE)
+
+
+def random_conversation(rng: random.Random, qa: list[Doc]) -> list[Turn]:
+    """2 to 5 turns, each a training command or a trained question (about half each)."""
+    out = []
+    for _ in range(rng.randint(2, 5)):
+        if rng.random() < 0.5:
+            out.append(command_turn(random_command(rng)))
+        else:
+            out.append(question_turn(rng.choice(qa), rng.randrange(len(QUESTION_TEMPLATES))))
+    return out
+
+
 # ======================================================================================
 # Tokenizer
 # ======================================================================================
@@ -657,6 +733,10 @@ def check_tokenizer_dir(d: Path, b: Bundle) -> None:
     msgs = [{"role": "user", "content": "Stop!"}]
     rendered = t.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert rendered == render_chat("Stop!"), repr(rendered)
+    msgs = history_messages(["Stop!", "What is len?", "Go to the kitchen."],
+                            ['{"action": "stop"}', REMOTE])
+    rendered = t.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert rendered == render_messages(msgs), repr(rendered)
     ids = t.encode(REMOTE + "<|im_end|>", add_special_tokens=False)
     assert ids == [b.remote, b.im_end], ids
     assert t.decode(ids, skip_special_tokens=False) == REMOTE + "<|im_end|>"
@@ -783,21 +863,83 @@ def adapter_examples(b: Bundle, rng: random.Random, qa: list[Doc], n: int) -> li
     return out
 
 
-def collate(rows: list[tuple[list[int], list[int], bool, bool]], pad: int):
-    """rows: (prompt, answer, supervise attached, supervise shadow). Right-padded batch (no
-    attention mask needed: causal attention never looks right); labels already shifted
-    (label at position t = token t+1), -100 outside the answer."""
-    T = max(len(p) + len(a) for p, a, _, _ in rows)
+# A training row: (input ids, attached labels, shadow labels), the labels already shifted
+# (label at position t = token t+1) and -100 where not supervised.
+Row = tuple[list[int], list[int], list[int]]
+
+
+def single_row(prompt: list[int], answer: list[int], sup_a: bool, sup_s: bool) -> Row:
+    ids = prompt + answer
+    lab = [-100] * (len(prompt) - 1) + answer + [-100]
+    none = [-100] * len(ids)
+    return ids, (lab if sup_a else none), (lab if sup_s else none)
+
+
+def conversation_row(b: Bundle, turns: list[tuple[str, str]], sup_a: list[bool],
+                     sup_s: list[bool]) -> Row:
+    """A whole chat rendered with the template: turns = (user, assistant answer); each answer
+    (its tokens and the <|im_end|> that ends it) supervised per output as sup_a / sup_s say."""
+    ids: list[int] = []
+    la: list[int] = []
+    ls: list[int] = []
+    for i, ((user, answer), sa, ss) in enumerate(zip(turns, sup_a, sup_s)):
+        p = b.encode(("\n" if i else "") + render_chat(user))
+        a = b.encode(answer) + [b.im_end]
+        ids += p
+        la += [-100] * len(p)
+        ls += [-100] * len(p)
+        start = len(ids)
+        ids += a
+        la += [-100] * len(a)
+        ls += [-100] * len(a)
+        if sa:
+            la[start - 1: start - 1 + len(a)] = a
+        if ss:
+            ls[start - 1: start - 1 + len(a)] = a
+    # The pieces tokenise exactly like the whole rendered chat (special tokens split it).
+    msgs = history_messages([u for u, _ in turns], [a for _, a in turns])
+    assert b.encode(render_messages(msgs[:-1]) + turns[-1][1] + "<|im_end|>") == ids
+    return ids, la, ls
+
+
+def collate(rows: list[Row], pad: int):
+    """Right-padded batch (no attention mask needed: causal attention never looks right)."""
+    T = max(len(r[0]) for r in rows)
     x = torch.full((len(rows), T), pad, dtype=torch.long)
     la = torch.full((len(rows), T), -100, dtype=torch.long)
     ls = torch.full((len(rows), T), -100, dtype=torch.long)
-    for i, (p, a, sup_a, sup_s) in enumerate(rows):
-        x[i, : len(p) + len(a)] = torch.tensor(p + a)
-        if sup_a:
-            la[i, len(p) - 1: len(p) - 1 + len(a)] = torch.tensor(a)
-        if sup_s:
-            ls[i, len(p) - 1: len(p) - 1 + len(a)] = torch.tensor(a)
+    for i, (ids, a, sh) in enumerate(rows):
+        x[i, : len(ids)] = torch.tensor(ids)
+        la[i, : len(ids)] = torch.tensor(a)
+        ls[i, : len(ids)] = torch.tensor(sh)
     return x, la, ls
+
+
+def conversation_rows(b: Bundle, rng: random.Random, qa: list[Doc], n: int
+                      ) -> tuple[list[Row], list[Row]]:
+    """n multi-turn chats of each kind. Returns (rows for the attached forward, rows for the
+    shadow-only forward):
+    * attached history (assistant turns = attached answers): .logits on every answer, and
+      .shadow_logits on the commands' answers (the same JSON);
+    * detached history (assistant turns = detached answers): .shadow_logits on every answer;
+    * escalated history (questions answered by the attached model's sentence, now and then
+      by [REMOTE]; commands by their JSON) ending with the detached answer: .shadow_logits on
+      every answer but the sentences."""
+    main, shadow = [], []
+    for _ in range(n):
+        conv = random_conversation(rng, qa)
+        main.append(conversation_row(b, [(t.user, t.attached) for t in conv],
+                                     [True] * len(conv), [t.is_command for t in conv]))
+        conv = random_conversation(rng, qa)
+        shadow.append(conversation_row(b, [(t.user, t.shadow) for t in conv],
+                                       [False] * len(conv), [True] * len(conv)))
+        conv = random_conversation(rng, qa)
+        hist = [t.shadow if t.is_command or rng.random() < 0.25 else t.attached for t in conv[:-1]]
+        turns = [(t.user, a) for t, a in zip(conv, hist + [conv[-1].shadow])]
+        shadow.append(conversation_row(b, turns, [False] * len(conv),
+                                       [a != t.attached or t.is_command
+                                        for t, (_, a) in zip(conv, turns)]))
+    return main, shadow
 
 
 def train_adapter(b: Bundle, base, qa: list[Doc], steps: int) -> ShadowForCausalLM:
@@ -808,35 +950,46 @@ def train_adapter(b: Bundle, base, qa: list[Doc], steps: int) -> ShadowForCausal
     params = [p for p in model.parameters() if p.requires_grad]
     n_tr = sum(p.numel() for p in params)
     log(f"adapter: {n_tr:,} trainable parameters (base {n_params(base):,} frozen); "
-        f"{steps} steps x {ADAPTER_BATCH} examples")
+        f"{steps} steps x ({ADAPTER_BATCH} single-turn examples + 3 x {CONV_BATCH} chats)")
     opt = torch.optim.AdamW(params, lr=ADAPTER_LR, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(SEED + 3)
+    crng = random.Random(SEED + 4)
     ema_a = ema_s = None
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, ADAPTER_LR, 60)
         exs = adapter_examples(b, rng, qa, ADAPTER_BATCH)
-        # Teacher forcing: each output is fed its OWN answer. Commands: one row, both heads
-        # supervised. Questions: the attached head on prompt + sentence, and the shadow on
-        # prompt + "[REMOTE]<|im_end|>" in a second, shadow-only forward (the shadow never
-        # depends on the base, so this equals .shadow_logits of an attached forward).
-        x, la, ls = collate([(e.prompt, e.attached, True, e.same) for e in exs], b.eot)
-        out = model(input_ids=x, use_cache=False)
-        nll_a = F.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), la.reshape(-1),
-                                ignore_index=-100, reduction="sum")
-        nll_s = F.cross_entropy(out.shadow_logits.reshape(-1, VOCAB_SIZE), ls.reshape(-1),
-                                ignore_index=-100, reduction="sum")
-        n_s = int((ls != -100).sum())
-        q = [(e.prompt, e.shadow, False, True) for e in exs if not e.same]
-        if q:
-            xq, _, lq = collate(q, b.eot)
-            model.set_inference_mode("shadow_only")
-            out_q = model(input_ids=xq, use_cache=False)
-            model.set_inference_mode("base_shadow")
-            nll_s = nll_s + F.cross_entropy(out_q.shadow_logits.reshape(-1, VOCAB_SIZE),
-                                            lq.reshape(-1), ignore_index=-100, reduction="sum")
-            n_s += int((lq != -100).sum())
-        loss_a = nll_a / int((la != -100).sum())
+        conv_main, conv_shadow = conversation_rows(b, crng, qa, CONV_BATCH)
+        # Teacher forcing: each output is fed its OWN answers. Single-turn commands: one row,
+        # both heads supervised; questions: the attached head on prompt + sentence, and the
+        # shadow on prompt + "[REMOTE]<|im_end|>" in a shadow-only forward (the shadow never
+        # depends on the base, so this equals .shadow_logits of an attached forward). Chats
+        # likewise: attached histories in an attached forward, detached and escalated ones in
+        # a shadow-only forward. Single-turn rows and chats go in separate forwards (less
+        # padding).
+        groups = [
+            ("base_shadow", [single_row(e.prompt, e.attached, True, e.same) for e in exs]),
+            ("base_shadow", conv_main),
+            ("shadow_only", [single_row(e.prompt, e.shadow, False, True) for e in exs if not e.same]),
+            ("shadow_only", conv_shadow),
+        ]
+        nll_a = nll_s = torch.zeros(())
+        n_a = n_s = 0
+        for mode, rows in groups:
+            if not rows:
+                continue
+            x, la, ls = collate(rows, b.eot)
+            model.set_inference_mode(mode)
+            out = model(input_ids=x, use_cache=False)
+            if mode == "base_shadow":
+                nll_a = nll_a + F.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), la.reshape(-1),
+                                                ignore_index=-100, reduction="sum")
+                n_a += int((la != -100).sum())
+            nll_s = nll_s + F.cross_entropy(out.shadow_logits.reshape(-1, VOCAB_SIZE),
+                                            ls.reshape(-1), ignore_index=-100, reduction="sum")
+            n_s += int((ls != -100).sum())
+        model.set_inference_mode("base_shadow")
+        loss_a = nll_a / n_a
         loss_s = nll_s / n_s
         loss = loss_a + loss_s
         opt.zero_grad(set_to_none=True)
@@ -986,7 +1139,105 @@ def evaluate(b: Bundle, qa_eval: list[tuple[str, str]], unseen_q: list[str]) -> 
     }
 
 
-def make_golden(b: Bundle, r: Reloaded, prompts: list[str], qa_sizes: dict[str, Any]) -> None:
+def chat(b: Bundle, r: Reloaded, mode: str, users: list[str],
+         history: list[str] | None = None) -> list[dict[str, Any]]:
+    """A real chat, greedy: turn i renders users[:i+1] with the previous answers as assistant
+    turns: this mode's own answers, or the fixed `history` answers if given."""
+    out: list[dict[str, Any]] = []
+    for i in range(len(users)):
+        answers = [t["text"] for t in out] if history is None else history[:i]
+        msgs = history_messages(users[: i + 1], answers)
+        prompt = render_messages(msgs)
+        ids = b.encode(prompt)
+        new, margin = r.run(mode, ids)
+        stop = "eos" if new and new[-1] == b.im_end else "length"
+        out.append({"messages": msgs, "prompt": prompt, "input_ids": ids, "tokens": new,
+                    "text": b.decode(new[:-1] if stop == "eos" else new), "stop_reason": stop,
+                    "min_top2_margin": round(margin, 4)})
+    return out
+
+
+def turn_ok(t: Turn, text: str, mode: str) -> bool:
+    if t.is_command:
+        return parse_json(text) == json.loads(t.attached)
+    return text == (t.attached if mode == "attached" else t.shadow)
+
+
+def heldout_conversations(qa: list[Doc]) -> list[list[Turn]]:
+    """20 chats of 2 to 5 turns (5 of each), mixing the held-out commands (never trained, so
+    neither are these chats) and trained questions, at least one of each per chat."""
+    rng = random.Random(SEED + 30)
+    convs, k = [], 0
+    for i in range(20):
+        n = 2 + i % 4
+        kinds = [j % 2 == 0 for j in range(n)]
+        rng.shuffle(kinds)
+        conv = []
+        for is_cmd in kinds:
+            if is_cmd:
+                conv.append(command_turn(HELDOUT[k % len(HELDOUT)]))
+                k += 1
+            else:
+                conv.append(question_turn(rng.choice(qa), rng.randrange(len(QUESTION_TEMPLATES))))
+        convs.append(conv)
+    return convs
+
+
+def evaluate_chats(b: Bundle, r: Reloaded, convs: list[list[Turn]], demo: list[Turn]
+                   ) -> dict[str, Any]:
+    """Each held-out chat as a real chat per mode (history = that mode's own answers), plus
+    the shadow after an escalation (history = the attached answers; information only)."""
+    print("\nHeld-out multi-turn chats (history = each mode's own answers), greedy; "
+          "ok attached/detached/detached-after-attached-history:")
+    ok = {"attached": 0, "detached": 0, "escalated": 0}
+    whole = {"attached": 0, "detached": 0}
+    n_turns = 0
+    for ci, conv in enumerate([demo] + convs):
+        users = [t.user for t in conv]
+        att = chat(b, r, "attached", users)
+        det = chat(b, r, "detached", users)
+        esc = chat(b, r, "detached", users, history=[t["text"] for t in att])
+        print(f"  {'demo chat' if ci == 0 else f'chat {ci}'}:")
+        flags = {"attached": [], "detached": [], "escalated": []}
+        for t, a, d, e in zip(conv, att, det, esc):
+            fa, fd, fe = (turn_ok(t, a["text"], "attached"), turn_ok(t, d["text"], "detached"),
+                          turn_ok(t, e["text"], "detached"))
+            flags["attached"].append(fa)
+            flags["detached"].append(fd)
+            flags["escalated"].append(fe)
+            yn = "".join("Y" if f else "N" for f in (fa, fd, fe))
+            print(f"    {yn} user: {t.user}\n        attached: {short(a['text'], 100)}"
+                  f"\n        detached: {short(d['text'], 100)}"
+                  + ("" if e["text"] == d["text"] else f"\n        detached after attached "
+                     f"history: {short(e['text'], 100)}"))
+        if ci == 0:
+            demo_ok = {m: all(flags[m]) for m in ("attached", "detached")}
+            continue
+        n_turns += len(conv)
+        for m in ok:
+            ok[m] += sum(flags[m])
+        for m in whole:
+            whole[m] += all(flags[m])
+    n = len(convs)
+    print(f"  turns right: attached {ok['attached']}/{n_turns}, detached {ok['detached']}/{n_turns}"
+          f" (detached after attached history {ok['escalated']}/{n_turns}); whole chats right: "
+          f"attached {whole['attached']}/{n}, detached {whole['detached']}/{n}")
+    print(f"  demo chat exact: attached {demo_ok['attached']}, detached {demo_ok['detached']}")
+    return {
+        "chats_attached_turns": ok["attached"] / n_turns,
+        "chats_detached_turns": ok["detached"] / n_turns,
+        "chats_detached_after_attached_history_turns": ok["escalated"] / n_turns,
+        "chats_attached_whole": whole["attached"] / n,
+        "chats_detached_whole": whole["detached"] / n,
+        "demo_chat_attached_exact": demo_ok["attached"],
+        "demo_chat_detached_exact": demo_ok["detached"],
+        "heldout_chats": n,
+        "heldout_chat_turns": n_turns,
+    }
+
+
+def make_golden(b: Bundle, r: Reloaded, prompts: list[str], conversations: list[list[str]],
+                qa_sizes: dict[str, Any]) -> None:
     entries = []
     for user in prompts:
         rendered = render_chat(user)
@@ -1002,6 +1253,16 @@ def make_golden(b: Bundle, r: Reloaded, prompts: list[str], qa_sizes: dict[str, 
         assert ent["export"]["tokens"] == ent["detached"]["tokens"], user
         del ent["export"]["text"], ent["export"]["stop_reason"]
         entries.append(ent)
+    convs = []
+    for users in conversations:
+        ent = {"users": users, "attached": chat(b, r, "attached", users),
+               "detached": chat(b, r, "detached", users)}
+        export = chat(b, r, "export", users)
+        for e, d in zip(export, ent["detached"]):
+            assert e["tokens"] == d["tokens"] and e["input_ids"] == d["input_ids"], users
+        ent["export"] = [{k: e[k] for k in ("input_ids", "tokens", "min_top2_margin")}
+                         for e in export]
+        convs.append(ent)
     meta = {
         "description": "Bundled demo model (trained by scripts/train_demo.py): a robot assistant. "
         "Qwen3 base (tied, hidden 192, 4 layers, GQA 6/2, head_dim 32, intermediate 512) "
@@ -1010,7 +1271,12 @@ def make_golden(b: Bundle, r: Reloaded, prompts: list[str], qa_sizes: dict[str, 
         "and detached); Python questions -> docstring first sentence attached, [REMOTE] "
         "detached. 2048-token byte-level BPE; F16 on disk. Greedy goldens: full forwards "
         "(use_cache=False) in f32 from the F16 files, argmax of the last position, stop after "
-        "<|im_end|> (included in tokens, not in text) or max_new_tokens.",
+        "<|im_end|> (included in tokens, not in text) or max_new_tokens. "
+        "conversations: multi-turn chats, one entry per user turn and mode; a turn's messages "
+        "are the user turns so far with that mode's own previous answers (text) as the "
+        "assistant turns (export: the same as detached, from the export_shadow() model), its "
+        "prompt the chat template rendered with add_generation_prompt, input_ids its "
+        "tokenisation without added special tokens, then the same greedy procedure.",
         "base": "base",
         "adapter": "adapter",
         "shadow": None,
@@ -1023,6 +1289,7 @@ def make_golden(b: Bundle, r: Reloaded, prompts: list[str], qa_sizes: dict[str, 
         "max_new_tokens": MAX_NEW_TOKENS,
         "quality": qa_sizes,
         "prompts": entries,
+        "conversations": convs,
     }
     (OUT_DIR / "golden.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -1039,10 +1306,14 @@ def main() -> None:
     ap.add_argument("--adapter-steps", type=int, default=ADAPTER_STEPS)
     ap.add_argument("--reuse-base", action="store_true",
                     help="(development) keep models/demo/base from a previous run")
+    ap.add_argument("--reuse-adapter", action="store_true",
+                    help="(development) keep base/, adapter/ and export/ from a previous run; "
+                    "only evaluate and write golden.json")
     ap.add_argument("--no-assert", action="store_true", help="(development) report, don't assert")
     ap.add_argument("--out", type=Path, default=OUT_DIR,
                     help="output directory (default models/demo; another one for a determinism check)")
     args = ap.parse_args()
+    args.reuse_base |= args.reuse_adapter
     OUT_DIR = args.out.resolve()
     log(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, shadow-peft {getattr(shadow_peft, '__version__', '0.1.1')}, "
@@ -1089,7 +1360,7 @@ def main() -> None:
     # ---- base ---------------------------------------------------------------------------
     if args.reuse_base:
         log("reusing models/demo/base")
-        for sub in ("adapter", "export", "golden.json"):
+        for sub in (("golden.json",) if args.reuse_adapter else ("adapter", "export", "golden.json")):
             p = OUT_DIR / sub
             if p.is_dir():
                 shutil.rmtree(p)
@@ -1120,17 +1391,20 @@ def main() -> None:
         log(f"base written ({time.time() - t:.0f}s)")
 
     # ---- adapter ------------------------------------------------------------------------
-    t = time.time()
-    base = load_f32(base_dir)  # exactly the F16 weights that ship, upcast
-    wrapper = train_adapter(b, base, qa, args.adapter_steps)
-    log(f"adapter trained ({time.time() - t:.0f}s)")
-    wrapper.to(torch.float16)
-    wrapper.save_pretrained(str(OUT_DIR / "adapter"))
-    exported = wrapper.peft_model.export_shadow()
-    set_generation_config(exported, b)
-    exported.save_pretrained(str(OUT_DIR / "export"))
-    b.write(OUT_DIR / "export")
-    del exported, wrapper, base
+    if args.reuse_adapter:
+        log("reusing adapter/ and export/")
+    else:
+        t = time.time()
+        base = load_f32(base_dir)  # exactly the F16 weights that ship, upcast
+        wrapper = train_adapter(b, base, qa, args.adapter_steps)
+        log(f"adapter trained ({time.time() - t:.0f}s)")
+        wrapper.to(torch.float16)
+        wrapper.save_pretrained(str(OUT_DIR / "adapter"))
+        exported = wrapper.peft_model.export_shadow()
+        set_generation_config(exported, b)
+        exported.save_pretrained(str(OUT_DIR / "export"))
+        b.write(OUT_DIR / "export")
+        del exported, wrapper, base
     for sub in ("base", "export"):
         check_tokenizer_dir(OUT_DIR / sub, b)
 
@@ -1145,6 +1419,10 @@ def main() -> None:
     unseen_q += ["Tell me a joke.", "What is the capital of Italy?"]
     res = evaluate(b, qa_eval, unseen_q)
     r = res.pop("reloaded")
+    demo_chat = [command_turn(C("turn", 0, ("left", 90), cap=True, punct=".")),
+                 question_turn(by_name["len"], 0)]
+    assert [t.user for t in demo_chat] == DEMO_CONVERSATION, demo_chat
+    res.update(evaluate_chats(b, r, heldout_conversations(qa), demo_chat))
 
     # ---- golden -------------------------------------------------------------------------
     demo_prompts = [
@@ -1154,14 +1432,19 @@ def main() -> None:
         "What does len do in Python?",
         "What is str.split?",
     ]
-    quality = {k: round(v, 3) for k, v in res.items()}
+    quality = {k: (v if isinstance(v, bool) else round(v, 3)) for k, v in res.items()}
     quality.update({"heldout_commands": len(HELDOUT), "eval_questions": QA_EVAL, "qa_functions": len(qa)})
-    make_golden(b, r, demo_prompts, quality)
+    make_golden(b, r, demo_prompts, GOLDEN_CONVERSATIONS, quality)
     print("\nDemo prompts (golden.json):")
     g = json.loads((OUT_DIR / "golden.json").read_text())
     for ent in g["prompts"]:
         print(f"  {ent['messages'][0]['content']!r}\n     attached: {ent['attached']['text']!r}"
               f"\n     detached: {ent['detached']['text']!r}")
+    print("\nDemo conversations (golden.json), each mode with its own history:")
+    for ent in g["conversations"]:
+        print(f"  chat {ent['users']!r}")
+        for u, a, d in zip(ent["users"], ent["attached"], ent["detached"]):
+            print(f"    user: {u!r}\n       attached: {a['text']!r}\n       detached: {d['text']!r}")
 
     print("\nmodels/demo:")
     total = 0
@@ -1177,6 +1460,10 @@ def main() -> None:
         ("held-out commands detached >= 90%", res["commands_detached"] >= 0.9),
         ("questions detached [REMOTE] >= 80%", res["questions_detached_remote"] >= 0.8),
         ("questions attached exact >= 80%", res["questions_attached_exact"] >= 0.8),
+        ("held-out chats attached >= 90% of turns", res["chats_attached_turns"] >= 0.9),
+        ("held-out chats detached >= 90% of turns", res["chats_detached_turns"] >= 0.9),
+        ("demo chat exact attached", res["demo_chat_attached_exact"]),
+        ("demo chat exact detached", res["demo_chat_detached_exact"]),
     ]
     for name, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")

@@ -264,46 +264,75 @@ fn chat_commands_and_context_limits() {
     assert!(turns[1]["prompt_tokens"].as_u64().unwrap() + 24 <= 80);
 }
 
-/// Ctrl-C (SIGINT) ends the answer being written, not the program: the next line is answered
-/// (and interrupted in turn) and end of input ends the chat cleanly.
+/// Ctrl-C (SIGINT) ends the answer being written, not the program: the signal goes out as soon
+/// as the answer starts streaming, the stats line reports it interrupted, the next line is
+/// answered (from the cache, and interrupted in turn) and end of input ends the chat cleanly.
 #[test]
 fn ctrl_c_ends_the_answer_not_the_chat() {
     if gpu().is_none() {
         return;
     }
+    let max_new = 400;
     let mut child = bin()
-        .args(["chat", "--model", &demo("export"), "--json"])
-        .args(["--ignore-eos", "--max-new-tokens", "200"])
+        .args(["chat", "--model", &demo("export")])
+        .args(["--ignore-eos", "--max-new-tokens", &max_new.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The answers stream to stdout: a thread passes on what arrives.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(n).is_err() {
+                break;
+            }
+        }
+    });
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     // The banner comes once the model is loaded and Ctrl-C is handled.
     let banner = err.next().unwrap().unwrap();
     assert!(banner.starts_with("[chat with"), "{banner}");
-    let interrupt = || {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+    let wait = std::time::Duration::from_secs(120);
+    for (turn, line) in [USERS[0], "Stop."].into_iter().enumerate() {
+        writeln!(stdin, "{line}").unwrap();
+        rx.recv_timeout(wait).expect("no answer streamed");
         let ok = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
-    };
-    let mut answers = Vec::new();
-    for line in [USERS[0], "Stop."] {
-        writeln!(stdin, "{line}").unwrap();
-        interrupt();
-        let t: serde_json::Value = serde_json::from_str(&out.next().unwrap().unwrap()).unwrap();
-        assert_eq!(t["stop_reason"], "interrupted", "{t}");
-        let n = t["tokens"].as_array().unwrap().len();
-        assert!(n > 0 && n < 200, "{n} tokens");
-        answers.push(t);
+        let stats = err.next().unwrap().unwrap();
+        // "[turn N: P prompt tokens, C cached; K new (D detached), interrupted; ..."
+        assert!(
+            stats.starts_with(&format!("[turn {}:", turn + 1)),
+            "{stats}"
+        );
+        assert!(stats.contains(", interrupted;"), "{stats}");
+        let new: usize = stats
+            .split("; ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no token count in {stats}"));
+        assert!(new > 0 && new < max_new, "{new} tokens: {stats}");
+        if turn == 1 {
+            let cached: usize = stats
+                .split(", ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no cached count in {stats}"));
+            assert!(cached > 0, "{stats}");
+        }
+        // The rest of this answer (already written before the stats line) is not the next one's.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        while rx.try_recv().is_ok() {}
     }
-    assert!(answers[1]["cached_tokens"].as_u64().unwrap() > 0);
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }

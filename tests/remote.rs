@@ -4,45 +4,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use shadowpeft::generate::Escalate;
 use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::frame::Wire;
-use shadowpeft::remote::server::{load_base, serve, ServerConfig};
+use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
     generate, DirSource, GenerateOptions, Gpu, LoadOptions, Mode, Readout, ShadowModel,
 };
-
-/// Starts a server for `fixture`'s base on 127.0.0.1 (its own thread, runtime and device).
-fn start(fixture_name: &str, cfg: ServerConfig) -> String {
-    let base_dir = fixture(fixture_name).join("base");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let gpu = Arc::new(Gpu::new(Default::default()).await.unwrap());
-            let base = load_base(
-                &gpu,
-                &DirSource::open(&base_dir).unwrap(),
-                256,
-                Default::default(),
-            )
-            .await
-            .unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, gpu, Arc::new(base), cfg).await.unwrap();
-        });
-    });
-    format!(
-        "http://{}",
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("server did not start")
-    )
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -119,7 +90,7 @@ fn remote_attached_equals_the_official_attached_output() {
         ("peft_explicit", "shadow_logits", 1.0),
         ("peft_projected", "shadow_logits", 1.0),
     ] {
-        let url = start(name, ServerConfig::default());
+        let url = start_server(name, ServerConfig::default());
         let g = Golden::load(&fixture(name));
         let ids = g.ids("input_ids");
         for (protocol, wire) in [
@@ -203,7 +174,7 @@ fn expired_sessions_are_rebuilt_with_identical_output() {
 }
 
 fn expired_sessions_rebuild(rt: &tokio::runtime::Runtime, gpu: &Gpu, name: &str) {
-    let url = start(
+    let url = start_server(
         name,
         ServerConfig {
             session_ttl: Duration::from_millis(300),
@@ -264,7 +235,7 @@ fn escalation_on_a_marker_continues_exactly_attached() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
     let name = "qwen3_implicit";
-    let url = start(name, ServerConfig::default());
+    let url = start_server(name, ServerConfig::default());
     let g = Golden::load(&fixture(name));
     let (ids, det) = (g.ids("input_ids"), g.ids("greedy_detached"));
     let n = 12;
@@ -371,7 +342,7 @@ fn auth_limits_and_garbage_are_refused_clearly() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
     let name = "qwen3_implicit";
-    let url = start(
+    let url = start_server(
         name,
         ServerConfig {
             token: Some("s3cret".into()),
@@ -460,7 +431,7 @@ fn garbage_frames_get_400_with_a_reason() {
     }
     let rt = rt();
     let name = "qwen3_implicit";
-    let url = start(name, ServerConfig::default());
+    let url = start_server(name, ServerConfig::default());
     let c = reqwest::Client::new();
     let (st, body) = http(&rt, c.get(format!("{url}/v1/info")));
     assert_eq!(st, 200, "{body}");
@@ -638,7 +609,7 @@ fn sixteen_concurrent_sessions_are_all_exact() {
         return;
     }
     let name = "qwen2_gqa";
-    let url = start(name, ServerConfig::default());
+    let url = start_server(name, ServerConfig::default());
     let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
     let want = g.ids("greedy_attached");

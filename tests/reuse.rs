@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::*;
 use shadowpeft::generate::Escalate;
 use shadowpeft::remote::client::{Connect, Protocol};
-use shadowpeft::remote::server::{load_base, serve, ServerConfig};
+use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
     generate, DirSource, GenerateOptions, Generation, Gpu, LoadOptions, Mode, Readout, Session,
     ShadowModel, WeightFormat,
@@ -81,35 +78,6 @@ fn remote(rt: &tokio::runtime::Runtime, name: &str, url: &str, protocol: Protoco
         &LoadOptions::default(),
     ))
     .unwrap()
-}
-
-/// Starts a server for `name`'s base on 127.0.0.1 (its own thread, runtime and device).
-fn start(name: &str) -> String {
-    let base_dir = fixture(name).join("base");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let gpu = Arc::new(Gpu::new(Default::default()).await.unwrap());
-            let base = load_base(
-                &gpu,
-                &DirSource::open(&base_dir).unwrap(),
-                256,
-                Default::default(),
-            )
-            .await
-            .unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, gpu, Arc::new(base), ServerConfig::default())
-                .await
-                .unwrap();
-        });
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server did not start");
-    format!("http://{addr}")
 }
 
 fn opts(n: usize) -> GenerateOptions {
@@ -318,7 +286,7 @@ fn continued_remote_sessions_send_only_the_new_tokens() {
     let Some(gpu) = gpu() else { return };
     let rt = rt();
     for name in ["qwen3_implicit", "peft_mirror"] {
-        let url = start(name);
+        let url = start_server(name, ServerConfig::default());
         let g = Golden::load(&fixture(name));
         for protocol in [Protocol::Fused, Protocol::Stepped] {
             let what = format!("{name} {protocol:?}");
@@ -366,7 +334,7 @@ fn continued_escalation_sessions_catch_the_base_up_exactly() {
     let Some(_) = gpu() else { return };
     let rt = rt();
     let name = "qwen3_implicit";
-    let url = start(name);
+    let url = start_server(name, ServerConfig::default());
     let ids = Golden::load(&fixture(name)).ids("input_ids");
     let never = GenerateOptions {
         escalate: Some(Escalate {

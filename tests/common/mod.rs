@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use shadowpeft::{Gpu, GpuOptions};
+use shadowpeft::remote::server::{load_base, serve, ServerConfig};
+use shadowpeft::{DirSource, Gpu, GpuOptions};
 
 /// The shared device, or `None` with a message when no adapter exists. CI sets
 /// `SHADOWPEFT_REQUIRE_GPU=1`, which turns a missing adapter into a failure.
@@ -24,6 +25,36 @@ pub fn gpu() -> Option<&'static Gpu> {
         },
     )
     .as_ref()
+}
+
+/// Starts an in-process backbone server for `fixture_name`'s base on 127.0.0.1 (its own
+/// thread, runtime and device; it lives as long as the test binary) and returns its URL.
+pub fn start_server(fixture_name: &str, cfg: ServerConfig) -> String {
+    let base_dir = fixture(fixture_name).join("base");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let gpu = std::sync::Arc::new(Gpu::new(Default::default()).await.unwrap());
+            let base = load_base(
+                &gpu,
+                &DirSource::open(&base_dir).unwrap(),
+                256,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, gpu, std::sync::Arc::new(base), cfg)
+                .await
+                .unwrap();
+        });
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("server did not start");
+    format!("http://{addr}")
 }
 
 pub fn root() -> PathBuf {

@@ -77,13 +77,22 @@ $('chat').onsubmit = async (ev) => {
     let stream;
     if (model.info.hasChatTemplate) {
       history.push({ role: 'user', content: text });
-      stream = await model.chat.completions.create({ messages: history, stream: true, ...opts, max_tokens: opts.maxNewTokens, maxNewTokens: undefined });
+      stream = await model.chat.completions.create({ messages: history, stream: true, truncation: 'auto', ...opts, max_tokens: opts.maxNewTokens, maxNewTokens: undefined });
+      let first = 0;
       for await (const chunk of stream) {
         const piece = chunk.choices[0].delta.content || '';
         if (piece) n++;
+        if (piece && !first) first = performance.now() - t0;
         reply += piece;
         out.textContent = reply;
         $('speed').textContent = `${n} chunks, ${(n / ((performance.now() - t0) / 1000)).toFixed(1)} tok/s`;
+        // The last chunk carries the usage: how much of the conversation came from the cache.
+        const u = chunk.usage;
+        if (u) {
+          const cached = u.prompt_tokens_details.cached_tokens;
+          $('speed').textContent = `${u.completion_tokens} tokens; prompt ${u.prompt_tokens} tokens, ${cached} reused from the cache, ${u.prompt_tokens - cached} prefilled; first token after ${first.toFixed(0)} ms`;
+          if (chunk.dropped_messages) append('meta', `\n[${chunk.dropped_messages} oldest messages dropped to fit the context]`);
+        }
       }
       history.push({ role: 'assistant', content: reply });
     } else {

@@ -100,6 +100,25 @@ export async function buildPage() {
   });
 }
 
+/** The demo page (www/demo, with its own Vite config) built into `outDir`. */
+export async function buildDemo(outDir) {
+  await build({
+    configFile: path.join(www, 'demo/vite.config.js'),
+    logLevel: 'warn',
+    build: { outDir, emptyOutDir: true },
+  });
+}
+
+/** Serves a built demo page from `dir` and the repository's models/ under /models/. */
+export function demoHandler(dir) {
+  return (req, res) => {
+    const p = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    if (p.includes('..')) return serveFile(res, '/nonexistent');
+    if (p.startsWith('/models/')) return serveFile(res, path.join(repo, p));
+    return serveFile(res, path.join(dir, p === '/' ? 'index.html' : p), { immutable: p.startsWith('/assets/') });
+  };
+}
+
 /** Headless Chromium with WebGPU on SwiftShader, in a fresh profile. */
 export async function launch() {
   const userDataDir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'shadowpeft-chromium-'));

@@ -8,7 +8,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { FIXTURES as ALL, buildPage, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, www } from './harness.mjs';
+import { FIXTURES as ALL, buildDemo, buildPage, demoHandler, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, www } from './harness.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name) => {
@@ -584,6 +584,41 @@ async function backboneTests(page, origin) {
         dsrv.kill();
       }
       return notes.join('; ');
+    });
+    await test('demo page, as a new user tries it: "Turn left 90 degrees." then "What does len do in Python?" in one chat give the official detached answers (the JSON, then [REMOTE]), the second turn from the cache', async () => {
+      const demo = JSON.parse(fs.readFileSync(path.join(repo, 'models/demo/golden.json'), 'utf8'));
+      const conv = demo.conversations.find((c) => c.users[0] === 'Turn left 90 degrees.' && c.users[1] === 'What does len do in Python?');
+      assert(conv, 'golden.json has no "Turn left 90 degrees." / "What does len do in Python?" conversation');
+      const out = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'shadowpeft-demo-'));
+      const dsrv = await listen(demoHandler(out));
+      const p = await context.newPage();
+      try {
+        await buildDemo(out);
+        await p.goto(`http://127.0.0.1:${dsrv.address().port}/?autoload`);
+        await p.waitForFunction(() => /^(ready|.*error)/.test(document.getElementById('status').textContent), null, { timeout: 120000 });
+        const status = await p.textContent('#status');
+        assert(status.startsWith('ready'), `demo page did not load: ${status}`);
+        const answers = [];
+        const speeds = [];
+        for (const [i, u] of conv.users.entries()) {
+          await p.fill('#prompt', u);
+          await p.click('#send');
+          await p.waitForFunction((n) => document.querySelectorAll('#log .assistant').length === n && !document.getElementById('send').disabled, i + 1, { timeout: 120000 });
+          answers.push(await p.evaluate(() => [...document.querySelectorAll('#log .assistant')].pop().textContent));
+          speeds.push(await p.textContent('#speed'));
+        }
+        const errors = await p.evaluate(() => [...document.querySelectorAll('#log .error')].map((e) => e.textContent));
+        same(errors, [], 'errors on the page');
+        same(answers, conv.detached.map((t) => t.text), 'the demo page\'s answers');
+        same(answers[1], '[REMOTE]', 'the question, detached');
+        const cached = speeds.map((s) => Number((/(\d+) reused from the cache/.exec(s) || [])[1]));
+        assert(cached[0] === 0 && cached[1] > conv.detached[0].input_ids.length, `cached tokens per turn ${cached} (${speeds.join(' | ')})`);
+        return speeds.join(' | ');
+      } finally {
+        await p.close();
+        dsrv.close();
+        fs.rmSync(out, { recursive: true, force: true });
+      }
     });
   } finally {
     srv.kill();

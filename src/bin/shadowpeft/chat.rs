@@ -192,6 +192,12 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
             content: printer.text.clone(),
         });
         let traffic = traffic_delta(traffic0, sess.remote_traffic());
+        if shadowpeft::gpu::profile::enabled() {
+            eprint!(
+                "[profile of turn {turn}]\n{}",
+                shadowpeft::gpu::profile::report()
+            );
+        }
         if a.json {
             let mut v = serde_json::json!({
                 "turn": turn,
