@@ -1,33 +1,34 @@
-// cattention: decode (one new query per head) grouped-query attention over a KV cache, for CPU
-// devices (lavapipe, SwiftShader):
-//   out[h, :] = sum_j softmax_j(q[h, :] . k[j, g, :] * scale) v[j, g, :],  j in [0, ctx),
-//   g = h / group. f32 throughout.
+// cattention: grouped-query attention of new queries over a KV cache, for CPU devices
+// (lavapipe, SwiftShader): for query row m (position pos0 + m),
+//   out[m, h, :] = sum_j softmax_j(q[m, h, :] . k[j, g, :] * scale) v[j, g, :],
+//   j in [0, pos0 + m], g = h / GROUP. f32 throughout.
 // CPU compilers run invocations as SIMD lanes and load storage buffers lane by lane, so each
 // cached row is loaded once, as vec4s, for all the query heads of its group: one workgroup per
-// KV head runs two phases separated by a barrier:
+// (KV head, query row) copies the group's queries into workgroup memory, then runs two phases
+// separated by a barrier:
 //   1. lanes over keys: the group's scaled scores, two heads per pass, into `scores`;
 //   2. lanes over vec4 slices of the head dimension: the weighted values with the softmax
 //      taken online (running max and rescaled sums), two heads per pass.
-// q comes through a uniform binding (one vector gather per value for all lanes).
-// Bindings: 0 Params, 1 q [heads * HD / 4] vec4 (uniform), 2 k cache [S, kv_heads * HD],
-//           3 v cache [S, kv_heads * HD] (both vec4), 4 scores [heads, cap] (scratch),
-//           5 out [heads * HD].
-// Dispatch: (kv_heads, 1, 1) workgroups. Requires HD % 4 == 0.
-// Constants: WG, HD (head dim), QN = heads * HD / 4, GROUP = heads / kv_heads.
+// Bindings: 0 Params, 1 q [M, heads * HD / 4] vec4, 2 k cache [S, kv_heads * HD],
+//           3 v cache [S, kv_heads * HD] (both vec4), 4 scores [R, heads, cap] (scratch),
+//           5 out [M, heads * HD / 4] vec4.
+// Dispatch: (kv_heads, rows, 1) workgroups for query rows row0 .. row0 + rows (rows <= R).
+// Requires HD % 4 == 0 and pos0 + M <= cap.
+// Constants: WG, HD (head dim), GROUP = heads / kv_heads.
 
 struct Params {
-    ctx: u32,
+    pos0: u32,
+    row0: u32,
     heads: u32,
     kv_heads: u32,
     cap: u32,
     scale: f32,
     _p0: u32,
     _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> q: array<vec4<f32>, QN>;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
@@ -35,32 +36,42 @@ struct Params {
 
 const HD4: u32 = HD / 4u;
 
+// The queries of this workgroup's group of heads: [GROUP, HD / 4].
+var<workgroup> qs: array<vec4<f32>, GROUP * HD4>;
+
 @compute @workgroup_size(WG)
 fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = wg.x;
+    let m = p.row0 + wg.y;
     let t = lid.x;
     let group = GROUP;
     let h0 = g * group;
+    let row = m * p.heads * HD4;
+    for (var i = t; i < group * HD4; i += WG) {
+        qs[i] = q[row + h0 * HD4 + i];
+    }
+    workgroupBarrier();
     // The context length, through arrayLength so that it is not a pure uniform expression:
     // lavapipe re-specialises (recompiles) shaders per dispatch for small uniform loop counts.
-    let ctx = min(p.ctx, arrayLength(&scores));
+    let ctx = min(p.pos0 + m + 1u, arrayLength(&scores));
+    let sb = wg.y * p.heads * p.cap;
     let kv_row = p.kv_heads * HD4;
     // 1. Scores of the group's heads for this lane's keys, two heads per pass.
     for (var j = t; j < ctx; j += WG) {
         let kb = j * kv_row + g * HD4;
         for (var h = 0u; h < group; h += 2u) {
-            let q0 = (h0 + h) * HD4;
-            let q1 = (h0 + min(h + 1u, group - 1u)) * HD4;
+            let q0 = h * HD4;
+            let q1 = min(h + 1u, group - 1u) * HD4;
             var s0 = vec4<f32>(0.0);
             var s1 = vec4<f32>(0.0);
             for (var d = 0u; d < HD4; d++) {
                 let kv = kc[kb + d];
-                s0 = fma(kv, q[q0 + d], s0);
-                s1 = fma(kv, q[q1 + d], s1);
+                s0 = fma(kv, qs[q0 + d], s0);
+                s1 = fma(kv, qs[q1 + d], s1);
             }
-            scores[(h0 + h) * p.cap + j] = ((s0.x + s0.y) + (s0.z + s0.w)) * p.scale;
+            scores[sb + (h0 + h) * p.cap + j] = ((s0.x + s0.y) + (s0.z + s0.w)) * p.scale;
             if (h + 1u < group) {
-                scores[(h0 + h + 1u) * p.cap + j] = ((s1.x + s1.y) + (s1.z + s1.w)) * p.scale;
+                scores[sb + (h0 + h + 1u) * p.cap + j] = ((s1.x + s1.y) + (s1.z + s1.w)) * p.scale;
             }
         }
     }
@@ -70,28 +81,28 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     for (var d = t; d < HD4; d += WG) {
         for (var h = 0u; h < group; h += 2u) {
             let two = h + 1u < group;
-            let b0 = (h0 + h) * p.cap;
-            let b1 = (h0 + min(h + 1u, group - 1u)) * p.cap;
-            var m = vec2<f32>(-3.0e38);
+            let b0 = sb + (h0 + h) * p.cap;
+            let b1 = sb + (h0 + min(h + 1u, group - 1u)) * p.cap;
+            var mx = vec2<f32>(-3.0e38);
             var l = vec2<f32>(0.0);
             var o0 = vec4<f32>(0.0);
             var o1 = vec4<f32>(0.0);
             for (var j = 0u; j < ctx; j++) {
                 let s = vec2<f32>(scores[b0 + j], scores[b1 + j]);
                 let vv = vc[j * kv_row + g * HD4 + d];
-                let mn = max(m, s);
+                let mn = max(mx, s);
                 // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing
                 // next to e^0 = 1): CPU exp underflows to subnormals, which are slow there.
-                let c = exp(max(m - mn, vec2<f32>(-80.0)));
+                let c = exp(max(mx - mn, vec2<f32>(-80.0)));
                 let e = exp(max(s - mn, vec2<f32>(-80.0)));
                 l = fma(l, c, e);
                 o0 = fma(o0, vec4<f32>(c.x), e.x * vv);
                 o1 = fma(o1, vec4<f32>(c.y), e.y * vv);
-                m = mn;
+                mx = mn;
             }
-            out[(h0 + h) * HD4 + d] = o0 / l.x;
+            out[row + (h0 + h) * HD4 + d] = o0 / l.x;
             if (two) {
-                out[(h0 + h + 1u) * HD4 + d] = o1 / l.y;
+                out[row + (h0 + h + 1u) * HD4 + d] = o1 / l.y;
             }
         }
     }

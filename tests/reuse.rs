@@ -11,7 +11,7 @@ use shadowpeft::generate::Escalate;
 use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
-    generate, DirSource, GenerateOptions, Generation, Gpu, LoadOptions, Mode, Readout, Session,
+    generate, DirSource, GenerateOptions, Generation, LoadOptions, Mode, Readout, Session,
     ShadowModel, WeightFormat,
 };
 

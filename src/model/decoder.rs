@@ -119,8 +119,8 @@ pub(crate) struct Scratch {
     attn: Tensor,
     gu: Tensor,
     act: Tensor,
-    /// Attention scores of one query over the whole cache (`[heads, max_seq]`), for the CPU
-    /// decode kernel.
+    /// Attention scores of up to [`ops::CPU_SCORE_ROWS`] query rows over the whole cache
+    /// (`[rows, heads, max_seq]`), for the CPU attention kernel.
     scores: Tensor,
 }
 
@@ -235,7 +235,7 @@ impl Decoder {
             scores: gpu.zeros(
                 "scores",
                 if gpu.is_cpu() {
-                    c.heads * self.rope.positions
+                    rows.min(ops::CPU_SCORE_ROWS) * c.heads * self.rope.positions
                 } else {
                     1
                 },

@@ -19,22 +19,26 @@ const CPU_WG: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct CpuParams {
-    ctx: u32,
+    pos0: u32,
+    row0: u32,
     heads: u32,
     kv_heads: u32,
     cap: u32,
     scale: f32,
-    _p: [u32; 3],
+    _p: [u32; 2],
 }
 
-/// The CPU decode kernel for `heads` query heads of `head_dim` over `kv_heads` KV heads.
+/// The CPU kernel for `heads` query heads of `head_dim` over `kv_heads` KV heads.
 pub(crate) fn cpu_spec(heads: usize, kv_heads: usize, head_dim: usize) -> KernelSpec {
     KernelSpec::new("cattention", CPU_SRC)
         .with("WG", CPU_WG)
         .with("HD", head_dim as u32)
-        .with("QN", (heads * head_dim / 4) as u32)
         .with("GROUP", (heads / kv_heads.max(1)) as u32)
 }
+
+/// Query rows per dispatch of the CPU kernel that a scores scratch should hold (as
+/// `[rows, heads, cap]`); longer prompts take several dispatches.
+pub const CPU_SCORE_ROWS: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -55,9 +59,10 @@ pub(crate) fn spec(head_dim: usize) -> KernelSpec {
         .with("ACC", (head_dim as u32).div_ceil(ATTN_WG))
 }
 
-/// Records attention for `m` queries at positions `pos0..pos0 + m`. `scores` is scratch of
-/// `heads * cap` values for the CPU decode kernel (`cattention`, used on CPU devices for one
-/// query when `pos0 < cap` and q fits one uniform binding).
+/// Records attention for `m` queries at positions `pos0..pos0 + m`. On CPU devices it runs
+/// `cattention` over row chunks when `scores` holds `[R, heads, cap]` for R >= 1, cap the
+/// cache's positions (at most R query rows per dispatch); otherwise, and on GPUs, the tiled
+/// kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
@@ -73,32 +78,34 @@ pub fn attention(
     scores: &Tensor,
 ) {
     let gpu = step.gpu();
-    let cap = scores.len() / heads.max(1);
-    let qn = heads * head_dim;
+    let cap = k_cache.len() / (kv_heads * head_dim).max(1);
+    let rows = scores.len() / (heads * cap).max(1);
+    let scale = 1.0 / (head_dim as f32).sqrt();
     if gpu.is_cpu()
-        && m == 1
-        && pos0 < cap
+        && rows > 0
+        && pos0 + m <= cap
         && head_dim.is_multiple_of(4)
         && kv_heads > 0
         && heads.is_multiple_of(kv_heads)
-        && gpu.uniform_range_ok(0, qn)
     {
         let kernel = gpu.kernel(&cpu_spec(heads, kv_heads, head_dim));
-        let p = CpuParams {
-            ctx: pos0 as u32 + 1,
-            heads: heads as u32,
-            kv_heads: kv_heads as u32,
-            cap: cap as u32,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            _p: [0; 3],
-        };
-        step.dispatch_uniform_linear(
-            &kernel,
-            &p,
-            (q, 0, qn),
-            &[k_cache, v_cache, scores, out],
-            kv_heads as u32,
-        );
+        for row0 in (0..m).step_by(rows) {
+            let p = CpuParams {
+                pos0: pos0 as u32,
+                row0: row0 as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                cap: cap as u32,
+                scale,
+                _p: [0; 2],
+            };
+            step.dispatch(
+                &kernel,
+                &p,
+                &[q, k_cache, v_cache, scores, out],
+                [kv_heads as u32, rows.min(m - row0) as u32, 1],
+            );
+        }
         return;
     }
     let k = gpu.kernel(&spec(head_dim));
@@ -107,7 +114,7 @@ pub fn attention(
         pos0: pos0 as u32,
         heads: heads as u32,
         kv_heads: kv_heads as u32,
-        scale: 1.0 / (head_dim as f32).sqrt(),
+        scale,
         _p: [0; 3],
     };
     step.dispatch(
@@ -170,8 +177,9 @@ mod tests {
     fn attention_matches_cpu() {
         let Some(gpu) = gpu() else { return };
         // (m, pos0, heads, kv_heads, head_dim): decode, prefill, GQA, > one key block, odd dims;
-        // one-query cases run cattention on CPU devices (groups of 1, 2, 4, 7 and 16; a context
-        // past the scores scratch falls back).
+        // CPU devices run cattention (groups of 1, 2, 3, 4, 7 and 16; several rows in chunks
+        // of 256 / (pos0 + m) rows, the last one partial; a context past the scores scratch
+        // and a head dimension not a multiple of 4 fall back to the tiled kernel).
         for &(m, pos0, h, kvh, d) in &[
             (1, 0, 1, 1, 4),
             (7, 0, 4, 2, 16),
@@ -183,6 +191,8 @@ mod tests {
             (5, 60, 2, 2, 7),
             (3, 1, 8, 8, 128),
             (70, 0, 2, 1, 8),
+            (19, 50, 6, 2, 32),
+            (12, 0, 3, 1, 4),
         ] {
             let s = pos0 + m;
             let q = rand_vec(m as u64, m * h * d, 1.0);

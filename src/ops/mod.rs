@@ -23,7 +23,7 @@ pub use adapter_step::{
 };
 pub use add::{add, cpu_add};
 pub use argmax::{argmax, cpu_argmax};
-pub use attention::{attention, cpu_attention};
+pub use attention::{attention, cpu_attention, CPU_SCORE_ROWS};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
 pub use linear::{cpu_linear, linear, linear_add, Linear};

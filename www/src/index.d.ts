@@ -209,6 +209,9 @@ export interface ChatCompletion {
   usage: ChatUsage;
   /** Messages `truncation: 'auto'` dropped (the oldest turns). */
   dropped_messages: number;
+  /** This turn's traffic with the backbone server (attached across the network): a
+   * continued conversation sends only what the server does not hold. */
+  backbone?: BackboneTraffic;
 }
 
 export interface ChatCompletionChunk {
@@ -220,6 +223,8 @@ export interface ChatCompletionChunk {
   /** On the last chunk. */
   usage?: ChatUsage;
   dropped_messages?: number;
+  /** On the last chunk, attached across the network. */
+  backbone?: BackboneTraffic;
 }
 
 export class ShadowModel {

@@ -331,6 +331,7 @@ export class ShadowModel {
         choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: finish(r) }],
         usage: usage(r),
         dropped_messages: dropped,
+        backbone: r.backbone,
       };
     }
     return (async function* () {
@@ -339,7 +340,7 @@ export class ShadowModel {
         if (t.text) yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: { content: t.text }, finish_reason: null }] };
       }
       const r = await it.done;
-      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }], usage: usage(r), dropped_messages: dropped };
+      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }], usage: usage(r), dropped_messages: dropped, backbone: r.backbone };
     })();
   }
 
