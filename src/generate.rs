@@ -10,6 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{Mode, Readout, Session, ShadowModel};
+pub use crate::ops::{Dist, Sampling};
 
 /// Sampling and stopping settings. From JavaScript the fields are camelCase
 /// (`maxNewTokens`, `topK`, ...) and every one is optional.
@@ -150,89 +151,6 @@ pub fn top_prob(logits: &[f32]) -> f32 {
     let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - mx) as f64).exp()).sum();
     (1.0 / sum) as f32
-}
-
-/// The settings of one sampling decision and its uniform draw.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 means no top-k filter.
-    pub top_k: usize,
-    /// 1 means no nucleus filter.
-    pub top_p: f32,
-    /// 1 means none.
-    pub repetition_penalty: f32,
-    /// Uniform in [0, 1); unused at temperature 0.
-    pub draw: f64,
-}
-
-impl Sampling {
-    /// Picks a token from `logits` (the reference the device sampler follows): the repetition
-    /// penalty once for each distinct id of `history`, then temperature, top-k, top-p (the
-    /// order of Hugging Face's logits processors), then the draw.
-    pub fn pick(&self, logits: &mut [f32], history: &[u32]) -> u32 {
-        if self.repetition_penalty != 1.0 {
-            let mut seen = std::collections::HashSet::with_capacity(history.len());
-            for &t in history {
-                if !seen.insert(t) {
-                    continue;
-                }
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l < 0.0 {
-                        *l * self.repetition_penalty
-                    } else {
-                        *l / self.repetition_penalty
-                    };
-                }
-            }
-        }
-        if self.temperature == 0.0 {
-            return crate::ops::cpu_argmax(logits);
-        }
-        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let order = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        if self.top_k > 0 && self.top_k < idx.len() {
-            idx.select_nth_unstable_by(self.top_k - 1, order);
-            idx.truncate(self.top_k);
-        }
-        idx.sort_unstable_by(order);
-        let mx = logits[idx[0] as usize] as f64;
-        let t = self.temperature as f64;
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| ((logits[i as usize] as f64 - mx) / t).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if self.top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut keep = probs.len();
-            for (i, p) in probs.iter().enumerate() {
-                cum += p;
-                if cum >= self.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-            idx.truncate(keep);
-        }
-        let total: f64 = probs.iter().sum();
-        let r = self.draw * total;
-        let mut cum = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            cum += p;
-            if r < cum {
-                return idx[i];
-            }
-        }
-        idx[probs.len() - 1]
-    }
 }
 
 /// Seeded draws for [`Sampling`] (same seed, same choices).

@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod remote;
+pub mod speculate;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -87,7 +87,7 @@ pub enum Readout {
     /// Only a token sampled from the last position's logits on the device (4 bytes read
     /// back; the repetition penalty covers the ids of [`Session::set_penalized`]). Settings
     /// with a top-k beyond [`crate::ops::TOP_K_MAX`] sample on the host after reading the row.
-    Sample(crate::generate::Sampling),
+    Sample(crate::ops::Sampling),
 }
 
 /// The result of one forward pass.
@@ -404,7 +404,7 @@ impl ShadowModel {
                     // Beyond the device candidates: the host finishes with the same draw on
                     // the row (already penalised on the device).
                     let mut row = gpu.read_f32(out_logits, last, v).await?;
-                    let s = crate::generate::Sampling {
+                    let s = crate::ops::Sampling {
                         repetition_penalty: 1.0,
                         ..s
                     };

@@ -29,7 +29,9 @@ pub use glu::glu;
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};
-pub use sample::{on_device as sample_on_device, sample, SampleBuffers, TOP_K_MAX, UNDECIDED};
+pub use sample::{
+    on_device as sample_on_device, sample, Dist, SampleBuffers, Sampling, TOP_K_MAX, UNDECIDED,
+};
 pub use silu_mul::{cpu_silu_mul, silu_mul};
 
 /// The shapes of a decoder that decide which kernels it compiles.

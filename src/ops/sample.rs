@@ -17,7 +17,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::generate::Sampling;
 use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
 const COMMON: &str = include_str!("../../shaders/sample_common.wgsl");
@@ -34,6 +33,160 @@ const CHUNK: usize = 4 * TOPK_WG as usize;
 pub const TOP_K_MAX: usize = 64;
 /// The pick's answer when the token lies beyond the candidates.
 pub const UNDECIDED: u32 = u32::MAX;
+
+/// The settings of one sampling decision and its uniform draw. This is the host reference of
+/// the device sampler: the logits processors in Hugging Face's order, then the draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k filter.
+    pub top_k: usize,
+    /// 1 means no nucleus filter.
+    pub top_p: f32,
+    /// 1 means none.
+    pub repetition_penalty: f32,
+    /// Uniform in [0, 1); unused at temperature 0.
+    pub draw: f64,
+}
+
+/// The distribution a [`Sampling`] draws from: the candidates that survive the filters, most
+/// likely first, with their weights (f64, not normalised: [`Dist::prob`] divides by the
+/// total). At temperature 0 it is the argmax alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dist {
+    ids: Vec<u32>,
+    weights: Vec<f64>,
+    total: f64,
+}
+
+impl Dist {
+    /// All the mass on `id`.
+    pub fn one_hot(id: u32) -> Self {
+        Dist {
+            ids: vec![id],
+            weights: vec![1.0],
+            total: 1.0,
+        }
+    }
+
+    /// The candidates and their weights, most likely first.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.ids.iter().copied().zip(self.weights.iter().copied())
+    }
+
+    /// The probability of `id` (0 outside the candidates).
+    pub fn prob(&self, id: u32) -> f64 {
+        self.ids
+            .iter()
+            .position(|&i| i == id)
+            .map_or(0.0, |k| self.weights[k] / self.total)
+    }
+
+    /// The token a uniform `draw` in [0, 1) picks: the first candidate whose cumulative
+    /// weight passes `draw * total`.
+    pub fn sample(&self, draw: f64) -> u32 {
+        let r = draw * self.total;
+        let mut cum = 0.0;
+        for (i, w) in self.weights.iter().enumerate() {
+            cum += w;
+            if r < cum {
+                return self.ids[i];
+            }
+        }
+        self.ids[self.ids.len() - 1]
+    }
+
+    /// The normalised positive part of `self - other` (speculative sampling's residual: what
+    /// `self` puts on a token beyond what `other` already did), or `None` where `other`
+    /// covers `self` everywhere.
+    pub fn residual(&self, other: &Dist) -> Option<Dist> {
+        let (mut ids, mut weights) = (Vec::new(), Vec::new());
+        for (id, w) in self.entries() {
+            let d = w / self.total - other.prob(id);
+            if d > 0.0 {
+                ids.push(id);
+                weights.push(d);
+            }
+        }
+        let total: f64 = weights.iter().sum();
+        (total > 0.0).then_some(Dist {
+            ids,
+            weights,
+            total,
+        })
+    }
+}
+
+impl Sampling {
+    /// The distribution of the next token given `logits` (the reference the device sampler
+    /// follows): the repetition penalty once for each distinct id of `history` (applied to
+    /// `logits` in place), then temperature, top-k, top-p (the order of Hugging Face's logits
+    /// processors).
+    pub fn distribution(&self, logits: &mut [f32], history: &[u32]) -> Dist {
+        if self.repetition_penalty != 1.0 {
+            let mut seen = std::collections::HashSet::with_capacity(history.len());
+            for &t in history {
+                if !seen.insert(t) {
+                    continue;
+                }
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l < 0.0 {
+                        *l * self.repetition_penalty
+                    } else {
+                        *l / self.repetition_penalty
+                    };
+                }
+            }
+        }
+        if self.temperature == 0.0 {
+            return Dist::one_hot(super::cpu_argmax(logits));
+        }
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let order = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        if self.top_k > 0 && self.top_k < idx.len() {
+            idx.select_nth_unstable_by(self.top_k - 1, order);
+            idx.truncate(self.top_k);
+        }
+        idx.sort_unstable_by(order);
+        let mx = logits[idx[0] as usize] as f64;
+        let t = self.temperature as f64;
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((logits[i as usize] as f64 - mx) / t).exp())
+            .collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+        if self.top_p < 1.0 {
+            let mut cum = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                cum += p;
+                if cum >= self.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            idx.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        Dist {
+            ids: idx,
+            weights: probs,
+            total,
+        }
+    }
+
+    /// Picks a token from `logits` with this decision's draw (see [`Sampling::distribution`]).
+    pub fn pick(&self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.distribution(logits, history).sample(self.draw)
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

@@ -591,7 +591,7 @@ async function backboneTests(page, origin) {
       assert(conv, 'golden.json has no "Turn left 90 degrees." / "What does len do in Python?" conversation');
       const out = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'shadowpeft-demo-'));
       const dsrv = await listen(demoHandler(out));
-      const p = await context.newPage();
+      const p = await page.context().newPage();
       try {
         await buildDemo(out);
         await p.goto(`http://127.0.0.1:${dsrv.address().port}/?autoload`);
