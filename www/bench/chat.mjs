@@ -12,9 +12,7 @@
 // each turn leaves the session holding nothing of the conversation, so the whole of it is
 // prefilled (the bench checks cached_tokens == 0 then).
 
-import { spawn } from 'node:child_process';
-import path from 'node:path';
-import { buildPage, handler, launch, listen, openPage, repo } from '../test/harness.mjs';
+import { buildPage, handler, launch, listen, openPage, startServe } from '../test/harness.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -28,22 +26,6 @@ const nativeBin = opt('--native');
 if (!turns.length || !nativeBin) {
   console.error('usage: node bench/chat.mjs --turns JSON --runs N --native BIN [--max-new-tokens N]');
   process.exit(2);
-}
-
-function startBackbone(base) {
-  const p = spawn(nativeBin, ['serve', '--listen', '127.0.0.1:0', '--base', path.join(repo, base)], {
-    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  return new Promise((resolve, reject) => {
-    let err = '';
-    p.stderr.on('data', (d) => {
-      err += d;
-      const m = /(http:\/\/\S+)\s/.exec(err);
-      if (m) resolve({ url: m[1], kill: () => p.kill('SIGKILL') });
-    });
-    p.on('exit', (c) => reject(new Error(`backbone server exited (${c}): ${err}`)));
-  });
 }
 
 /** One scripted chat in the page: a warm-up turn, then every turn timed. */
@@ -98,7 +80,7 @@ async function chat(page, origin, backbone, mode, reuse) {
 await buildPage();
 const server = await listen(handler({ cors: true }));
 const origin = `http://127.0.0.1:${server.address().port}`;
-const backbone = await startBackbone('models/demo/base');
+const backbone = await startServe(nativeBin, 'models/demo/base');
 const { context, close } = await launch();
 let code = 0;
 try {

@@ -2,6 +2,7 @@
 // Vite build of the test page, the localhost servers, headless Chromium with WebGPU, and a
 // safetensors reader.
 
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -79,6 +80,25 @@ export function handler({ cors, root }) {
     if (!f.startsWith(dist)) return serveFile(res, '/nonexistent');
     return serveFile(res, f, { immutable: p.startsWith('/assets/') });
   };
+}
+
+/** `shadowpeft serve` (the native binary `bin`) for `base` (a repository path) on a free
+ * loopback port: { url, kill }. */
+export function startServe(bin, base, extra = []) {
+  const p = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--base', path.join(repo, base), ...extra], {
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    let err = '';
+    p.stderr.on('data', (d) => {
+      err += d;
+      // Only a whole line: stderr can arrive split in the middle of the URL.
+      const m = /(http:\/\/\S+)\s/.exec(err);
+      if (m) resolve({ url: m[1], kill: () => p.kill('SIGKILL') });
+    });
+    p.on('exit', (c) => reject(new Error(`backbone server exited (${c}): ${err}`)));
+  });
 }
 
 export function listen(h) {

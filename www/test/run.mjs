@@ -5,10 +5,10 @@
 //
 // Usage: node test/run.mjs [--native BIN] [--only NAME]   (from www/, after scripts/build-wasm)
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { FIXTURES as ALL, buildDemo, buildPage, demoHandler, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, www } from './harness.mjs';
+import { FIXTURES as ALL, buildDemo, buildPage, demoHandler, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, startServe, www } from './harness.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name) => {
@@ -62,23 +62,8 @@ function nativeGenerate(model, ids, n) {
   return JSON.parse(r.stdout.trim().split('\n').pop());
 }
 
-/** `shadowpeft serve` for a fixture's base on a free loopback port: { url, kill }. */
-function startBackbone(base, extra = []) {
-  const p = spawn(nativeBin, ['serve', '--listen', '127.0.0.1:0', '--base', path.join(repo, base), ...extra], {
-    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  return new Promise((resolve, reject) => {
-    let err = '';
-    p.stderr.on('data', (d) => {
-      err += d;
-      // Only a whole line: stderr can arrive split in the middle of the URL.
-      const m = /(http:\/\/\S+)\s/.exec(err);
-      if (m) resolve({ url: m[1], kill: () => p.kill('SIGKILL') });
-    });
-    p.on('exit', (c) => reject(new Error(`backbone server exited (${c}): ${err}`)));
-  });
-}
+/** `shadowpeft serve` (the native binary) for a fixture's base on a free loopback port. */
+const startBackbone = (base, extra = []) => startServe(nativeBin, base, extra);
 
 /** A token's string in a tokenizer.json vocabulary (what `tokenId` looks up). */
 function tokenString(dir, id) {
