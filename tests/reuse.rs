@@ -8,77 +8,11 @@ mod common;
 
 use common::*;
 use shadowpeft::generate::Escalate;
-use shadowpeft::remote::client::{Connect, Protocol};
+use shadowpeft::remote::client::Protocol;
 use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
-    generate, DirSource, GenerateOptions, Generation, LoadOptions, Mode, Readout, Session,
-    ShadowModel, WeightFormat,
+    generate, GenerateOptions, Generation, Mode, Readout, Session, ShadowModel, WeightFormat,
 };
-
-const PEFT: &[&str] = &[
-    "peft_mirror",
-    "peft_partial_proj",
-    "peft_explicit",
-    "peft_projected",
-];
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn load(
-    rt: &tokio::runtime::Runtime,
-    name: &str,
-    mode: Mode,
-    weights: WeightFormat,
-) -> ShadowModel {
-    let dir = fixture(name);
-    let g = Golden::load(&dir);
-    let shadow = g.json["shadow"]
-        .as_str()
-        .map(|s| DirSource::open(dir.join(s)).unwrap());
-    let opts = LoadOptions {
-        weights,
-        ..Default::default()
-    };
-    rt.block_on(ShadowModel::load_adapter(
-        gpu().unwrap(),
-        &DirSource::open(dir.join("base")).unwrap(),
-        &DirSource::open(dir.join("adapter")).unwrap(),
-        shadow.as_ref(),
-        mode,
-        &opts,
-    ))
-    .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn load_export(rt: &tokio::runtime::Runtime, name: &str) -> ShadowModel {
-    rt.block_on(ShadowModel::load_export(
-        gpu().unwrap(),
-        &DirSource::open(fixture(name).join("export")).unwrap(),
-        &LoadOptions::default(),
-    ))
-    .unwrap()
-}
-
-fn remote(rt: &tokio::runtime::Runtime, name: &str, url: &str, protocol: Protocol) -> ShadowModel {
-    let d = fixture(name);
-    let c = Connect {
-        protocol,
-        ..Connect::new(url)
-    };
-    rt.block_on(ShadowModel::load_remote(
-        gpu().unwrap(),
-        &DirSource::open(d.join("export")).unwrap(),
-        &DirSource::open(d.join("adapter")).unwrap(),
-        &c,
-        &LoadOptions::default(),
-    ))
-    .unwrap()
-}
 
 fn opts(n: usize) -> GenerateOptions {
     GenerateOptions {

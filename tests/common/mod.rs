@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::server::{load_base, serve, ServerConfig};
-use shadowpeft::{DirSource, Gpu, GpuOptions};
+use shadowpeft::{DirSource, Gpu, GpuOptions, LoadOptions, Mode, ShadowModel, WeightFormat};
 
 /// The shared device, or `None` with a message when no adapter exists. CI sets
 /// `SHADOWPEFT_REQUIRE_GPU=1`, which turns a missing adapter into a failure.
@@ -30,7 +31,11 @@ pub fn gpu() -> Option<&'static Gpu> {
 /// Starts an in-process backbone server for `fixture_name`'s base on 127.0.0.1 (its own
 /// thread, runtime and device; it lives as long as the test binary) and returns its URL.
 pub fn start_server(fixture_name: &str, cfg: ServerConfig) -> String {
-    let base_dir = fixture(fixture_name).join("base");
+    start_server_for(fixture(fixture_name).join("base"), cfg)
+}
+
+/// [`start_server`] for the base in `base_dir`.
+pub fn start_server_for(base_dir: PathBuf, cfg: ServerConfig) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -57,6 +62,73 @@ pub fn start_server(fixture_name: &str, cfg: ServerConfig) -> String {
     format!("http://{addr}")
 }
 
+/// A current-thread runtime for the async API (the remote client needs tokio).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `name`'s base and adapter, loaded attached or detached in the given weight format.
+pub fn load(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    mode: Mode,
+    weights: WeightFormat,
+) -> ShadowModel {
+    let dir = fixture(name);
+    let g = Golden::load(&dir);
+    let shadow = g.json["shadow"]
+        .as_str()
+        .map(|s| DirSource::open(dir.join(s)).unwrap());
+    let opts = LoadOptions {
+        weights,
+        ..Default::default()
+    };
+    rt.block_on(ShadowModel::load_adapter(
+        gpu().unwrap(),
+        &DirSource::open(dir.join("base")).unwrap(),
+        &DirSource::open(dir.join("adapter")).unwrap(),
+        shadow.as_ref(),
+        mode,
+        &opts,
+    ))
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `name`'s detached export.
+pub fn load_export(rt: &tokio::runtime::Runtime, name: &str) -> ShadowModel {
+    rt.block_on(ShadowModel::load_export(
+        gpu().unwrap(),
+        &DirSource::open(fixture(name).join("export")).unwrap(),
+        &LoadOptions::default(),
+    ))
+    .unwrap()
+}
+
+/// `name`'s export and adapter, attached through the backbone server at `url`.
+pub fn remote(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    url: &str,
+    protocol: Protocol,
+) -> ShadowModel {
+    let d = fixture(name);
+    let c = Connect {
+        protocol,
+        ..Connect::new(url)
+    };
+    rt.block_on(ShadowModel::load_remote(
+        gpu().unwrap(),
+        &DirSource::open(d.join("export")).unwrap(),
+        &DirSource::open(d.join("adapter")).unwrap(),
+        &c,
+        &LoadOptions::default(),
+    ))
+    .unwrap()
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -73,6 +145,14 @@ pub const FIXTURES: &[&str] = &[
     "qwen3_bf16",
     "qwen2_gqa",
     "llama",
+];
+
+/// The fixtures with Hugging Face peft adapters.
+pub const PEFT: &[&str] = &[
+    "peft_mirror",
+    "peft_partial_proj",
+    "peft_explicit",
+    "peft_projected",
 ];
 
 /// A tensor of `golden.safetensors` as f32 (F32) or as ids (I64).

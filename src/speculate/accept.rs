@@ -1,4 +1,4 @@
-//! Speculative decoding's acceptance rule: a draft model (the detached shadow) proposes k
+//! The acceptance rule of speculative decoding: a draft model (the detached shadow) proposes k
 //! tokens, the target (the attached model) scores the k + 1 rows in one pass, and the rule
 //! decides how many drafts stand and which token follows them.
 //!
