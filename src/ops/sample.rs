@@ -101,9 +101,14 @@ impl Dist {
     /// `self` puts on a token beyond what `other` already did), or `None` where `other`
     /// covers `self` everywhere.
     pub fn residual(&self, other: &Dist) -> Option<Dist> {
+        // One lookup per candidate: a whole-vocabulary distribution has ~10^5 of them.
+        let q: std::collections::HashMap<u32, f64> = other
+            .entries()
+            .map(|(id, w)| (id, w / other.total))
+            .collect();
         let (mut ids, mut weights) = (Vec::new(), Vec::new());
         for (id, w) in self.entries() {
-            let d = w / self.total - other.prob(id);
+            let d = w / self.total - q.get(&id).copied().unwrap_or(0.0);
             if d > 0.0 {
                 ids.push(id);
                 weights.push(d);
