@@ -1,13 +1,14 @@
-// argmax: out[0] = the first index of the largest value of x[x_off .. x_off + n]
-// (ties go to the lowest index, as torch.argmax).
-// Bindings: 0 Params, 1 x [>= x_off + n], 2 out [1] u32.
-// Dispatch: one workgroup. Constants: WG.
+// argmax: for each row r of x (rows of n values from x_off, one workgroup per row),
+// out[r] = the first index of its largest value (ties go to the lowest index, as torch.argmax)
+// and out[rows + r] = the bits of its softmax probability, 1 / sum(exp(x - max)).
+// Bindings: 0 Params, 1 x [>= x_off + rows * n], 2 out [2 * rows] u32.
+// Dispatch: (rows, 1, 1). Constants: WG.
 
 struct Params {
     n: u32,
     x_off: u32,
+    rows: u32,
     _p0: u32,
-    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -16,14 +17,17 @@ struct Params {
 
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
+var<workgroup> sums: array<f32, WG>;
 
 @compute @workgroup_size(WG)
-fn argmax(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn argmax(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = lid.x;
+    let r = wid.x;
+    let base = p.x_off + r * p.n;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     for (var i = t; i < p.n; i += WG) {
-        let v = x[p.x_off + i];
+        let v = x[base + i];
         if (v > bv || bi == 0xffffffffu) {
             bv = v;
             bi = i;
@@ -43,7 +47,21 @@ fn argmax(@builtin(local_invocation_id) lid: vec3<u32>) {
         }
         workgroupBarrier();
     }
+    let mx = best_v[0];
+    var acc = 0.0;
+    for (var i = t; i < p.n; i += WG) {
+        acc += exp(x[base + i] - mx);
+    }
+    sums[t] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            sums[t] += sums[t + s];
+        }
+        workgroupBarrier();
+    }
     if (t == 0u) {
-        out[0] = best_i[0];
+        out[r] = best_i[0];
+        out[p.rows + r] = bitcast<u32>(1.0 / sums[0]);
     }
 }

@@ -28,7 +28,8 @@ pub mod web;
 pub use chat::{ChatPrompt, Truncation};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, GenerateOptions, Generation, Sampler, Sampling, StopReason, TokenStream,
+    generate, GenerateOptions, Generation, Sampler, Sampling, Speculate, SpeculationStats,
+    StopReason, TokenStream,
 };
 pub use gpu::{Gpu, GpuOptions, Subgroups, WeightFormat};
 #[cfg(not(target_arch = "wasm32"))]

@@ -461,7 +461,8 @@ impl Model {
     /// Starts a new generation after `prompt`, the whole sequence: the session keeps what it
     /// holds of it (the longest common prefix) and runs the rest. `options`
     /// are the sampling settings (`maxNewTokens`, `temperature`, `topK`, `topP`,
-    /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`, `escalate: { marker, minProb }`).
+    /// `repetitionPenalty`, `seed`, `ignoreEos`, `eosIds`, `escalate: { marker, minProb }`,
+    /// `speculate: 'auto' | { draft }`).
     /// Returns the number of prompt positions reused from the caches.
     pub fn start(&self, prompt: Vec<u32>, options: JsValue) -> Result<u32, JsValue> {
         let mut opts: GenerateOptions = if options.is_undefined() || options.is_null() {
@@ -524,6 +525,33 @@ impl Model {
                     serde_wasm_bindgen::to_value(&Step { token, text, mode }).map_err(js_err)
                 }
             }
+        })
+    }
+
+    /// How speculation went in the current generation: `{ rounds, drafted, accepted,
+    /// plainSteps, acceptanceRate }`, or undefined without speculation.
+    pub fn speculation(&self) -> Result<JsValue, JsValue> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Stats {
+            rounds: usize,
+            drafted: usize,
+            accepted: usize,
+            plain_steps: usize,
+            acceptance_rate: f64,
+        }
+        self.with(|i| {
+            let Some(s) = i.stream.as_ref().and_then(|s| s.speculation()) else {
+                return Ok(JsValue::UNDEFINED);
+            };
+            serde_wasm_bindgen::to_value(&Stats {
+                rounds: s.rounds,
+                drafted: s.drafted,
+                accepted: s.accepted,
+                plain_steps: s.plain_steps,
+                acceptance_rate: s.acceptance_rate(),
+            })
+            .map_err(js_err)
         })
     }
 

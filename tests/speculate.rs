@@ -1,31 +1,58 @@
-//! Greedy speculative decoding (the shadow drafts, the attached model verifies k + 1 rows per
-//! pass) against its oracle, plain greedy attached decoding: the same tokens on every fixture,
-//! official and peft, locally and through a backbone server (fused and stepped), at every
-//! draft length, with fewer base passes (round trips) when the drafts stand.
+//! Speculative attached decoding (the shadow drafts, the attached model verifies the rows in
+//! one pass) against its oracle, plain attached decoding: the same greedy tokens on every
+//! fixture, official and peft, locally and through a backbone server (fused and stepped), at
+//! every draft length and with `auto`; the same tokens for the same seed when sampling; and
+//! with everything around the token loop (stop strings, EOS, the length limit, escalation,
+//! a backbone failure with fallback, a conversation that continues).
 
 mod common;
 
 use common::*;
 use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::server::ServerConfig;
-use shadowpeft::speculate::speculate_greedy;
 use shadowpeft::{
-    generate, DirSource, GenerateOptions, LoadOptions, Mode, ShadowModel, WeightFormat,
+    generate, DirSource, GenerateOptions, Generation, LoadOptions, Mode, Session, ShadowModel,
+    Speculate, TokenStream, WeightFormat,
 };
 
 const N: usize = 12;
 
-fn plain(rt: &tokio::runtime::Runtime, m: &ShadowModel, ids: &[u32]) -> Vec<u32> {
-    let o = GenerateOptions {
+fn opts(speculate: Option<Speculate>) -> GenerateOptions {
+    GenerateOptions {
         max_new_tokens: N,
         ignore_eos: true,
+        speculate,
         ..Default::default()
-    };
-    let mut s = m.new_session(gpu().unwrap());
-    rt.block_on(generate(gpu().unwrap(), m, &mut s, ids, &o, |_| Ok(true)))
-        .unwrap()
-        .tokens
+    }
 }
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    m: &ShadowModel,
+    s: &mut Session,
+    ids: &[u32],
+    o: &GenerateOptions,
+) -> Generation {
+    rt.block_on(generate(gpu().unwrap(), m, s, ids, o, |_| Ok(true)))
+        .unwrap()
+}
+
+fn fresh(
+    rt: &tokio::runtime::Runtime,
+    m: &ShadowModel,
+    ids: &[u32],
+    o: &GenerateOptions,
+) -> Generation {
+    run(rt, m, &mut m.new_session(gpu().unwrap()), ids, o)
+}
+
+const LENGTHS: [Speculate; 5] = [
+    Speculate::Draft(0),
+    Speculate::Draft(1),
+    Speculate::Draft(3),
+    Speculate::Draft(5),
+    Speculate::Auto,
+];
 
 #[test]
 fn speculation_gives_the_plain_attached_tokens_locally() {
@@ -35,26 +62,77 @@ fn speculation_gives_the_plain_attached_tokens_locally() {
         let g = Golden::load(&fixture(name));
         let ids = g.ids("input_ids");
         let m = load(&rt, name, Mode::Attached, WeightFormat::F32);
-        let want = plain(&rt, &m, &ids);
+        let want = fresh(&rt, &m, &ids, &opts(None)).tokens;
         let golden = g.ids("greedy_attached");
         let n = golden.len().min(N);
         assert_eq!(want[..n], golden[..n], "{name}: plain against the golden");
-        for k in [0, 1, 3, 5] {
+        for k in LENGTHS {
             let mut s = m.new_session(gpu);
-            let r = rt
-                .block_on(speculate_greedy(gpu, &m, &mut s, &ids, N, k, &[]))
-                .unwrap();
-            assert_eq!(r.tokens, want, "{name} k={k}");
-            assert!(r.accepted <= r.drafted, "{name} k={k}: {r:?}");
-            // One token from the prompt's pass, then accepted + 1 per round.
-            assert_eq!(1 + r.rounds + r.accepted, N, "{name} k={k}: {r:?}");
+            let r = run(&rt, &m, &mut s, &ids, &opts(Some(k)));
+            assert_eq!(r.tokens, want, "{name} {k:?}");
+            assert!(r.modes.iter().all(|m| *m == Mode::Attached), "{name} {k:?}");
+            let st = r.speculation.unwrap();
+            assert!(st.accepted <= st.drafted, "{name} {k:?}: {st:?}");
+            // Plain steps give one token each, rounds one more than their drafts that stood.
+            assert_eq!(
+                st.plain_steps + st.rounds + st.accepted,
+                N,
+                "{name} {k:?}: {st:?}"
+            );
             // The session holds the prompt and every token but the last, as plain does.
             assert_eq!(
                 s.tokens(),
                 [&ids[..], &want[..N - 1]].concat(),
-                "{name} k={k}"
+                "{name} {k:?}"
             );
         }
+    }
+}
+
+/// Greedy over processed logits (a repetition penalty at temperature 0) takes the sampled
+/// path of the rounds, with one-hot distributions: exactly the plain tokens. Sampling with
+/// the same seed gives the same tokens, and a different seed other ones.
+#[test]
+fn sampled_rounds_are_exact_at_temperature_zero_and_repeatable() {
+    if gpu().is_none() {
+        return;
+    }
+    let rt = rt();
+    for name in ["qwen3_implicit", "peft_mirror"] {
+        let ids = Golden::load(&fixture(name)).ids("input_ids");
+        let m = load(&rt, name, Mode::Attached, WeightFormat::F32);
+        let penalised = GenerateOptions {
+            repetition_penalty: 1.5,
+            ..opts(None)
+        };
+        let want = fresh(&rt, &m, &ids, &penalised).tokens;
+        for k in [Speculate::Draft(3), Speculate::Auto] {
+            let o = GenerateOptions {
+                speculate: Some(k),
+                ..penalised.clone()
+            };
+            assert_eq!(
+                fresh(&rt, &m, &ids, &o).tokens,
+                want,
+                "{name} {k:?} penalised"
+            );
+        }
+        let sampled = |seed| GenerateOptions {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            seed,
+            ..opts(Some(Speculate::Draft(3)))
+        };
+        let a = fresh(&rt, &m, &ids, &sampled(7));
+        let b = fresh(&rt, &m, &ids, &sampled(7));
+        assert_eq!(a.tokens, b.tokens, "{name}: same seed");
+        let others = (8..12).filter(|&s| fresh(&rt, &m, &ids, &sampled(s)).tokens != a.tokens);
+        assert!(
+            others.count() > 0,
+            "{name}: every seed gave the same tokens"
+        );
+        assert_eq!(a.tokens.len(), N);
     }
 }
 
@@ -62,7 +140,9 @@ fn speculation_gives_the_plain_attached_tokens_locally() {
 /// stand, fewer round trips.
 #[test]
 fn speculation_gives_the_plain_attached_tokens_through_a_backbone() {
-    let Some(gpu) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
     let rt = rt();
     for name in ["qwen3_implicit", "peft_mirror"] {
         let url = start_server(name, ServerConfig::default());
@@ -70,39 +150,171 @@ fn speculation_gives_the_plain_attached_tokens_through_a_backbone() {
         for protocol in [Protocol::Fused, Protocol::Stepped] {
             let what = format!("{name} {protocol:?}");
             let m = remote(&rt, name, &url, protocol);
-            let mut s = m.new_session(gpu);
-            let o = GenerateOptions {
-                max_new_tokens: N,
-                ignore_eos: true,
-                ..Default::default()
-            };
-            let want = rt
-                .block_on(generate(gpu, &m, &mut s, &ids, &o, |_| Ok(true)))
-                .unwrap()
-                .tokens;
-            let plain_trips = s.remote_traffic().unwrap().0;
-            for k in [1, 4] {
-                let mut s = m.new_session(gpu);
-                let r = rt
-                    .block_on(speculate_greedy(gpu, &m, &mut s, &ids, N, k, &[]))
-                    .unwrap();
-                assert_eq!(r.tokens, want, "{what} k={k}");
-                let trips = s.remote_traffic().unwrap().0;
-                if r.accepted > 0 {
+            let plain = fresh(&rt, &m, &ids, &opts(None));
+            let plain_trips = plain.round_trips.unwrap();
+            for k in [Speculate::Draft(1), Speculate::Draft(4), Speculate::Auto] {
+                let r = fresh(&rt, &m, &ids, &opts(Some(k)));
+                assert_eq!(r.tokens, plain.tokens, "{what} {k:?}");
+                let st = r.speculation.unwrap();
+                let trips = r.round_trips.unwrap();
+                if st.accepted > 0 {
                     assert!(
                         trips < plain_trips,
-                        "{what} k={k}: {trips} round trips against {plain_trips} plain ({r:?})"
+                        "{what} {k:?}: {trips} round trips against {plain_trips} plain ({st:?})"
                     );
                 }
-                eprintln!("{what} k={k}: {} of {} drafts stood, {trips} round trips (plain {plain_trips})", r.accepted, r.drafted);
+                eprintln!(
+                    "{what} {k:?}: {} of {} drafts stood, {trips} round trips (plain {plain_trips})",
+                    st.accepted, st.drafted
+                );
             }
         }
     }
 }
 
+/// Stop strings, EOS and the length limit: a caller that stops after a token inside a
+/// round gets the plain tokens up to there, and the session forgets the rest of the round;
+/// an EOS ends the generation as plainly; the budget is never exceeded.
+#[test]
+fn stops_inside_a_round_are_those_of_plain_decoding() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let ids = Golden::load(&fixture(name)).ids("input_ids");
+    let m = load(&rt, name, Mode::Attached, WeightFormat::F32);
+    let want = fresh(&rt, &m, &ids, &opts(None)).tokens;
+    for stop_after in [1, 2, 5] {
+        let mut s = m.new_session(gpu);
+        let mut seen = 0;
+        let r = rt
+            .block_on(generate(
+                gpu,
+                &m,
+                &mut s,
+                &ids,
+                &opts(Some(Speculate::Draft(4))),
+                |_| {
+                    seen += 1;
+                    Ok(seen < stop_after)
+                },
+            ))
+            .unwrap();
+        assert_eq!(r.tokens, want[..stop_after], "stop after {stop_after}");
+        assert_eq!(
+            s.tokens(),
+            [&ids[..], &want[..stop_after - 1]].concat(),
+            "the session after a stop at {stop_after}"
+        );
+    }
+    // An EOS id inside the tokens: generation ends on it, as plain does.
+    let eos = want[6];
+    let o = |k| GenerateOptions {
+        ignore_eos: false,
+        eos_ids: vec![eos],
+        ..opts(k)
+    };
+    let plain = fresh(&rt, &m, &ids, &o(None));
+    assert_eq!(plain.stop, shadowpeft::StopReason::Eos);
+    for k in LENGTHS {
+        let mut s = m.new_session(gpu);
+        let r = run(&rt, &m, &mut s, &ids, &o(Some(k)));
+        assert_eq!(r.tokens, plain.tokens, "EOS {k:?}");
+        assert_eq!(r.stop, plain.stop, "EOS {k:?}");
+        assert_eq!(
+            s.position(),
+            ids.len() + plain.tokens.len() - 1,
+            "EOS {k:?}"
+        );
+    }
+    for n in [1, 2, 3, 7] {
+        let o = GenerateOptions {
+            max_new_tokens: n,
+            ..opts(Some(Speculate::Draft(5)))
+        };
+        assert_eq!(
+            fresh(&rt, &m, &ids, &o).tokens,
+            want[..n],
+            "max_new_tokens {n}"
+        );
+    }
+}
+
+/// A conversation that continues with speculation reuses the session as plain does.
+#[test]
+fn continued_speculative_turns_equal_fresh_plain_ones() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "peft_mirror";
+    let ids = Golden::load(&fixture(name)).ids("input_ids");
+    let m = load(&rt, name, Mode::Attached, WeightFormat::F32);
+    let mut s = m.new_session(gpu);
+    let mut convo = ids.clone();
+    for turn in 0..3 {
+        let o = opts(Some(Speculate::Draft(3)));
+        let r = run(&rt, &m, &mut s, &convo, &o);
+        if turn > 0 {
+            assert!(r.cached_tokens > 0, "turn {turn} reused nothing");
+        }
+        assert_eq!(
+            r.tokens,
+            fresh(&rt, &m, &convo, &opts(None)).tokens,
+            "turn {turn}"
+        );
+        convo.extend(&r.tokens);
+        convo.extend(&ids[..3]);
+    }
+}
+
+/// The server is killed after the first round: the drafts of the failed verification stand
+/// as detached output, and the generation carries on detached, exactly as the detached model
+/// continues the same text.
+#[test]
+fn a_failed_verification_with_fallback_keeps_the_drafts_as_detached() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let mut server = ServerProcess::start(&fixture(name).join("base"), &[]);
+    let ids = Golden::load(&fixture(name)).ids("input_ids");
+    let m = remote(&rt, name, &server.url, Protocol::Fused);
+    let want = fresh(&rt, &m, &ids, &opts(None)).tokens;
+    let mut s = m.new_session(gpu);
+    s.set_fallback_detached(true);
+    let o = opts(Some(Speculate::Draft(3)));
+    let mut stream = TokenStream::new(&m, &mut s, &ids, &o).unwrap();
+    let (mut tokens, mut modes) = (Vec::new(), Vec::new());
+    while let Some(t) = rt.block_on(stream.next(gpu, &m, &mut s)).unwrap() {
+        tokens.push(t);
+        modes.push(stream.last_mode().unwrap());
+        if tokens.len() == 2 {
+            server.kill();
+        }
+    }
+    assert_eq!(tokens.len(), N);
+    let k = modes
+        .iter()
+        .position(|m| *m == Mode::Detached)
+        .expect("no detached token");
+    assert!(modes[k..].iter().all(|m| *m == Mode::Detached), "{modes:?}");
+    assert_eq!(tokens[..k], want[..k], "attached part");
+    assert!(s.fallback_error().is_some());
+    // The detached model continuing the prompt and the attached part.
+    let export = load_export(&rt, name);
+    let prefix = [&ids[..], &tokens[..k]].concat();
+    let det = GenerateOptions {
+        max_new_tokens: N - k,
+        ..opts(None)
+    };
+    assert_eq!(
+        fresh(&rt, &export, &prefix, &det).tokens,
+        tokens[k..],
+        "detached part"
+    );
+}
+
 /// The demo model, whose shadow answers robot commands as the attached model does: the
 /// drafts stand, and a command's answer takes a few verification passes instead of one per
-/// token, locally and through a backbone (fused), with the plain tokens.
+/// token, locally and through a backbone (fused), with the plain tokens. Escalating on the
+/// `[REMOTE]` marker and then speculating gives the escalating answers.
 #[test]
 fn demo_drafts_stand_and_save_round_trips() {
     let Some(gpu) = gpu() else { return };
@@ -132,36 +344,56 @@ fn demo_drafts_stand_and_save_round_trips() {
         ))
         .unwrap();
     let n = g["max_new_tokens"].as_u64().unwrap() as usize;
-    let eos = local.eos_ids().to_vec();
+    let marker = g["special_tokens"]["[REMOTE]"].as_u64().unwrap() as u32;
     let mut stood = 0;
     for p in g["prompts"].as_array().unwrap() {
         let ids: Vec<u32> = serde_json::from_value(p["input_ids"].clone()).unwrap();
         let want: Vec<u32> = serde_json::from_value(p["attached"]["tokens"].clone()).unwrap();
-        for (what, m) in [("local", &local), ("fused", &fused)] {
-            let mut s = m.new_session(gpu);
-            let r = rt
-                .block_on(speculate_greedy(gpu, m, &mut s, &ids, n, 4, &eos))
-                .unwrap();
-            assert_eq!(r.tokens, want, "{what}: {}", p["prompt"]);
-            stood += r.accepted;
-            if what == "fused" && p["detached"]["tokens"] == p["attached"]["tokens"] {
-                // A command: the round trips are the prompt's and the rounds', far fewer
-                // than one per token.
-                let trips = s.remote_traffic().unwrap().0 as usize;
-                eprintln!(
-                    "{}: {} tokens in {trips} round trips, {} of {} drafts stood",
-                    p["prompt"],
-                    want.len(),
-                    r.accepted,
-                    r.drafted
-                );
-                assert!(
-                    trips * 2 < want.len(),
-                    "{}: {trips} round trips for {} tokens ({r:?})",
-                    p["prompt"],
-                    want.len()
-                );
+        let det: Vec<u32> = serde_json::from_value(p["detached"]["tokens"].clone()).unwrap();
+        for k in [Speculate::Draft(4), Speculate::Auto] {
+            let o = GenerateOptions {
+                max_new_tokens: n,
+                speculate: Some(k),
+                ..Default::default()
+            };
+            for (what, m) in [("local", &local), ("fused", &fused)] {
+                let r = fresh(&rt, m, &ids, &o);
+                assert_eq!(r.tokens, want, "{what} {k:?}: {}", p["prompt"]);
+                let st = r.speculation.unwrap();
+                stood += st.accepted;
+                if what == "fused" && det == want {
+                    // A command: the round trips are the prompt's and the rounds', far
+                    // fewer than one per token.
+                    let trips = r.round_trips.unwrap() as usize;
+                    eprintln!(
+                        "{} {k:?}: {} tokens in {trips} round trips, {st:?}",
+                        p["prompt"],
+                        want.len(),
+                    );
+                    assert!(
+                        trips * 2 < want.len(),
+                        "{}: {trips} round trips for {} tokens ({st:?})",
+                        p["prompt"],
+                        want.len()
+                    );
+                }
             }
+            // Escalation hands over to speculation: a `[REMOTE]` answer becomes the attached
+            // answer, the others stay detached.
+            let esc = GenerateOptions {
+                escalate: Some(shadowpeft::generate::Escalate {
+                    marker_ids: vec![marker],
+                    ..Default::default()
+                }),
+                ..o.clone()
+            };
+            let r = fresh(&rt, &fused, &ids, &esc);
+            let expect = if det.first() == Some(&marker) {
+                &want
+            } else {
+                &det
+            };
+            assert_eq!(&r.tokens, expect, "escalating {k:?}: {}", p["prompt"]);
         }
     }
     assert!(stood > 0, "no draft stood on the demo prompts");

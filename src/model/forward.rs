@@ -82,12 +82,26 @@ pub enum Readout {
     AllLogits,
     /// Logits of the last position only.
     LastLogits,
-    /// Only the argmax of the last position's logits (4 bytes read back).
+    /// Only the argmax of the last position's logits and its probability (8 bytes read
+    /// back).
     Argmax,
+    /// The argmax of every new position's logits (8 bytes a row read back): the
+    /// verification of greedy drafts.
+    RowArgmax,
     /// Only a token sampled from the last position's logits on the device (4 bytes read
     /// back; the repetition penalty covers the ids of [`Session::set_penalized`]). Settings
     /// with a top-k beyond [`crate::ops::TOP_K_MAX`] sample on the host after reading the row.
     Sample(crate::ops::Sampling),
+}
+
+impl Readout {
+    /// Rows of logits this readout needs out of `m` new positions.
+    fn rows(self, m: usize) -> usize {
+        match self {
+            Readout::AllLogits | Readout::RowArgmax => m,
+            _ => 1,
+        }
+    }
 }
 
 /// The result of one forward pass.
@@ -100,6 +114,10 @@ pub struct ForwardOutput {
     /// The token chosen for the last position, for [`Readout::Argmax`] and
     /// [`Readout::Sample`].
     pub token: Option<u32>,
+    /// The softmax probability of `token`, for [`Readout::Argmax`].
+    pub top_prob: Option<f32>,
+    /// Every new position's argmax, for [`Readout::RowArgmax`].
+    pub tokens: Vec<u32>,
     /// Which model produced `logits`: attached, or detached (a detached model, or an
     /// attached one that fell back after its backbone failed).
     pub mode: Option<Mode>,
@@ -136,7 +154,7 @@ impl ShadowModel {
                 self.max_seq()
             )));
         }
-        let rows = if readout == Readout::AllLogits { m } else { 1 };
+        let rows = readout.rows(m);
         let v = self.vocab;
         if rows > self.max_logit_rows(gpu) {
             return Err(Error::InvalidRequest(format!(
@@ -217,7 +235,7 @@ impl ShadowModel {
                 "nothing to escalate: no deferred positions".into(),
             ));
         }
-        let rows = if readout == Readout::AllLogits { m } else { 1 };
+        let rows = readout.rows(m);
         if rows > self.max_logit_rows(gpu) {
             return Err(Error::InvalidRequest(format!(
                 "{rows} rows of logits exceed one storage binding"
@@ -380,8 +398,14 @@ impl ShadowModel {
             &sess.shadow_logits
         };
         let last = (rows - 1) * v;
+        if 2 * rows > sess.sampling.out.len() {
+            sess.sampling.out = gpu.zeros("tokens", 2 * rows);
+        }
         match readout {
             Readout::Argmax => ops::argmax(&mut step, out_logits, last, v, &sess.sampling.out),
+            Readout::RowArgmax => {
+                ops::argmax_rows(&mut step, out_logits, 0, v, rows, &sess.sampling.out)
+            }
             Readout::Sample(s) if ops::sample_on_device(&s) => {
                 ops::sample(&mut step, out_logits, last, v, &s, &sess.sampling)
             }
@@ -397,7 +421,17 @@ impl ShadowModel {
             ..Default::default()
         };
         match readout {
-            Readout::Argmax => out.token = Some(gpu.read_u32(&sess.sampling.out, 0, 1).await?[0]),
+            Readout::Argmax => {
+                let r = gpu.read_u32(&sess.sampling.out, 0, 2).await?;
+                out.token = Some(r[0]);
+                out.top_prob = Some(f32::from_bits(r[1]));
+            }
+            Readout::RowArgmax => {
+                let mut r = gpu.read_u32(&sess.sampling.out, 0, 2 * rows).await?;
+                r.truncate(rows);
+                out.token = r.last().copied();
+                out.tokens = r;
+            }
             Readout::Sample(s) if ops::sample_on_device(&s) => {
                 let t = gpu.read_u32(&sess.sampling.out, 0, 1).await?[0];
                 out.token = Some(if t == ops::UNDECIDED {

@@ -22,7 +22,7 @@ pub use adapter_step::{
     adapter_step, cpu_inject, cpu_shadow_update, Act, AdapterShape, CpuNets, PackedSlot, UpdateNets,
 };
 pub use add::{add, cpu_add};
-pub use argmax::{argmax, cpu_argmax};
+pub use argmax::{argmax, argmax_rows, cpu_argmax};
 pub use attention::{attention, cpu_attention, CPU_SCORE_ROWS};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;

@@ -83,6 +83,11 @@ impl Dist {
             .map_or(0.0, |k| self.weights[k] / self.total)
     }
 
+    /// The probability of the most likely candidate.
+    pub fn top_prob(&self) -> f64 {
+        self.weights.first().map_or(0.0, |w| w / self.total)
+    }
+
     /// The token a uniform `draw` in [0, 1) picks: the first candidate whose cumulative
     /// weight passes `draw * total`.
     pub fn sample(&self, draw: f64) -> u32 {
@@ -248,7 +253,7 @@ impl SampleBuffers {
             part: gpu.zeros("sample partials", vocab.div_ceil(CHUNK) * 2),
             ids: gpu.zeros("penalized ids", 1),
             penalized: Vec::new(),
-            out: gpu.zeros("token", 1),
+            out: gpu.zeros("token", 2),
         }
     }
 

@@ -309,6 +309,7 @@ export class Core {
         modes,
         text,
         backbone: traffic || undefined,
+        speculation: speculationReport(this.model.speculation(), tokens.length, traffic),
         stopReason: reason === 'callback' ? 'stop' : reason,
         promptTokens: ids.length,
         cachedTokens,
@@ -347,6 +348,7 @@ const OPTION_NAMES = {
   ignoreEos: 'ignoreEos',
   eosIds: 'eosIds',
   escalate: 'escalate',
+  speculate: 'speculate',
 };
 
 function toWasmOptions(o) {
@@ -355,9 +357,16 @@ function toWasmOptions(o) {
     if (v === undefined || k === 'signal') continue;
     const name = OPTION_NAMES[k];
     if (!name) throw new ShadowError('invalid-argument', `unknown generation option \`${k}\``);
-    out[name] = name === 'escalate' ? toEscalate(v) : v;
+    out[name] = name === 'escalate' ? toEscalate(v) : name === 'speculate' ? toSpeculate(v) : v;
   }
   return out;
+}
+
+function toSpeculate(s) {
+  if (s === 'auto') return 'auto';
+  const keys = s && typeof s === 'object' ? Object.keys(s).filter((k) => s[k] !== undefined) : [];
+  if (keys.length === 1 && keys[0] === 'draft' && Number.isInteger(s.draft) && s.draft >= 0) return { draft: s.draft };
+  throw new ShadowError('invalid-argument', `speculate must be 'auto' or { draft: K } with K a whole number, not ${JSON.stringify(s)}`);
 }
 
 function toEscalate(e) {
@@ -369,6 +378,14 @@ function toEscalate(e) {
     else if (k === 'minProb' || k === 'min_prob') out.minProb = v;
     else throw new ShadowError('invalid-argument', `unknown escalate option \`${k}\``);
   }
+  return out;
+}
+
+/** Speculation's counts, with tokens per base pass and per round trip (undefined without). */
+function speculationReport(s, tokens, traffic) {
+  if (!s) return undefined;
+  const out = { ...s, tokensPerPass: tokens / Math.max(1, s.rounds + s.plainSteps) };
+  if (traffic) out.tokensPerRoundTrip = tokens / Math.max(1, traffic.roundTrips);
   return out;
 }
 

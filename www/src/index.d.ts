@@ -85,7 +85,29 @@ export interface GenerateOptions {
    * its `mode`.
    */
   escalate?: { marker?: string; minProb?: number };
+  /**
+   * Attached models only: speculative decoding. The shadow drafts up to `draft` tokens
+   * (0 to 16) and the base checks them in one pass (one round trip across the network);
+   * 'auto' picks the length from the measured round-trip time, costs and acceptance.
+   * Greedy output is that of plain attached decoding; sampling keeps its distribution.
+   */
+  speculate?: 'auto' | { draft: number };
   signal?: AbortSignal;
+}
+
+export interface SpeculationReport {
+  /** Verification passes of the base. */
+  rounds: number;
+  /** Draft tokens proposed, and how many stood. */
+  drafted: number;
+  accepted: number;
+  acceptanceRate: number;
+  /** Tokens from plain steps (the prompt's, and those 'auto' chose not to draft). */
+  plainSteps: number;
+  /** Tokens per base pass (verifications and plain steps). */
+  tokensPerPass: number;
+  /** Tokens per round trip to the backbone server (attached across the network). */
+  tokensPerRoundTrip?: number;
 }
 
 export type Mode = 'attached' | 'detached';
@@ -139,6 +161,8 @@ export interface GenerationResult {
   modes: Mode[];
   /** Traffic with the backbone server during this generation (attached across the network). */
   backbone?: BackboneTraffic;
+  /** How speculation went, with `speculate`. */
+  speculation?: SpeculationReport;
   text: string;
   stopReason: 'eos' | 'length' | 'stop' | 'abort';
   promptTokens: number;
@@ -212,6 +236,8 @@ export interface ChatCompletion {
   /** This turn's traffic with the backbone server (attached across the network): a
    * continued conversation sends only what the server does not hold. */
   backbone?: BackboneTraffic;
+  /** How speculation went, with `speculate`. */
+  speculation?: SpeculationReport;
 }
 
 export interface ChatCompletionChunk {
@@ -225,6 +251,8 @@ export interface ChatCompletionChunk {
   dropped_messages?: number;
   /** On the last chunk, attached across the network. */
   backbone?: BackboneTraffic;
+  /** On the last chunk, with `speculate`. */
+  speculation?: SpeculationReport;
 }
 
 export class ShadowModel {

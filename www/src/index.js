@@ -332,6 +332,7 @@ export class ShadowModel {
         usage: usage(r),
         dropped_messages: dropped,
         backbone: r.backbone,
+        speculation: r.speculation,
       };
     }
     return (async function* () {
@@ -340,7 +341,7 @@ export class ShadowModel {
         if (t.text) yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: { content: t.text }, finish_reason: null }] };
       }
       const r = await it.done;
-      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }], usage: usage(r), dropped_messages: dropped, backbone: r.backbone };
+      yield { id, object: 'chat.completion.chunk', created, model: modelName, choices: [{ index: 0, delta: {}, finish_reason: finish(r) }], usage: usage(r), dropped_messages: dropped, backbone: r.backbone, speculation: r.speculation };
     })();
   }
 

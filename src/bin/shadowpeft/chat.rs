@@ -17,6 +17,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::model::{load, ModelArgs};
 use crate::printer::Printer;
+use crate::report::{speculation_json, speculation_line};
 use crate::sampling::SamplingArgs;
 
 #[derive(Args)]
@@ -216,6 +217,9 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
             if let Some(e) = sess.fallback_error() {
                 v["fallback_error"] = serde_json::json!(e);
             }
+            if g.speculation.is_some() {
+                v["speculation"] = speculation_json(&g);
+            }
             println!("{v}");
         } else {
             println!();
@@ -236,6 +240,9 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
             }
             if let Some(e) = sess.fallback_error() {
                 stats.push_str(&format!("; backbone failed: {e}"));
+            }
+            if let Some(line) = speculation_line(&g) {
+                stats.push_str(&format!("; {line}"));
             }
             eprintln!("{stats}]");
         }

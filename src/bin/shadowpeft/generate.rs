@@ -6,6 +6,7 @@ use shadowpeft::{generate, DirSource, Message, Mode, StreamDecoder, TextTokenize
 
 use crate::model::{load, parse_ids, ModelArgs};
 use crate::printer::Printer;
+use crate::report::{speculation_json, speculation_line};
 use crate::sampling::SamplingArgs;
 
 #[derive(Args)]
@@ -106,6 +107,9 @@ pub async fn run_generate(a: GenerateArgs) -> Result<()> {
         if let Some(e) = sess.fallback_error() {
             v["fallback_error"] = serde_json::json!(e);
         }
+        if g.speculation.is_some() {
+            v["speculation"] = speculation_json(&g);
+        }
         if let Some((trips, sent, received)) = sess.remote_traffic() {
             v["remote"] = serde_json::json!({ "round_trips": trips, "bytes_sent": sent, "bytes_received": received });
         }
@@ -124,6 +128,9 @@ pub async fn run_generate(a: GenerateArgs) -> Result<()> {
                 Some(k) => eprintln!("[escalated: {k} detached token(s), then attached]"),
                 None => eprintln!("[not escalated: every token detached]"),
             }
+        }
+        if let Some(line) = speculation_line(&g) {
+            eprintln!("[{line}]");
         }
         eprintln!(
             "[{} prompt tokens, {} new; prefill {:.1} tok/s, decode {:.1} tok/s on {}]",

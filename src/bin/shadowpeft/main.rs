@@ -22,6 +22,8 @@ mod model;
 #[cfg(not(target_arch = "wasm32"))]
 mod printer;
 #[cfg(not(target_arch = "wasm32"))]
+mod report;
+#[cfg(not(target_arch = "wasm32"))]
 mod sampling;
 #[cfg(not(target_arch = "wasm32"))]
 mod serve;

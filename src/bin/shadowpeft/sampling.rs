@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use shadowpeft::generate::Escalate;
-use shadowpeft::{GenerateOptions, TextTokenizer};
+use shadowpeft::{GenerateOptions, Speculate, TextTokenizer};
 
 #[derive(Args)]
 pub struct SamplingArgs {
@@ -35,6 +35,11 @@ pub struct SamplingArgs {
     /// probability falls below this (0..1).
     #[arg(long)]
     pub escalate_below: Option<f32>,
+    /// Speculative attached decoding: the shadow drafts up to K tokens (0 to 16) and the
+    /// base checks them in one pass; `auto` picks K from the measured round-trip time,
+    /// costs and acceptance. Greedy output is that of plain attached decoding.
+    #[arg(long, value_name = "K|auto")]
+    pub speculate: Option<Speculate>,
 }
 
 impl SamplingArgs {
@@ -61,6 +66,7 @@ impl SamplingArgs {
             ignore_eos: self.ignore_eos,
             eos_ids,
             escalate: None,
+            speculate: self.speculate,
         };
         if self.escalate_marker.is_some() || self.escalate_below.is_some() {
             let marker_ids = match (&self.escalate_marker, tokenizer) {

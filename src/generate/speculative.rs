@@ -1,0 +1,108 @@
+//! The speculative strategy: attached tokens come from speculative rounds
+//! ([`crate::speculate::round`]), several per base pass, with the draft length fixed or
+//! chosen by [`DraftLength`]. A prompt's prefill, a draft length of 0, the last token of the
+//! budget, and every step after a backbone failure with fallback on are plain steps.
+
+use super::cursor::Cursor;
+use super::{plain, Speculate};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::model::{Mode, Session, ShadowModel};
+use crate::speculate::{round, DraftLength, RoundPlan};
+
+/// How the rounds of a speculative generation went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SpeculationStats {
+    /// Verification passes of the base (one round trip each against a backbone).
+    pub rounds: usize,
+    /// Draft tokens proposed, and how many of them stood.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Tokens decided by plain steps (the prefill's, and those `auto` chose not to draft).
+    pub plain_steps: usize,
+}
+
+impl SpeculationStats {
+    /// The share of drafts that stood (0 when none was made).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+}
+
+pub(super) struct Speculative {
+    length: DraftLength,
+    pub stats: SpeculationStats,
+}
+
+impl Speculative {
+    pub fn new(s: Speculate) -> Self {
+        Speculative {
+            length: match s {
+                Speculate::Draft(k) => DraftLength::fixed(k),
+                Speculate::Auto => DraftLength::auto(),
+            },
+            stats: SpeculationStats::default(),
+        }
+    }
+
+    /// One round, or one plain step.
+    pub async fn step(
+        &mut self,
+        cx: &mut Cursor,
+        gpu: &Gpu,
+        model: &ShadowModel,
+        sess: &mut Session,
+    ) -> Result<()> {
+        // Drafts beyond what may still be decided (the round adds a token of its own), or
+        // beyond the session's room, are never kept, so they are not made.
+        let room = cx
+            .left()
+            .saturating_sub(1)
+            .min(model.max_seq().saturating_sub(sess.position() + 1));
+        let decode = cx.input.len() == 1;
+        if !decode || sess.fallback_error().is_some() || room == 0 {
+            self.stats.plain_steps += 1;
+            return plain::step(cx, gpu, model, sess).await;
+        }
+        let k = self.length.choose().min(room);
+        if k == 0 {
+            let t0 = web_time::Instant::now();
+            plain::step(cx, gpu, model, sess).await?;
+            if cx.ready.back().is_some_and(|&(_, m)| m == Mode::Attached) {
+                self.length.record_plain(t0.elapsed().as_secs_f64());
+            }
+            self.stats.plain_steps += 1;
+            return Ok(());
+        }
+        let sampling = (!cx.opts.greedy()).then(|| cx.opts.sampling(0.0));
+        let (eos, ignore_eos) = (&cx.eos, cx.opts.ignore_eos);
+        let plan = RoundPlan {
+            last: cx.input[0],
+            k,
+            p_min: self.length.p_min(),
+            history: &cx.history,
+            sampling,
+            eos: &|t| !ignore_eos && eos.contains(&t),
+        };
+        let sampler = &mut cx.sampler;
+        let r = round(gpu, model, sess, plan, &mut || sampler.draw()).await?;
+        self.length.record_round(
+            r.drafted,
+            r.accepted,
+            r.drafted + 1,
+            r.draft_secs,
+            r.verify_secs,
+        );
+        self.stats.rounds += 1;
+        self.stats.drafted += r.drafted;
+        self.stats.accepted += r.accepted;
+        for t in r.tokens {
+            cx.emit(t, r.mode);
+        }
+        Ok(())
+    }
+}
