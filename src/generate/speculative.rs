@@ -1,7 +1,9 @@
 //! The speculative strategy: attached tokens come from speculative rounds
 //! ([`crate::speculate::round`]), several per base pass, with the draft length fixed or
-//! chosen by [`DraftLength`]. A prompt's prefill, a draft length of 0, the last token of the
-//! budget, and every step after a backbone failure with fallback on are plain steps.
+//! chosen by [`DraftLength`]. The prompt's pass is a round too: the shadow drafts right after
+//! the prompt, and one base pass runs the prompt and verifies the drafts. A draft length of
+//! 0, the last token of the budget, and every step after a backbone failure with fallback on
+//! are plain steps.
 
 use super::cursor::Cursor;
 use super::{plain, Speculate};
@@ -18,7 +20,7 @@ pub struct SpeculationStats {
     /// Draft tokens proposed, and how many of them stood.
     pub drafted: usize,
     pub accepted: usize,
-    /// Tokens decided by plain steps (the prefill's, and those `auto` chose not to draft).
+    /// Tokens decided by plain steps (those `auto` chose not to draft, the budget's last).
     pub plain_steps: usize,
 }
 
@@ -59,12 +61,13 @@ impl Speculative {
     ) -> Result<()> {
         // Drafts beyond what may still be decided (the round adds a token of its own), or
         // beyond the session's room, are never kept, so they are not made.
-        let room = cx
-            .left()
-            .saturating_sub(1)
-            .min(model.max_seq().saturating_sub(sess.position() + 1));
-        let decode = cx.input.len() == 1;
-        if !decode || sess.fallback_error().is_some() || room == 0 {
+        let room = cx.left().saturating_sub(1).min(
+            model
+                .max_seq()
+                .saturating_sub(sess.position() + cx.input.len()),
+        );
+        let prompt = cx.input.len() > 1;
+        if sess.fallback_error().is_some() || room == 0 {
             self.stats.plain_steps += 1;
             return plain::step(cx, gpu, model, sess).await;
         }
@@ -72,7 +75,7 @@ impl Speculative {
         if k == 0 {
             let t0 = web_time::Instant::now();
             plain::step(cx, gpu, model, sess).await?;
-            if cx.ready.back().is_some_and(|&(_, m)| m == Mode::Attached) {
+            if !prompt && cx.ready.back().is_some_and(|&(_, m)| m == Mode::Attached) {
                 self.length.record_plain(t0.elapsed().as_secs_f64());
             }
             self.stats.plain_steps += 1;
@@ -81,7 +84,7 @@ impl Speculative {
         let sampling = (!cx.opts.greedy()).then(|| cx.opts.sampling(0.0));
         let (eos, ignore_eos) = (&cx.eos, cx.opts.ignore_eos);
         let plan = RoundPlan {
-            last: cx.input[0],
+            feed: &cx.input,
             k,
             p_min: self.length.p_min(),
             history: &cx.history,
@@ -90,13 +93,18 @@ impl Speculative {
         };
         let sampler = &mut cx.sampler;
         let r = round(gpu, model, sess, plan, &mut || sampler.draw()).await?;
-        self.length.record_round(
-            r.drafted,
-            r.accepted,
-            r.drafted + 1,
-            r.draft_secs,
-            r.verify_secs,
-        );
+        if prompt {
+            // The prompt's rows weigh on its costs: only the acceptance counts.
+            self.length.record_acceptance(r.drafted, r.accepted);
+        } else {
+            self.length.record_round(
+                r.drafted,
+                r.accepted,
+                r.drafted + 1,
+                r.draft_secs,
+                r.verify_secs,
+            );
+        }
         self.stats.rounds += 1;
         self.stats.drafted += r.drafted;
         self.stats.accepted += r.accepted;

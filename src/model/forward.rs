@@ -85,9 +85,12 @@ pub enum Readout {
     /// Only the argmax of the last position's logits and its probability (8 bytes read
     /// back).
     Argmax,
-    /// The argmax of every new position's logits (8 bytes a row read back): the
+    /// Logits of the last n new positions (all of them when fewer): the verification of
+    /// sampled drafts.
+    LogitRows(usize),
+    /// The argmax of each of the last n new positions' logits (8 bytes a row read back): the
     /// verification of greedy drafts.
-    RowArgmax,
+    ArgmaxRows(usize),
     /// Only a token sampled from the last position's logits on the device (4 bytes read
     /// back; the repetition penalty covers the ids of [`Session::set_penalized`]). Settings
     /// with a top-k beyond [`crate::ops::TOP_K_MAX`] sample on the host after reading the row.
@@ -98,7 +101,8 @@ impl Readout {
     /// Rows of logits this readout needs out of `m` new positions.
     fn rows(self, m: usize) -> usize {
         match self {
-            Readout::AllLogits | Readout::RowArgmax => m,
+            Readout::AllLogits => m,
+            Readout::LogitRows(n) | Readout::ArgmaxRows(n) => n.clamp(1, m),
             _ => 1,
         }
     }
@@ -116,7 +120,7 @@ pub struct ForwardOutput {
     pub token: Option<u32>,
     /// The softmax probability of `token`, for [`Readout::Argmax`].
     pub top_prob: Option<f32>,
-    /// Every new position's argmax, for [`Readout::RowArgmax`].
+    /// Each row's argmax, for [`Readout::ArgmaxRows`].
     pub tokens: Vec<u32>,
     /// Which model produced `logits`: attached, or detached (a detached model, or an
     /// attached one that fell back after its backbone failed).
@@ -323,12 +327,12 @@ impl ShadowModel {
                     buf: &mut sess.stepped,
                 };
                 r.client
-                    .forward(rs, pos0, ids, &s0_host, rows > 1, &mut st)
+                    .forward(rs, pos0, ids, &s0_host, rows, &mut st)
                     .await
             }
             None => {
                 r.client
-                    .forward(rs, pos0, ids, &s0_host, rows > 1, &mut ())
+                    .forward(rs, pos0, ids, &s0_host, rows, &mut ())
                     .await
             }
         };
@@ -403,7 +407,7 @@ impl ShadowModel {
         }
         match readout {
             Readout::Argmax => ops::argmax(&mut step, out_logits, last, v, &sess.sampling.out),
-            Readout::RowArgmax => {
+            Readout::ArgmaxRows(_) => {
                 ops::argmax_rows(&mut step, out_logits, 0, v, rows, &sess.sampling.out)
             }
             Readout::Sample(s) if ops::sample_on_device(&s) => {
@@ -426,7 +430,7 @@ impl ShadowModel {
                 out.token = Some(r[0]);
                 out.top_prob = Some(f32::from_bits(r[1]));
             }
-            Readout::RowArgmax => {
+            Readout::ArgmaxRows(_) => {
                 let mut r = gpu.read_u32(&sess.sampling.out, 0, 2 * rows).await?;
                 r.truncate(rows);
                 out.token = r.last().copied();

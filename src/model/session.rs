@@ -196,6 +196,17 @@ impl ShadowModel {
         }
     }
 
+    /// Ends the conversation: forgets it ([`Session::reset`]) and ends its session on the
+    /// backbone server, if it has one, so the server frees that KV cache now rather than at
+    /// its expiry (best effort: a server that is gone is not an error). The session can
+    /// start a new conversation; its next forward opens a new remote session.
+    pub async fn end_conversation(&self, s: &mut Session) {
+        s.reset();
+        if let (Some(r), Some(st)) = (&self.remote, &mut s.remote) {
+            r.client.close(st).await;
+        }
+    }
+
     pub(super) fn grow(&self, gpu: &Gpu, s: &mut Session, rows: usize) {
         if rows <= s.rows {
             return;

@@ -103,6 +103,11 @@ pub struct RemoteBase {
     pub protocol: Protocol,
     upload: Arc<Vec<u8>>,
     sha: String,
+    /// Whether the server was seen holding the adapter (then a new session opens without
+    /// checking first; a 404 says it was evicted since, and the next try uploads it again).
+    adapter_seen: std::sync::atomic::AtomicBool,
+    /// Whether the server answers a count of last rows (`features` lists `rows-count`).
+    rows_count: bool,
     /// The server's base width, layers, vocabulary and longest sequence.
     pub hidden: usize,
     pub layers: usize,
@@ -217,6 +222,8 @@ impl RemoteBase {
             protocol: c.protocol,
             upload: Arc::new(Vec::new()),
             sha: String::new(),
+            adapter_seen: Default::default(),
+            rows_count: false,
             hidden: 0,
             layers: 0,
             vocab: 0,
@@ -252,6 +259,10 @@ impl RemoteBase {
             ))
         })();
         (rb.hidden, rb.layers, rb.vocab, rb.max_seq) = dims.map_err(|m| rb.err(Some(status), m))?;
+        rb.rows_count = v
+            .get("features")
+            .and_then(|f| f.as_array())
+            .is_some_and(|f| f.iter().any(|x| x == "rows-count"));
         Ok(rb)
     }
 
@@ -263,6 +274,7 @@ impl RemoteBase {
             .map(|x| format!("{x:02x}"))
             .collect();
         self.upload = Arc::new(upload);
+        *self.adapter_seen.get_mut() = false;
     }
 
     /// Uploads the adapter unless the server already has these exact bytes.
@@ -288,10 +300,14 @@ impl RemoteBase {
     }
 
     async fn open(&self, st: &mut RemoteState) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         for _ in 0..2 {
             let body = match self.protocol {
                 Protocol::Fused => {
-                    self.ensure_adapter(st).await?;
+                    if !self.adapter_seen.load(Relaxed) {
+                        self.ensure_adapter(st).await?;
+                        self.adapter_seen.store(true, Relaxed);
+                    }
                     serde_json::json!({ "adapter": self.sha })
                 }
                 Protocol::Stepped => serde_json::json!({ "mode": "stepped" }),
@@ -314,8 +330,11 @@ impl RemoteBase {
                     st.session = Some(id.to_string());
                     return Ok(());
                 }
-                // The adapter was evicted between the check and the session: upload again.
-                404 => continue,
+                // The adapter was evicted since it was last seen: upload again.
+                404 => {
+                    self.adapter_seen.store(false, Relaxed);
+                    continue;
+                }
                 _ => return Err(self.fail(status, &body)),
             }
         }
@@ -369,37 +388,44 @@ impl RemoteBase {
         pos: usize,
         ids: &[u32],
         s0: &[f32],
-        all_rows: bool,
+        rows: usize,
         adapter: &mut A,
     ) -> std::result::Result<Vec<f32>, Failure> {
         let (m, d) = (ids.len(), self.hidden);
-        let rows = if all_rows { m } else { 1 };
+        let rows = rows.clamp(1, m);
+        // A server without counts answers every row; the last `rows` are kept.
+        let asked = if rows > 1 && !self.rows_count {
+            m
+        } else {
+            rows
+        };
+        let keep = |h: Vec<f32>| h[(asked - rows) * d..].to_vec();
         match self.protocol {
             Protocol::Fused => {
-                let req = frame::forward_request(pos, ids, s0, d, all_rows, self.wire);
-                self.post(st, "forward", req, rows).await
+                let req = frame::forward_request(pos, ids, s0, d, asked, self.wire);
+                self.post(st, "forward", req, asked).await.map(keep)
             }
             Protocol::Stepped => {
                 adapter.begin(s0, m).await?;
                 let first = adapter.injects_first();
                 let mut x = Vec::new();
                 if first {
-                    let req = frame::embed_request(pos, ids, all_rows, self.wire);
+                    let req = frame::embed_request(pos, ids, asked, self.wire);
                     let e = self.post(st, "layer", req, m).await?;
                     x = adapter.between(0, &e, m).await?;
                 }
                 for l in 0..self.layers {
                     let last = l + 1 == self.layers;
                     let req = if l == 0 && !first {
-                        frame::layer_request(pos, 0, Some(ids), &[], d, all_rows, self.wire)
+                        frame::layer_request(pos, 0, Some(ids), &[], d, asked, self.wire)
                     } else {
-                        frame::layer_request(pos, l, None, &x, d, all_rows, self.wire)
+                        frame::layer_request(pos, l, None, &x, d, asked, self.wire)
                     };
                     let h = self
-                        .post(st, "layer", req, if last { rows } else { m })
+                        .post(st, "layer", req, if last { asked } else { m })
                         .await?;
                     if last {
-                        return Ok(h);
+                        return Ok(keep(h));
                     }
                     x = adapter.between(l + 1, &h, m).await?;
                 }
@@ -409,7 +435,7 @@ impl RemoteBase {
     }
 
     /// Runs the base over `ids` at `pos` with shadow state `s0` `[m, hidden]`; returns the final
-    /// normed hidden state of the last row, or of every row with `all_rows`. A `pos` before
+    /// normed hidden state of the last `rows` rows (`[rows, hidden]`). A `pos` before
     /// the end of what was sent rewinds the conversation to it. `adapter` runs the injection
     /// and update on the client in the stepped protocol (the fused one ignores it).
     pub async fn forward<A: LocalAdapter>(
@@ -418,7 +444,7 @@ impl RemoteBase {
         pos: usize,
         ids: &[u32],
         s0: &[f32],
-        all_rows: bool,
+        rows: usize,
         adapter: &mut A,
     ) -> Result<Vec<f32>> {
         if pos > st.ids.len() {
@@ -436,7 +462,7 @@ impl RemoteBase {
                 self.open(st).await?;
                 if !st.ids.is_empty() {
                     let (pids, ps0) = (st.ids.clone(), st.s0.clone());
-                    match self.pass(st, 0, &pids, &ps0, false, adapter).await {
+                    match self.pass(st, 0, &pids, &ps0, 1, adapter).await {
                         Ok(_) => {}
                         Err(Failure::Gone) => {
                             return Err(self.err(Some(404), "the rebuilt session was lost again"))
@@ -445,7 +471,7 @@ impl RemoteBase {
                     }
                 }
             }
-            match self.pass(st, pos, ids, s0, all_rows, adapter).await {
+            match self.pass(st, pos, ids, s0, rows, adapter).await {
                 Ok(h) => {
                     st.ids.extend_from_slice(ids);
                     st.s0.extend_from_slice(s0);

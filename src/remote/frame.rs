@@ -161,15 +161,19 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Metadata every request carries: the protocol version, `pos` and `rows`.
-fn request_meta(pos: usize, all_rows: bool) -> HashMap<String, String> {
+/// Metadata every request carries: the protocol version, `pos` and `rows` (the answer's
+/// rows: the last `rows` of the `m` new positions; `last`, `all`, or the count, which only
+/// servers listing the `rows-count` feature take).
+fn request_meta(pos: usize, rows: usize, m: usize) -> HashMap<String, String> {
+    let rows = match rows {
+        r if r >= m => "all".to_string(),
+        1 => "last".to_string(),
+        r => r.to_string(),
+    };
     HashMap::from([
         ("protocol".to_string(), PROTOCOL.to_string()),
         ("pos".to_string(), pos.to_string()),
-        (
-            "rows".to_string(),
-            if all_rows { "all" } else { "last" }.to_string(),
-        ),
+        ("rows".to_string(), rows),
     ])
 }
 
@@ -179,10 +183,10 @@ pub fn forward_request(
     ids: &[u32],
     s0: &[f32],
     hidden: usize,
-    all_rows: bool,
+    rows: usize,
     wire: Wire,
 ) -> Vec<u8> {
-    let meta = request_meta(pos, all_rows);
+    let meta = request_meta(pos, rows, ids.len());
     let (dt, s0b) = floats(wire, s0);
     encode(
         meta,
@@ -206,10 +210,11 @@ pub fn layer_request(
     ids: Option<&[u32]>,
     hidden: &[f32],
     d: usize,
-    all_rows: bool,
+    rows: usize,
     wire: Wire,
 ) -> Vec<u8> {
-    let mut meta = request_meta(pos, all_rows);
+    let m = ids.map_or(hidden.len() / d.max(1), <[u32]>::len);
+    let mut meta = request_meta(pos, rows, m);
     meta.insert("layer".into(), layer.to_string());
     meta.insert("wire".into(), wire_name(wire).into());
     let t = match ids {
@@ -230,8 +235,8 @@ pub fn layer_request(
 /// Encodes the start of a stepped pass whose client injects before layer 0: the server embeds
 /// `ids` and answers with the embedding rows (`[m, hidden]`), which come back as layer 0's
 /// `hidden`.
-pub fn embed_request(pos: usize, ids: &[u32], all_rows: bool, wire: Wire) -> Vec<u8> {
-    let mut meta = request_meta(pos, all_rows);
+pub fn embed_request(pos: usize, ids: &[u32], rows: usize, wire: Wire) -> Vec<u8> {
+    let mut meta = request_meta(pos, rows, ids.len());
     meta.insert("layer".into(), "0".into());
     meta.insert("embed".into(), "only".into());
     meta.insert("wire".into(), wire_name(wire).into());

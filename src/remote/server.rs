@@ -175,6 +175,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "max_sessions": app.cfg.max_sessions,
         "session_ttl_s": app.cfg.session_ttl.as_secs(),
         "max_body": app.cfg.max_body,
+        "features": ["rows-count"],
     }))
 }
 
@@ -447,15 +448,19 @@ async fn layer(
     with_session(app, id, body, run_layer).await
 }
 
-/// `rows` metadata: `all` or `last`.
-fn rows_all(f: &Frame) -> ApiResult<bool> {
+/// `rows` metadata of a pass over `m` positions: `all`, `last`, or a count from 1 to `m` (the
+/// last that many).
+fn answer_rows(f: &Frame, m: usize) -> ApiResult<usize> {
     match f.meta("rows")? {
-        "all" => Ok(true),
-        "last" => Ok(false),
-        o => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("`rows` is `{o}`, expected all or last"),
-        )),
+        "all" => Ok(m),
+        "last" => Ok(1),
+        o => match o.parse::<usize>() {
+            Ok(n) if (1..=m).contains(&n) => Ok(n),
+            _ => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`rows` is `{o}`, expected all, last, or a count from 1 to {m}"),
+            )),
+        },
     }
 }
 
@@ -512,7 +517,7 @@ fn run_forward(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u
     check_ids(app, &ids)?;
     let (s0, wire) = f.f32("s0", &[m, d])?;
     let pos = f.meta_usize("pos")?;
-    let all = rows_all(&f)?;
+    let rows = answer_rows(&f, m)?;
     let adapter = s.adapter.clone().ok_or_else(|| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -527,7 +532,6 @@ fn run_forward(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u
     app.base
         .record(&mut step, &adapter, &s.state, &s.ids, &s.s0, m, pos)?;
     step.submit()?;
-    let rows = if all { m } else { 1 };
     let h = pollster::block_on(gpu.read_f32(&s.state.xn, (m - rows) * d, rows * d))?;
     s.pos = pos + m;
     s.pass = None;
@@ -548,7 +552,6 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
     }
     let pos = f.meta_usize("pos")?;
     let l = f.meta_usize("layer")?;
-    let all = rows_all(&f)?;
     let gpu = &app.gpu;
     let starts = l == 0 && f.has("ids");
     let embed_only = match f.meta_opt("embed") {
@@ -607,10 +610,9 @@ fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>
         },
     };
     let last = l + 1 == n && !embed_only;
-    let (src, rows) = match (last, all) {
-        (true, false) => (&s.state.xn, 1),
-        (true, true) => (&s.state.xn, m),
-        (false, _) => (&s.state.x, m),
+    let (src, rows) = match last {
+        true => (&s.state.xn, answer_rows(&f, m)?),
+        false => (&s.state.x, m),
     };
     let h = pollster::block_on(gpu.read_f32(src, (m - rows) * d, rows * d))?;
     if last {

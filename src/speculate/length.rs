@@ -16,7 +16,7 @@
 
 /// Longest draft `auto` takes.
 pub const AUTO_MAX: usize = 8;
-/// Draft length of `auto`'s first round, before anything is measured.
+/// Draft length of `auto`'s first round, before anything is measured (the prompt's round).
 pub const AUTO_START: usize = 4;
 /// The highest floor on a draft's chance of standing (llama.cpp's default draft p-min).
 pub const P_MIN: f32 = 0.75;
@@ -30,6 +30,11 @@ pub const PROBE_EVERY: usize = 16;
 pub const PROBE_DRAFT: usize = 2;
 /// How much each new measurement weighs against the earlier ones.
 const DECAY: f64 = 0.8;
+/// The same for the acceptance counts, which vary more from round to round.
+const ACCEPT_DECAY: f64 = 0.9;
+/// The prior acceptance rate, and its weight in drafts.
+const PRIOR_ACCEPTANCE: f64 = 0.75;
+const PRIOR_WEIGHT: f64 = 0.25;
 
 /// Chooses the draft length of the next round from what earlier ones cost and kept.
 #[derive(Debug, Clone)]
@@ -91,9 +96,10 @@ impl DraftLength {
         Some((((t_draft + b) / t_plain) as f32).clamp(P_MIN_LOW, P_MIN))
     }
 
-    /// The running acceptance rate of a draft (a prior of 0.75, worth one draft).
+    /// The running acceptance rate of a draft (from [`PRIOR_ACCEPTANCE`] before any round).
     pub fn acceptance(&self) -> f64 {
-        (self.accepted + 0.75) / (self.accepted + self.rejected + 1.0)
+        (self.accepted + PRIOR_ACCEPTANCE * PRIOR_WEIGHT)
+            / (self.accepted + self.rejected + PRIOR_WEIGHT)
     }
 
     /// The draft length of the next round; 0 means a plain attached step.
@@ -102,7 +108,13 @@ impl DraftLength {
             return k;
         }
         let Some(t_draft) = self.t_draft else {
-            return AUTO_START;
+            // No costs yet (the prompt's round records none): a full first draft, or after
+            // one that failed, a single draft that measures the costs cheaply.
+            return if self.acceptance() < 0.5 {
+                1
+            } else {
+                AUTO_START
+            };
         };
         let (a, b) = self.verify_fit(t_draft);
         let alpha = self.acceptance().min(0.999);
@@ -149,8 +161,14 @@ impl DraftLength {
         ] {
             *s = *s * DECAY + v;
         }
-        self.accepted = self.accepted * DECAY + accepted as f64;
-        self.rejected = self.rejected * DECAY + (accepted < drafted) as u8 as f64;
+        self.record_acceptance(drafted, accepted);
+    }
+
+    /// Records how many of `drafted` drafts stood, without costs (the prompt's round, whose
+    /// verification also runs the prompt).
+    pub fn record_acceptance(&mut self, drafted: usize, accepted: usize) {
+        self.accepted = self.accepted * ACCEPT_DECAY + accepted as f64;
+        self.rejected = self.rejected * ACCEPT_DECAY + (accepted < drafted) as u8 as f64;
     }
 
     /// Records a plain attached step of `secs`.
@@ -162,12 +180,12 @@ impl DraftLength {
     /// rounds, its slope pulled towards one draft forward per row when the rounds' lengths
     /// barely vary.
     fn verify_fit(&self, t_draft: f64) -> (f64, f64) {
-        const PRIOR_WEIGHT: f64 = 0.5;
+        const SLOPE_WEIGHT: f64 = 0.5;
         let mean_x = self.sx / self.s0;
         let mean_y = self.sy / self.s0;
         let var = self.sxx - self.sx * mean_x;
         let cov = self.sxy - self.sx * mean_y;
-        let b = ((cov + PRIOR_WEIGHT * t_draft) / (var + PRIOR_WEIGHT)).max(0.0);
+        let b = ((cov + SLOPE_WEIGHT * t_draft) / (var + SLOPE_WEIGHT)).max(0.0);
         let a = (mean_y - b * mean_x).max(0.0);
         (a, b)
     }

@@ -1,7 +1,7 @@
 //! One speculative round over a session, local or remote (fused or stepped): the last decided
-//! token and up to k drafts run through the shadow with the base deferred
-//! ([`Session::defer_base`]); one base pass over those rows ([`ShadowModel::escalate`])
-//! gives the attached choice of every row (argmax on the device when greedy, the rows of
+//! token (or, for the first round, the prompt) and up to k drafts run through the shadow with
+//! the base deferred ([`Session::defer_base`]); one base pass over those positions
+//! ([`ShadowModel::escalate`]) gives the attached choice of the last k + 1 (argmax on the device when greedy, the rows of
 //! logits when sampling); the acceptance rule keeps a prefix of the drafts and every cache
 //! is rolled back past the first that did not stand ([`Session::truncate`]).
 
@@ -13,14 +13,15 @@ use crate::ops::{Dist, Sampling};
 
 /// What a round is asked to do.
 pub struct RoundPlan<'a> {
-    /// The last decided token, which the session does not hold yet.
-    pub last: u32,
+    /// What the session does not hold yet: the last decided token, or the prompt (then the
+    /// prompt's pass verifies the first drafts too).
+    pub feed: &'a [u32],
     /// The most drafts to make.
     pub k: usize,
     /// Stop drafting when the chance that the next draft stands (the product of the
     /// shadow's top probabilities over the round) falls below this.
     pub p_min: Option<f32>,
-    /// The sequence so far, `last` included (the repetition penalty's history).
+    /// The sequence so far, `feed` included (the repetition penalty's history).
     pub history: &'a [u32],
     /// The logits processors of sampling; `None` is greedy (the argmax of the raw logits).
     pub sampling: Option<Sampling>,
@@ -31,7 +32,7 @@ pub struct RoundPlan<'a> {
 /// What a round decided, and what it cost.
 #[derive(Debug, Clone)]
 pub struct Round {
-    /// The drafts that stood, then the attached token after them; the session holds `last`
+    /// The drafts that stood, then the attached token after them; the session holds `feed`
     /// and all of these but the final one (which the next round feeds).
     pub tokens: Vec<u32>,
     /// The model behind `tokens`: attached, or detached when the backbone failed during the
@@ -44,7 +45,7 @@ pub struct Round {
     pub verify_secs: f64,
 }
 
-/// Runs one round after `plan.last`; uniforms for sampling come from `draw`. On an error the
+/// Runs one round after `plan.feed`; uniforms for sampling come from `draw`. On an error the
 /// session is rolled back to where it was, so the round can be retried or given up.
 pub async fn round(
     gpu: &Gpu,
@@ -59,7 +60,7 @@ pub async fn round(
     sess.defer_base(false);
     match r {
         Ok(r) => {
-            sess.truncate(pos + r.tokens.len());
+            sess.truncate(pos + plan.feed.len() + r.tokens.len() - 1);
             Ok(r)
         }
         Err(e) => {
@@ -79,9 +80,9 @@ async fn draft_and_verify(
     let t0 = web_time::Instant::now();
     let mut history = plan.history.to_vec();
     let (mut draft, mut q) = (Vec::with_capacity(plan.k), Vec::with_capacity(plan.k));
-    let mut feed = plan.last;
+    let mut feed = plan.feed.to_vec();
     let mut chance = 1.0;
-    // 1. Draft: `last`, then each draft, through the shadow alone. The forward after the
+    // 1. Draft: `feed`, then each draft, through the shadow alone. The forward after the
     //    final draft only adds its shadow state for the verification.
     loop {
         let wants_draft = draft.len() < plan.k;
@@ -89,7 +90,7 @@ async fn draft_and_verify(
             Some(_) if wants_draft => Readout::LastLogits,
             _ => Readout::Argmax,
         };
-        let o = model.forward(gpu, sess, &[feed], readout, false).await?;
+        let o = model.forward(gpu, sess, &feed, readout, false).await?;
         if !wants_draft {
             break;
         }
@@ -113,14 +114,18 @@ async fn draft_and_verify(
         draft.push(cand);
         q.extend(dist);
         history.push(cand);
-        feed = cand;
+        feed = vec![cand];
     }
     let t1 = web_time::Instant::now();
-    // 2. Verify: the base over the drafted rows in one pass.
+    // 2. Verify: the base over the new positions in one pass, the last n + 1 rows read.
     let n = draft.len();
     let o = match plan.sampling {
-        None => model.escalate(gpu, sess, Readout::RowArgmax).await?,
-        Some(_) => model.escalate(gpu, sess, Readout::AllLogits).await?,
+        None => {
+            model
+                .escalate(gpu, sess, Readout::ArgmaxRows(n + 1))
+                .await?
+        }
+        Some(_) => model.escalate(gpu, sess, Readout::LogitRows(n + 1)).await?,
     };
     let mode = o.mode.unwrap_or(Mode::Attached);
     // 3. Accept.

@@ -1,11 +1,12 @@
 // Attached vs detached, side by side: two instances of the same shadow model (each in its own
-// worker), one of them attached to a backbone server; then an escalating run that starts
-// detached and hands over to the attached model on a marker.
+// worker), one of them attached to a backbone server; then a speculative attached run (the
+// shadow drafts, the backbone verifies several tokens per round trip), and an escalating run
+// that starts detached and hands over to the attached model on a marker.
 import { ShadowModel } from 'shadowpeft-web';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-for (const k of ['export', 'adapter', 'backbone', 'token', 'protocol', 'wire', 'marker', 'prompt']) {
+for (const k of ['export', 'adapter', 'backbone', 'token', 'protocol', 'wire', 'marker', 'speculate', 'prompt']) {
   if (params.has(k)) $(k).value = params.get(k);
 }
 
@@ -99,16 +100,24 @@ async function column(name, model, ids, extra = {}) {
     out.appendChild(s);
     r.tokens.push(t.token);
     r.spans.push(s);
-    if (name !== 'escalating') divergence();
+    if (name === 'detached' || name === 'attached') divergence();
   }
   const res = await it.done;
   r.done = true;
-  if (name !== 'escalating') divergence();
+  if (name === 'detached' || name === 'attached') divergence();
   let line = `${res.tokens.length} tokens, ${res.decodeTokS.toFixed(1)} tok/s, first token after ${res.ttftMs === null ? '-' : res.ttftMs.toFixed(0)} ms`;
   if (res.backbone && name === 'attached') {
     const p = res.backbone.perDecodedToken;
     line += `; backbone per token: ${p.roundTrips.toFixed(1)} round trips, ${p.bytesSent.toFixed(0)} B sent, ${p.bytesReceived.toFixed(0)} B received`;
   }
+  if (res.speculation) {
+    const s = res.speculation;
+    line += `; ${s.tokensPerRoundTrip === undefined ? '' : `${s.tokensPerRoundTrip.toFixed(2)} tokens per round trip, `}${s.accepted} of ${s.drafted} drafts stood in ${s.rounds} rounds`;
+    const plain = runs.attached;
+    if (plain && plain.done) line += res.tokens.join() === plain.tokens.join() ? '; same tokens as attached' : '; DIFFERS from attached';
+  }
+  if (res.backbone && name === 'speculative') line += `; ${res.backbone.roundTrips} round trips in all (attached: ${runs.attached && runs.attached.roundTrips})`;
+  if (name === 'attached' && res.backbone) r.roundTrips = res.backbone.roundTrips;
   if (name === 'escalating') {
     const k = res.modes.indexOf('attached');
     line += k < 0 ? '; stayed detached' : `; escalated at token ${k + 1}`;
@@ -126,6 +135,9 @@ async function run() {
     const prompt = $('chat').checked && detached.info.hasChatTemplate ? await detached.applyChatTemplate([{ role: 'user', content: text }], true) : text;
     const ids = await detached.encode(prompt, !$('chat').checked);
     await Promise.all([column('detached', detached, ids), column('attached', attached, ids)]);
+    const spec = $('speculate').value;
+    if (spec) await column('speculative', attached, ids, { speculate: spec === 'auto' ? 'auto' : { draft: Number(spec) } });
+    else $('stats-speculative').textContent = 'speculation off';
     const marker = $('marker').value;
     if (marker) await column('escalating', attached, ids, { escalate: { marker } });
     else $('stats-escalating').textContent = 'no marker set';

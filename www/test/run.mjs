@@ -517,6 +517,82 @@ async function backboneTests(page, origin) {
         dsrv.kill();
       }
     });
+    await test('speculative attached decoding: the plain attached tokens with drafts of 4 and auto, in a worker (fused) and on the main thread (stepped), fewer round trips on the commands, sampled rounds repeatable by seed, in chat completions; bad options and detached models are refused', async () => {
+      const demo = JSON.parse(fs.readFileSync(path.join(repo, 'models/demo/golden.json'), 'utf8'));
+      const dsrv = await startBackbone('models/demo/base');
+      const notes = [];
+      try {
+        for (const [protocol, worker] of [['fused', true], ['stepped', false]]) {
+          const r = await page.evaluate(
+            async ([u, a, backbone, prompts, n, protocol, worker]) => {
+              const m = await window.sp.ShadowModel.load(u, { worker });
+              await m.attach({ backbone, adapter: a, protocol });
+              const out = [];
+              for (const p of prompts) {
+                const plain = await m.generate(p.input_ids, { maxNewTokens: n }).done;
+                const four = await m.generate(p.input_ids, { maxNewTokens: n, speculate: { draft: 4 } }).done;
+                const auto = await m.generate(p.input_ids, { maxNewTokens: n, speculate: 'auto' }).done;
+                out.push({ plain: plain.tokens, plainTrips: plain.backbone.roundTrips, four: four.tokens, fourTrips: four.backbone.roundTrips, fourSpec: four.speculation, auto: auto.tokens, autoSpec: auto.speculation });
+              }
+              const sampled = async (seed) => (await m.generate(prompts[0].input_ids, { maxNewTokens: n, temperature: 1.2, topK: 20, seed, speculate: { draft: 3 } }).done).tokens;
+              const same = [await sampled(3), await sampled(3)];
+              const chat = await m.chat.completions.create({ messages: prompts[0].messages, speculate: 'auto', max_tokens: n });
+              const bad = await window.expectError(() => m.generate(prompts[0].input_ids, { speculate: 'fast' }).done);
+              const tooLong = await window.expectError(() => m.generate(prompts[0].input_ids, { speculate: { draft: 17 } }).done);
+              await m.detach();
+              const detached = await window.expectError(() => m.generate(prompts[0].input_ids, { speculate: 'auto' }).done);
+              await m.dispose();
+              return { out, same, chat: { content: chat.choices[0].message.content, speculation: chat.speculation }, bad, tooLong, detached };
+            },
+            [`${origin}/m/models/demo/export/`, `${origin}/m/models/demo/adapter/`, dsrv.url, demo.prompts, demo.max_new_tokens, protocol, worker],
+          );
+          demo.prompts.forEach((p, i) => {
+            const q = `${protocol}: ${p.messages[0].content}`;
+            const o = r.out[i];
+            same(o.plain, p.attached.tokens, `${q}: plain attached`);
+            same(o.four, p.attached.tokens, `${q}: drafts of 4`);
+            same(o.auto, p.attached.tokens, `${q}: auto`);
+            assert(o.fourSpec && o.fourSpec.accepted <= o.fourSpec.drafted && o.fourSpec.tokensPerRoundTrip > 0, `${q}: speculation report ${JSON.stringify(o.fourSpec)}`);
+            if (p.detached.tokens.join() === p.attached.tokens.join()) {
+              assert(o.fourTrips * 2 < o.plainTrips, `${q}: ${o.fourTrips} round trips against ${o.plainTrips} plain`);
+              notes.push(`${q}: ${o.fourTrips} round trips (plain ${o.plainTrips})`);
+            }
+          });
+          same(r.same[0], r.same[1], `${protocol}: sampled rounds, same seed`);
+          same(r.chat.content, demo.prompts[0].attached.text, `${protocol}: chat completion with speculate`);
+          assert(r.chat.speculation && r.chat.speculation.rounds > 0, `${protocol}: chat completion speculation ${JSON.stringify(r.chat.speculation)}`);
+          same(r.bad && r.bad.code, 'invalid-argument', `${protocol}: speculate 'fast'`);
+          assert(r.tooLong && /at most 16/.test(r.tooLong.message), `${protocol}: a draft of 17: ${JSON.stringify(r.tooLong)}`);
+          assert(r.detached && /attached model/.test(r.detached.message), `${protocol}: detached: ${JSON.stringify(r.detached)}`);
+        }
+      } finally {
+        dsrv.kill();
+      }
+      return notes.join('; ');
+    });
+    await test('compare page: the speculative column gives the attached column\'s tokens with fewer round trips', async () => {
+      const out = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'shadowpeft-compare-'));
+      const dsrv = await listen(demoHandler(out));
+      const bsrv = await startBackbone('models/demo/base');
+      const p = await page.context().newPage();
+      try {
+        await buildDemo(out);
+        const q = new URLSearchParams({ backbone: bsrv.url, speculate: '4', prompt: 'Turn left 90 degrees.', autorun: '1' });
+        await p.goto(`http://127.0.0.1:${dsrv.address().port}/compare.html?${q}`);
+        await p.waitForFunction(() => document.body.dataset.done === 'true' || /error/.test(document.getElementById('status').className + document.getElementById('divergence').className), null, { timeout: 180000 });
+        const text = (id) => p.textContent(id);
+        const [att, spec, stats] = [await text('#out-attached'), await text('#out-speculative'), await text('#stats-speculative')];
+        assert(att.length > 0, 'the attached column is empty');
+        same(spec, att, 'speculative column vs attached column');
+        assert(/tokens per round trip/.test(stats) && /same tokens as attached/.test(stats), `speculative stats: ${stats}`);
+        return stats;
+      } finally {
+        await p.close();
+        dsrv.close();
+        bsrv.kill();
+        fs.rmSync(out, { recursive: true, force: true });
+      }
+    });
     await test('chat continues: every chat.completions.create turn equals a fresh native generation on the rendered conversation and reuses the common prefix (detached in a worker, attached through a backbone on the main thread)', async () => {
       const dsrv = await startBackbone('models/demo/base');
       const users = ['Turn left 90 degrees.', 'What does len do in Python?', 'Move forward 2 meters.'];
