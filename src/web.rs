@@ -481,6 +481,8 @@ impl Model {
                     };
                 }
             }
+            // Speculation starts from the costs the previous generation measured.
+            opts.draft_costs = i.stream.as_ref().and_then(|s| s.draft_length());
             let stream =
                 TokenStream::new(&i.model, &mut i.session, &prompt, &opts).map_err(js_err)?;
             let cached = stream.cached_tokens() as u32;

@@ -85,6 +85,23 @@ fn speculation_gives_the_plain_attached_tokens_locally() {
                 [&ids[..], &want[..N - 1]].concat(),
                 "{name} {k:?}"
             );
+            // `auto` hands its measured costs on; a generation starting from them is exact too.
+            assert_eq!(
+                r.draft_length.is_some(),
+                k == Speculate::Auto,
+                "{name} {k:?}"
+            );
+            if let Some(costs) = r.draft_length {
+                let o = GenerateOptions {
+                    draft_costs: Some(costs),
+                    ..opts(Some(k))
+                };
+                assert_eq!(
+                    fresh(&rt, &m, &ids, &o).tokens,
+                    want,
+                    "{name}: auto from costs"
+                );
+            }
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct Generation {
     pub speculation: Option<SpeculationStats>,
     /// Round trips to the backbone server during this generation (remote mode).
     pub round_trips: Option<u64>,
+    /// What `auto` speculation measured, for the next generation over the same link
+    /// ([`GenerateOptions::draft_costs`]).
+    pub draft_length: Option<crate::speculate::DraftLength>,
 }
 
 impl Generation {
@@ -143,6 +146,7 @@ pub async fn generate(
         decode_secs: 0.0,
         speculation: None,
         round_trips: None,
+        draft_length: None,
     };
     let trips0 = sess.remote_traffic().map(|t| t.0);
     let t0 = web_time::Instant::now();
@@ -161,6 +165,7 @@ pub async fn generate(
     out.decode_secs = t_decode.elapsed().as_secs_f64();
     out.stop = stream.stop_reason().unwrap_or(StopReason::Length);
     out.speculation = stream.speculation();
+    out.draft_length = stream.draft_length();
     out.round_trips = trips0.zip(sess.remote_traffic()).map(|(a, b)| b.0 - a);
     Ok(out)
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::ops::Sampling;
+use crate::speculate::DraftLength;
 
 /// Sampling and stopping settings. From JavaScript the fields are camelCase
 /// (`maxNewTokens`, `topK`, ...) and every one is optional.
@@ -27,6 +28,12 @@ pub struct GenerateOptions {
     pub escalate: Option<Escalate>,
     /// Attached tokens come from speculative rounds: the shadow drafts, the base verifies.
     pub speculate: Option<Speculate>,
+    /// What an earlier `auto` generation over the same link measured
+    /// ([`super::Generation::draft_length`]): this one starts from those costs instead of
+    /// from nothing. Callers that keep a session pass it on; JavaScript cannot set it (the npm
+    /// model carries it between its generations).
+    #[serde(skip)]
+    pub draft_costs: Option<DraftLength>,
 }
 
 /// Escalation: the generation starts detached (the shadow alone, the base deferred) and
@@ -102,6 +109,7 @@ impl Default for GenerateOptions {
             eos_ids: Vec::new(),
             escalate: None,
             speculate: None,
+            draft_costs: None,
         }
     }
 }

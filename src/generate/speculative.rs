@@ -41,14 +41,22 @@ pub(super) struct Speculative {
 }
 
 impl Speculative {
-    pub fn new(s: Speculate) -> Self {
+    /// Speculation with draft lengths `s`; `auto` starts from the costs an earlier
+    /// generation measured, when given.
+    pub fn new(s: Speculate, costs: Option<&DraftLength>) -> Self {
         Speculative {
-            length: match s {
-                Speculate::Draft(k) => DraftLength::fixed(k),
-                Speculate::Auto => DraftLength::auto(),
+            length: match (s, costs) {
+                (Speculate::Draft(k), _) => DraftLength::fixed(k),
+                (Speculate::Auto, Some(c)) if c.is_auto() => c.carried(),
+                (Speculate::Auto, _) => DraftLength::auto(),
             },
             stats: SpeculationStats::default(),
         }
+    }
+
+    /// The draft length's measurements, for a later generation.
+    pub fn draft_length(&self) -> &DraftLength {
+        &self.length
     }
 
     /// One round, or one plain step.

@@ -8,6 +8,7 @@ use super::{plain, GenerateOptions, StopReason};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{Mode, Session, ShadowModel};
+use crate::speculate::DraftLength;
 
 /// How the next tokens are produced.
 enum Strategy {
@@ -23,7 +24,7 @@ impl Strategy {
     /// The strategy for attached tokens.
     fn attached(opts: &GenerateOptions) -> Self {
         match opts.speculate {
-            Some(s) => Strategy::Speculative(Speculative::new(s)),
+            Some(s) => Strategy::Speculative(Speculative::new(s, opts.draft_costs.as_ref())),
             None => Strategy::Plain,
         }
     }
@@ -106,6 +107,17 @@ impl TokenStream {
     pub fn speculation(&self) -> Option<SpeculationStats> {
         match &self.strategy {
             Strategy::Speculative(s) => Some(s.stats),
+            _ => None,
+        }
+    }
+
+    /// What `auto` measured so far (costs of drafts and verifications), for the next
+    /// generation over the same link ([`GenerateOptions::draft_costs`]).
+    pub fn draft_length(&self) -> Option<DraftLength> {
+        match &self.strategy {
+            Strategy::Speculative(s) if s.draft_length().is_auto() => {
+                Some(s.draft_length().carried())
+            }
             _ => None,
         }
     }

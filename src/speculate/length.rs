@@ -82,6 +82,22 @@ impl DraftLength {
         }
     }
 
+    /// What a later generation over the same link starts from: the measured costs, with the
+    /// acceptance back at its prior (the next prompt may draft well or not at all).
+    pub fn carried(&self) -> Self {
+        DraftLength {
+            accepted: 0.0,
+            rejected: 0.0,
+            plain_run: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is `auto` (the fixed lengths learn nothing).
+    pub fn is_auto(&self) -> bool {
+        self.fixed.is_none()
+    }
+
     /// The floor on the chance that the next draft stands, below which a round stops
     /// drafting (only `auto` stops drafts early).
     pub fn p_min(&self) -> Option<f32> {
@@ -216,6 +232,16 @@ mod tests {
                 rtt + row * (k + 1) as f64,
             );
         }
+    }
+
+    #[test]
+    fn carried_costs_start_the_next_generation_long() {
+        let mut d = DraftLength::auto();
+        feed(&mut d, 12, 0.05, 0.004, 0.001, 0.0);
+        let mut next = d.carried();
+        // Costs kept, acceptance back at the prior: longer than the blind first draft.
+        assert!(next.choose() > AUTO_START, "{}", next.choose());
+        assert_eq!(next.acceptance(), DraftLength::auto().acceptance());
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
         );
     }
     let truncation: Truncation = a.truncate.parse()?;
-    let opts = a.sampling.options(Some(&tok), true)?;
+    let mut opts = a.sampling.options(Some(&tok), true)?;
     let mut sess = model.new_session(gpu);
     sess.set_fallback_detached(a.model.fallback == "detached");
     let mut messages = Vec::new();
@@ -174,7 +174,11 @@ pub async fn run_chat(a: ChatArgs) -> Result<()> {
         })
         .await;
         let g = match g {
-            Ok(g) => g,
+            Ok(g) => {
+                // The next turn's speculation starts from the costs measured on this link.
+                opts.draft_costs = g.draft_length.clone();
+                g
+            }
             Err(e) => {
                 messages.pop();
                 report_error(a.json, &e);

@@ -69,7 +69,7 @@ pub async fn run_generate(a: GenerateArgs) -> Result<()> {
         Some(_) => TextTokenizer::load(&src).await.ok(),
         None => Some(TextTokenizer::load(&src).await?),
     };
-    let opts = a.sampling.options(tokenizer.as_ref(), a.chat)?;
+    let mut opts = a.sampling.options(tokenizer.as_ref(), a.chat)?;
     let prompts: Vec<Vec<u32>> = match (tokens, &tokenizer) {
         (Some(t), _) => vec![t],
         (None, Some(tok)) => texts
@@ -95,6 +95,8 @@ pub async fn run_generate(a: GenerateArgs) -> Result<()> {
             Ok(!printer.stopped)
         })
         .await?;
+        // The next prompt's speculation starts from the costs measured on this link.
+        opts.draft_costs = g.draft_length.clone();
         let fallback_error = sess.fallback_error().map(str::to_string);
         let traffic = sess
             .remote_traffic()

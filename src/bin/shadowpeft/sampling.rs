@@ -67,6 +67,7 @@ impl SamplingArgs {
             eos_ids,
             escalate: None,
             speculate: self.speculate,
+            draft_costs: None,
         };
         if self.escalate_marker.is_some() || self.escalate_below.is_some() {
             let marker_ids = match (&self.escalate_marker, tokenizer) {
