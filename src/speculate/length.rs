@@ -8,6 +8,12 @@
 //! [`PROBE_EVERY`] plain steps in a row it drafts one short round again, so a prompt where
 //! the shadow starts agreeing is noticed.
 //!
+//! Drafts that may fail are a risk `auto` bounds: a round drafts no more than what failing
+//! drafts may cost within [`RISK`] of the plain time of the answer so far (counted as at least
+//! [`MIN_ANSWER`] tokens), plus what earlier rounds of the answer saved. So an answer the shadow cannot draft is at
+//! most about that much slower than plain, on a fast link too, while drafts that stand bank
+//! savings that buy longer drafts.
+//!
 //! Drafts also stop early when the chance that the next draft stands (the product of the
 //! shadow's top probabilities over the round's drafts) falls below a floor, as llama.cpp's
 //! draft p-min does. The floor is the cost of a draft row against the time a plain token
@@ -28,6 +34,10 @@ pub const P_MIN_START: f32 = 0.3;
 pub const PROBE_EVERY: usize = 16;
 /// The probe's draft length.
 pub const PROBE_DRAFT: usize = 2;
+/// The share of an answer's plain time that failing drafts may cost it.
+pub const RISK: f64 = 0.08;
+/// The fewest tokens an answer is counted as when sizing that risk.
+pub const MIN_ANSWER: f64 = 8.0;
 /// How much each new measurement weighs against the earlier ones.
 const DECAY: f64 = 0.8;
 /// The same for the acceptance counts, which vary more from round to round.
@@ -54,6 +64,10 @@ pub struct DraftLength {
     accepted: f64,
     rejected: f64,
     plain_run: usize,
+    /// Tokens decided in this generation, and the seconds its rounds saved against plain
+    /// steps (negative when drafts failed).
+    decided: f64,
+    saved: f64,
 }
 
 impl DraftLength {
@@ -79,6 +93,8 @@ impl DraftLength {
             accepted: 0.0,
             rejected: 0.0,
             plain_run: 0,
+            decided: 0.0,
+            saved: 0.0,
         }
     }
 
@@ -89,6 +105,8 @@ impl DraftLength {
             accepted: 0.0,
             rejected: 0.0,
             plain_run: 0,
+            decided: 0.0,
+            saved: 0.0,
             ..self.clone()
         }
     }
@@ -143,14 +161,17 @@ impl DraftLength {
                 (best, best_rate) = (k, tokens / secs);
             }
         }
-        if best > 0 {
+        // What failing drafts may cost this answer (see the module's notes).
+        let budget = RISK * t_plain * (self.decided + 1.0).max(MIN_ANSWER) + self.saved;
+        let cap = (budget / (t_draft + b)).floor().max(0.0) as usize;
+        if best > 0 && cap > 0 {
             self.plain_run = 0;
-            return best;
+            return best.min(cap);
         }
         self.plain_run += 1;
-        if self.plain_run > PROBE_EVERY {
+        if self.plain_run > PROBE_EVERY && cap > 0 {
             self.plain_run = 0;
-            return PROBE_DRAFT;
+            return PROBE_DRAFT.min(cap);
         }
         0
     }
@@ -180,15 +201,28 @@ impl DraftLength {
         self.record_acceptance(drafted, accepted);
     }
 
+    /// Counts a round's tokens, and what it saved against plain steps: the steps its drafts
+    /// spared, less what drafting and verifying them cost.
+    fn count_round(&mut self, drafted: usize, accepted: usize) {
+        self.decided += (accepted + 1) as f64;
+        if let Some(t_draft) = self.t_draft {
+            let (a, b) = self.verify_fit(t_draft);
+            let t_plain = self.t_plain.unwrap_or(t_draft + a);
+            self.saved += accepted as f64 * t_plain - drafted as f64 * (t_draft + b);
+        }
+    }
+
     /// Records how many of `drafted` drafts stood, without costs (the prompt's round, whose
     /// verification also runs the prompt).
     pub fn record_acceptance(&mut self, drafted: usize, accepted: usize) {
+        self.count_round(drafted, accepted);
         self.accepted = self.accepted * ACCEPT_DECAY + accepted as f64;
         self.rejected = self.rejected * ACCEPT_DECAY + (accepted < drafted) as u8 as f64;
     }
 
     /// Records a plain attached step of `secs`.
     pub fn record_plain(&mut self, secs: f64) {
+        self.decided += 1.0;
         self.t_plain = Some(ema(self.t_plain, secs));
     }
 
@@ -276,14 +310,61 @@ mod tests {
         let mut d = DraftLength::auto();
         feed(&mut d, 12, 0.0, 0.004, 0.004, 0.0);
         d.record_plain(0.008);
-        let ks: Vec<usize> = (0..=PROBE_EVERY).map(|_| d.choose()).collect();
+        // A new answer (what this one lost no longer counts against it).
+        let mut d = d.carried();
+        feed(&mut d, 4, 0.0, 0.004, 0.004, 0.0);
+        let mut d = d.carried();
+        let mut ks = Vec::new();
+        for _ in 0..=PROBE_EVERY {
+            let k = d.choose();
+            ks.push(k);
+            if k == 0 {
+                d.record_plain(0.008);
+            }
+        }
         assert!(ks[..PROBE_EVERY].iter().all(|&k| k == 0), "{ks:?}");
-        assert_eq!(
-            ks[PROBE_EVERY], PROBE_DRAFT,
-            "a probe after {PROBE_EVERY} plain steps"
+        assert!(
+            ks[PROBE_EVERY] >= 1,
+            "a probe after {PROBE_EVERY} plain steps: {ks:?}"
         );
         let p = d.p_min().unwrap();
         assert!(p > 0.7, "a fast link drafts only sure tokens: p-min {p}");
+    }
+
+    #[test]
+    fn failing_drafts_may_cost_an_answer_little() {
+        // Costs of a fast link carried from an earlier answer: a draft costs half a plain
+        // step, so a new answer starts plain, however well drafts went before.
+        let mut d = DraftLength::auto();
+        feed(&mut d, 12, 0.0, 0.003, 0.003, 1.0);
+        d.record_plain(0.008);
+        let mut next = d.carried();
+        assert_eq!(
+            next.choose(),
+            0,
+            "the first round of an answer on a fast link"
+        );
+        // Plain tokens widen the budget; drafts that stand bank what they save.
+        for _ in 0..12 {
+            next.record_plain(0.008);
+        }
+        let k = next.choose();
+        assert!(k >= 1, "{k}");
+        let budget = |d: &DraftLength| RISK * 0.008 * (d.decided + 1.0).max(MIN_ANSWER) + d.saved;
+        let before = budget(&next);
+        next.record_round(k, k, k + 1, 0.003 * (k + 1) as f64, 0.003 * (k + 1) as f64);
+        assert!(
+            budget(&next) > before + 0.001,
+            "drafts that stood bank savings"
+        );
+        // A slow link: drafts are cheap against a plain step, the first round drafts long.
+        let mut d = DraftLength::auto();
+        feed(&mut d, 12, 0.05, 0.004, 0.001, 1.0);
+        assert!(
+            d.carried().choose() >= AUTO_START,
+            "{}",
+            d.carried().choose()
+        );
     }
 
     #[test]
