@@ -10,9 +10,7 @@ use common::*;
 use shadowpeft::generate::Escalate;
 use shadowpeft::remote::client::Protocol;
 use shadowpeft::remote::server::ServerConfig;
-use shadowpeft::{
-    generate, GenerateOptions, Generation, Mode, Readout, Session, ShadowModel, WeightFormat,
-};
+use shadowpeft::{GenerateOptions, Generation, Mode, Readout, Session, ShadowModel, WeightFormat};
 
 fn opts(n: usize) -> GenerateOptions {
     GenerateOptions {
@@ -20,28 +18,6 @@ fn opts(n: usize) -> GenerateOptions {
         ignore_eos: true,
         ..Default::default()
     }
-}
-
-fn run(
-    rt: &tokio::runtime::Runtime,
-    m: &ShadowModel,
-    s: &mut Session,
-    ids: &[u32],
-    o: &GenerateOptions,
-) -> Generation {
-    rt.block_on(generate(gpu().unwrap(), m, s, ids, o, |_| Ok(true)))
-        .unwrap()
-}
-
-/// The plain path: a fresh session on `ids`.
-fn fresh(
-    rt: &tokio::runtime::Runtime,
-    m: &ShadowModel,
-    ids: &[u32],
-    o: &GenerateOptions,
-) -> Generation {
-    let mut s = m.new_session(gpu().unwrap());
-    run(rt, m, &mut s, ids, o)
 }
 
 /// What a turn after `held` (the ids the session holds) can reuse of `prompt`.

@@ -11,8 +11,8 @@ use common::*;
 use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
-    generate, DirSource, GenerateOptions, Generation, LoadOptions, Mode, Session, ShadowModel,
-    Speculate, TokenStream, WeightFormat,
+    generate, DirSource, GenerateOptions, LoadOptions, Mode, ShadowModel, Speculate, TokenStream,
+    WeightFormat,
 };
 
 const N: usize = 12;
@@ -24,26 +24,6 @@ fn opts(speculate: Option<Speculate>) -> GenerateOptions {
         speculate,
         ..Default::default()
     }
-}
-
-fn run(
-    rt: &tokio::runtime::Runtime,
-    m: &ShadowModel,
-    s: &mut Session,
-    ids: &[u32],
-    o: &GenerateOptions,
-) -> Generation {
-    rt.block_on(generate(gpu().unwrap(), m, s, ids, o, |_| Ok(true)))
-        .unwrap()
-}
-
-fn fresh(
-    rt: &tokio::runtime::Runtime,
-    m: &ShadowModel,
-    ids: &[u32],
-    o: &GenerateOptions,
-) -> Generation {
-    run(rt, m, &mut m.new_session(gpu().unwrap()), ids, o)
 }
 
 const LENGTHS: [Speculate; 5] = [

@@ -62,6 +62,31 @@ pub fn start_server_for(base_dir: PathBuf, cfg: ServerConfig) -> String {
     format!("http://{addr}")
 }
 
+/// Generates after `ids` on session `s` (the whole sequence; the session reuses what it holds).
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    m: &ShadowModel,
+    s: &mut shadowpeft::Session,
+    ids: &[u32],
+    o: &shadowpeft::GenerateOptions,
+) -> shadowpeft::Generation {
+    rt.block_on(shadowpeft::generate(gpu().unwrap(), m, s, ids, o, |_| {
+        Ok(true)
+    }))
+    .unwrap()
+}
+
+/// [`run`] on a fresh session.
+pub fn fresh(
+    rt: &tokio::runtime::Runtime,
+    m: &ShadowModel,
+    ids: &[u32],
+    o: &shadowpeft::GenerateOptions,
+) -> shadowpeft::Generation {
+    let mut s = m.new_session(gpu().unwrap());
+    run(rt, m, &mut s, ids, o)
+}
+
 /// A current-thread runtime for the async API (the remote client needs tokio).
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
