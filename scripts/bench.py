@@ -29,8 +29,17 @@ process tree (driver, Chromium's browser, GPU and renderer processes), sampled. 
 with the official reference measured in the same run; ``browser ours detached`` compares with
 ``browser transformers.js``. Each browser run is a fresh browser that loads the model once.
 
+Every row also records its 200 greedy tokens; ``same tokens`` counts how many leading tokens
+equal the reference row's (``official shadow_only`` for the detached rows, ``official
+attached`` for the attached ones). With ``--torch-device cuda`` the Python rows run on the GPU
+(synchronised around every timing), a ``transformers bf16`` row is added, and the table gains
+the weight stream each decode rate implies: bytes of weights one token reads (decoder
+projections and the LM head, in the row's storage format; norms and the small adapter networks
+left out) times tok/s, against the device's copy bandwidth measured with torch in the same run
+(bytes read and written by a 4 GiB device-to-device copy per second).
+
     scripts/bench [--sizes tiny,medium,0.6b] [--weights f32,q8,q4] [--runs 2] [--out target/bench]
-                  [--only "browser ours detached,browser transformers.js"]
+                  [--only "browser ours detached,browser transformers.js"] [--torch-device cuda]
 
 This is a measurement, not a test: nothing here asserts.
 """
@@ -75,6 +84,29 @@ SIZES: dict[str, dict[str, Any]] = {
                        alpha=0.1),
     },
 }
+
+
+# Bytes per stored weight of each format (ours: src/gpu/quant.rs, blocks of 32 with an f32
+# scale; torch: its dtype).
+BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8": 36 / 32, "q4": 20 / 32, "bf16": 2.0}
+
+
+def decoder_weights(cfg: dict[str, Any]) -> int:
+    """Weights of one decoder layer's projections (q, k, v, o, gate, up, down)."""
+    h, hd = cfg["hidden_size"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    return h * q + 2 * h * kv + q * h + 3 * h * cfg["intermediate_size"]
+
+
+def weights_per_token(d: Path, mode: str) -> int:
+    """Weights one decode step reads: the shadow's layers, plus the base's when attached, and
+    the LM head (the embedding lookup reads one row)."""
+    base = json.loads((d / "base" / "config.json").read_text())
+    shadow = json.loads((d / "export" / "config.json").read_text())
+    n = shadow["num_hidden_layers"] * decoder_weights(shadow)
+    if mode == "attached":
+        n += base["num_hidden_layers"] * decoder_weights(base)
+    return n + base["vocab_size"] * base["hidden_size"]
 
 
 def log(*a: Any) -> None:
@@ -304,6 +336,8 @@ def timed(run: Callable[[int], tuple[dict[str, Any], int]], runs: int) -> dict[s
             v, mem = run(n)
             assert len(v["tokens"]) == n, v
             times[n].append(v["generate_s"])
+            if n == LONG:
+                best["tokens"] = v["tokens"]
             best["peak_rss"] = max(best["peak_rss"], mem)
             best["ttft"] = min(best["ttft"], v["time_to_first_token_s"])
             best["prefill"] = max(best["prefill"], v["prefill_tok_s"])
@@ -314,10 +348,12 @@ def timed(run: Callable[[int], tuple[dict[str, Any], int]], runs: int) -> dict[s
 def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int,
          weights: str = "f32") -> dict[str, Any]:
     env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
-    return timed(lambda n: run_measured(
+    r = timed(lambda n: run_measured(
         [str(binary), "generate", "--base", str(d / "base"), "--adapter", str(d / "adapter"),
          "--mode", mode, "--tokens", ",".join(map(str, ids)), "--max-new-tokens", str(n),
          "--ignore-eos", "--json", "--max-seq", "512", "--weights", weights], env), runs)
+    r["weight_bytes"] = weights_per_token(d, mode) * BYTES_PER_WEIGHT[weights]
+    return r
 
 
 def browser(script: str, model: Path, ids: list[int], runs: int) -> dict[str, Any]:
@@ -337,49 +373,84 @@ def summarize(best: dict[str, Any], times: dict[int, list[float]]) -> dict[str, 
     return best
 
 
-def python_ref(kind: str, d: Path, ids: list[int], runs: int) -> dict[str, Any]:
+def python_ref(kind: str, d: Path, ids: list[int], runs: int, device: str) -> dict[str, Any]:
     """Runs this script as a worker in a child process (its own peak memory)."""
     v, rss = run_measured([sys.executable, __file__, "--worker", kind, "--dir", str(d),
-                           "--ids", ",".join(map(str, ids)), "--runs", str(runs)])
+                           "--ids", ",".join(map(str, ids)), "--runs", str(runs),
+                           "--torch-device", device])
     v["peak_rss"] = rss
+    if kind != "copy":
+        mode = "attached" if kind == "official-attached" else "detached"
+        v["weight_bytes"] = weights_per_token(d, mode) * BYTES_PER_WEIGHT[
+            "bf16" if kind.endswith("bf16") else "f32"]
     return v
 
 
-def worker(kind: str, d: Path, ids: list[int], runs: int) -> None:
+def worker(kind: str, d: Path, ids: list[int], runs: int, device: str) -> None:
     """Child process: loads the reference `kind` and prints its timings as JSON."""
     import torch
 
     torch.set_grad_enabled(False)
-    if kind == "transformers":
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if kind == "copy":
+        # Device memory bandwidth: bytes read and written by a 4 GiB copy, best of 10.
+        a = torch.empty(2**30, dtype=torch.float32, device=dev)
+        b = torch.empty_like(a)
+        best = float("inf")
+        for _ in range(12):
+            sync()
+            t0 = time.perf_counter()
+            b.copy_(a)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        print(json.dumps({"bandwidth": 2 * a.numel() * 4 / best,
+                          "device": torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"}))
+        return
+    dtype = torch.bfloat16 if kind.endswith("bf16") else torch.float32
+    if kind.startswith("transformers"):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(d / "export"), dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(d / "export"), dtype=dtype).eval()
     else:
         from shadow_peft.task_models import ShadowForCausalLM
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(d / "base"), dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(str(d / "base"), dtype=dtype)
         model = ShadowForCausalLM.from_pretrained(base, str(d / "adapter")).eval()
         model.set_inference_mode("shadow_only" if kind == "official-shadow" else "base_shadow")
-    x = torch.tensor([ids])
+    model = model.to(dev)
+    x = torch.tensor([ids], device=dev)
+    tokens: list[int] = []
 
     def gen(n: int) -> float:
+        sync()
         t0 = time.perf_counter()
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
                              min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+        sync()
         dt = time.perf_counter() - t0
         assert out.shape[1] == len(ids) + n, out.shape
+        tokens[:] = out[0, len(ids):].tolist()
         return dt
 
     gen(2)  # warm-up
     times = {SHORT: [gen(SHORT) for _ in range(runs)], LONG: [gen(LONG) for _ in range(runs)]}
+    long_tokens = list(tokens)
     ttft = min(gen(1) for _ in range(runs))
+    sync()
     t0 = time.perf_counter()
     for _ in range(runs):
         model(input_ids=x, use_cache=True)
+    sync()
     prefill = PROMPT_LEN / ((time.perf_counter() - t0) / runs)
-    best = {"ttft": ttft, "prefill": prefill, "device": f"CPU torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads"}
+    where = (f"CUDA torch {torch.__version__}, {torch.cuda.get_device_name()}" if dev.type == "cuda"
+             else f"CPU torch {torch.__version__}, {torch.get_num_threads()} threads")
+    best = {"ttft": ttft, "prefill": prefill, "device": where, "tokens": long_tokens}
     print(json.dumps(summarize(best, times)))
 
 
@@ -390,35 +461,63 @@ def fmt_mem(b: int) -> str:
     return f"{b / 2**20:.0f} MiB"
 
 
-def report(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
-    lines = [f"Machine: {machine}", "",
-             "| size | engine | decode tok/s | vs reference | prefill tok/s | first token | peak RSS |",
-             "|---|---|---|---|---|---|---|"]
+def same_tokens(r: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """How many leading greedy tokens of row `r` equal the reference row's."""
+    if not ref or "tokens" not in r or "tokens" not in ref:
+        return ""
+    n = 0
+    for x, y in zip(r["tokens"], ref["tokens"]):
+        if x != y:
+            break
+        n += 1
+    return f"{n}/{len(ref['tokens'])}"
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], machine: str,
+           bandwidth: float | None = None) -> str:
+    head = "| size | engine | decode tok/s | vs reference | same tokens | prefill tok/s | first token | peak RSS |"
+    if bandwidth:
+        head += " weights GB/s | of copy bandwidth |"
+    lines = [f"Machine: {machine}", "", head, "|---" * (head.count("|") - 1) + "|"]
+
     def ref_of(name: str) -> str:
         if name.startswith("ours attached"):
             return "official attached"
         if name == "browser ours detached":
             return "browser transformers.js"
-        if name.startswith("ours detached") or name in ("transformers", "browser transformers.js"):
+        if name.startswith(("ours detached", "transformers")) or name == "browser transformers.js":
             return "official shadow_only"
         return ""
+
+    def tokens_ref(name: str) -> str:
+        return "official attached" if "attached" in name else "official shadow_only"
 
     for size, rows in results.items():
         for name, r in rows.items():
             if "error" in r:
-                lines.append(f"| {size} | {name} | failed: {r['error'][:80]} | | | | |")
+                lines.append(f"| {size} | {name} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 4))
                 continue
             ref = rows.get(ref_of(name))
             ratio = (f"{r['decode'] / ref['decode']:.2f}x {ref_of(name)}"
                      if ref and "decode" in ref else "(reference)")
-            lines.append(f"| {size} | {name} | {r['decode']:.1f} | {ratio} | {r['prefill']:.0f} | "
-                         f"{r['ttft'] * 1000:.0f} ms | {fmt_mem(r['peak_rss'])} |")
+            same = "" if tokens_ref(name) == name else same_tokens(r, rows.get(tokens_ref(name)))
+            line = (f"| {size} | {name} | {r['decode']:.1f} | {ratio} | {same} | {r['prefill']:.0f} | "
+                    f"{r['ttft'] * 1000:.0f} ms | {fmt_mem(r['peak_rss'])} |")
+            if bandwidth:
+                gbs = r.get("weight_bytes", 0) * r["decode"]
+                line += (f" {gbs / 1e9:.0f} | {gbs / bandwidth:.0%} |" if gbs else " | |")
+            lines.append(line)
     lines += ["", "Devices: " + "; ".join(sorted({f"{n}: {r.get('device', '?')}" for rows in
                                                    results.values() for n, r in rows.items()})),
               "", f"Decode rate = {LONG - SHORT} / (t({LONG} new) - t({SHORT} new)), best of "
               "the runs; prompt of 32 tokens; greedy, EOS ignored. Peak memory of the browser "
               "rows: summed PSS of the whole process tree (driver, Chromium's processes), "
               "sampled every 0.5 s."]
+    if bandwidth:
+        lines += ["", f"Copy bandwidth of the device (torch, 4 GiB device-to-device copy, bytes "
+                  f"read + written): {bandwidth / 1e9:.0f} GB/s. Weights GB/s = bytes of weights "
+                  "a decode step reads (decoder projections and LM head in the row's format) x "
+                  "decode tok/s."]
     return "\n".join(lines) + "\n"
 
 
@@ -435,6 +534,9 @@ def main() -> None:
                     "ours detached (and with a format: ours detached q8, ...), official attached, "
                     "official shadow_only, transformers, browser ours detached, "
                     "browser transformers.js")
+    ap.add_argument("--torch-device", default="cpu",
+                    help="where the Python rows run: cpu, or cuda (adds transformers bf16 and "
+                    "the bandwidth columns)")
     ap.add_argument("--make", help=argparse.SUPPRESS)
     ap.add_argument("--make-onnx", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -448,10 +550,21 @@ def main() -> None:
         build_onnx(a.make_onnx)
         return
     if a.worker:
-        worker(a.worker, Path(a.dir), [int(i) for i in a.ids.split(",")], a.runs)
+        worker(a.worker, Path(a.dir), [int(i) for i in a.ids.split(",")], a.runs, a.torch_device)
         return
     only = {o.strip() for o in a.only.split(",") if o.strip()}
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    dev = a.torch_device
+    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bandwidth = None
+    if dev != "cpu":
+        copy, _ = run_measured([sys.executable, __file__, "--worker", "copy", "--dir", ".",
+                                "--ids", "0", "--torch-device", dev])
+        bandwidth = copy["bandwidth"]
+        machine += f", {copy['device']}"
+        log(f"bench: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     for size in a.sizes.split(","):
         d = make_models(size)
         vocab = json.loads((d / "base" / "config.json").read_text())["vocab_size"]
@@ -463,9 +576,11 @@ def main() -> None:
                 name = f"ours {mode}" + ("" if w == "f32" else f" {w}")
                 plan.append((name, lambda m=mode, w=w: ours(Path(a.binary), d, m, ids, a.runs, w)))
         plan += [
-            ("official attached", lambda: python_ref("official-attached", d, ids, a.runs)),
-            ("official shadow_only", lambda: python_ref("official-shadow", d, ids, a.runs)),
-            ("transformers", lambda: python_ref("transformers", d, ids, a.runs)),
+            ("official attached", lambda: python_ref("official-attached", d, ids, a.runs, dev)),
+            ("official shadow_only", lambda: python_ref("official-shadow", d, ids, a.runs, dev)),
+            ("transformers", lambda: python_ref("transformers", d, ids, a.runs, dev)),
+            *([("transformers bf16", lambda: python_ref("transformers-bf16", d, ids, a.runs, dev))]
+              if dev != "cpu" else []),
             ("browser ours detached",
              lambda: browser("browser-generate", d / "export", ids, a.runs)),
             ("browser transformers.js",
@@ -483,12 +598,12 @@ def main() -> None:
                 rows[name] = fn()
             except Exception as e:  # report and go on with the others
                 rows[name] = {"error": str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)}
-            log(f"bench: {size} / {name}: {json.dumps(rows[name])} ({time.perf_counter() - t0:.0f} s)")
+            brief = {k: v for k, v in rows[name].items() if k != "tokens"}
+            log(f"bench: {size} / {name}: {json.dumps(brief)} ({time.perf_counter() - t0:.0f} s)")
+            results[size] = rows
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         results[size] = rows
-    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
-    table = report(results, machine)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    table = report(results, machine, bandwidth)
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table)
