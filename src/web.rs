@@ -531,7 +531,7 @@ impl Model {
     }
 
     /// How speculation went in the current generation: `{ rounds, drafted, accepted,
-    /// plainSteps, acceptanceRate }`, or undefined without speculation.
+    /// plainSteps, pipelined, acceptanceRate }`, or undefined without speculation.
     pub fn speculation(&self) -> Result<JsValue, JsValue> {
         #[derive(serde::Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -540,6 +540,7 @@ impl Model {
             drafted: usize,
             accepted: usize,
             plain_steps: usize,
+            pipelined: usize,
             acceptance_rate: f64,
         }
         self.with(|i| {
@@ -551,6 +552,7 @@ impl Model {
                 drafted: s.drafted,
                 accepted: s.accepted,
                 plain_steps: s.plain_steps,
+                pipelined: s.pipelined,
                 acceptance_rate: s.acceptance_rate(),
             })
             .map_err(js_err)

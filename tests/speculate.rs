@@ -395,3 +395,171 @@ fn demo_drafts_stand_and_save_round_trips() {
     }
     assert!(stood > 0, "no draft stood on the demo prompts");
 }
+
+/// Through a backbone server a round drafts ahead while its verification is in flight, and
+/// the next round starts from that work when the verification picked the shadow's token. On
+/// the demo's commands, whose drafts stand, that happens; and everything that ends or
+/// continues a generation inside such work gives plain decoding's tokens and session: a stop
+/// after any token, the length limit, an EOS, the next turn of a conversation, and sampling
+/// with a seed (whose draws must not depend on when an answer lands).
+#[test]
+fn pipelined_rounds_stop_and_continue_as_plain_decoding() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let d = root().join("models/demo");
+    let src = |s: &str| DirSource::open(d.join(s)).unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap();
+    // Every run opens a server session of its own.
+    let url = start_server_for(
+        d.join("base"),
+        ServerConfig {
+            max_sessions: 1024,
+            ..ServerConfig::default()
+        },
+    );
+    let commands: Vec<(Vec<u32>, Vec<u32>)> = g["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let ids: Vec<u32> = serde_json::from_value(p["input_ids"].clone()).unwrap();
+            let want: Vec<u32> = serde_json::from_value(p["attached"]["tokens"].clone()).unwrap();
+            let det: Vec<u32> = serde_json::from_value(p["detached"]["tokens"].clone()).unwrap();
+            (ids, want, det)
+        })
+        .filter(|(_, want, det)| want == det && want.len() >= 8)
+        .map(|(ids, want, _)| (ids, want))
+        .collect();
+    assert!(!commands.is_empty(), "no command among the demo prompts");
+    let n = g["max_new_tokens"].as_u64().unwrap() as usize;
+    for protocol in [Protocol::Fused, Protocol::Stepped] {
+        let m = rt
+            .block_on(ShadowModel::load_remote(
+                gpu,
+                &src("export"),
+                &src("adapter"),
+                &Connect {
+                    protocol,
+                    ..Connect::new(&url)
+                },
+                &LoadOptions::default(),
+            ))
+            .unwrap();
+        let o = |k| GenerateOptions {
+            max_new_tokens: n,
+            speculate: Some(k),
+            ..Default::default()
+        };
+        let mut pipelined = 0;
+        for (ids, want) in &commands {
+            let what = format!("{protocol:?}: {ids:?}");
+            for k in [Speculate::Draft(2), Speculate::Draft(4), Speculate::Auto] {
+                let mut s = m.new_session(gpu);
+                let r = run(&rt, &m, &mut s, ids, &o(k));
+                assert_eq!(&r.tokens, want, "{what} {k:?}");
+                assert_eq!(s.tokens(), [&ids[..], &want[..want.len() - 1]].concat());
+                pipelined += r.speculation.unwrap().pipelined;
+            }
+            // A stop after any token, and the length limit, inside work made ahead.
+            for stop_after in 1..want.len() {
+                let mut s = m.new_session(gpu);
+                let mut seen = 0;
+                let r = rt
+                    .block_on(generate(
+                        gpu,
+                        &m,
+                        &mut s,
+                        ids,
+                        &o(Speculate::Draft(2)),
+                        |_| {
+                            seen += 1;
+                            Ok(seen < stop_after)
+                        },
+                    ))
+                    .unwrap();
+                assert_eq!(
+                    r.tokens,
+                    want[..stop_after],
+                    "{what}: stop after {stop_after}"
+                );
+                assert_eq!(
+                    s.tokens(),
+                    [&ids[..], &want[..stop_after - 1]].concat(),
+                    "{what}: the session after a stop at {stop_after}"
+                );
+                let short = GenerateOptions {
+                    max_new_tokens: stop_after,
+                    ..o(Speculate::Draft(2))
+                };
+                let mut s = m.new_session(gpu);
+                let r = run(&rt, &m, &mut s, ids, &short);
+                assert_eq!(
+                    r.tokens,
+                    want[..stop_after],
+                    "{what}: {stop_after} tokens at most"
+                );
+                assert_eq!(s.tokens(), [&ids[..], &want[..stop_after - 1]].concat());
+            }
+            // An EOS inside the answer.
+            let eos = GenerateOptions {
+                eos_ids: vec![want[want.len() / 2]],
+                ..o(Speculate::Draft(4))
+            };
+            let plain = fresh(
+                &rt,
+                &m,
+                ids,
+                &GenerateOptions {
+                    speculate: None,
+                    ..eos.clone()
+                },
+            );
+            assert_eq!(
+                fresh(&rt, &m, ids, &eos).tokens,
+                plain.tokens,
+                "{what}: EOS"
+            );
+            // The next turn reuses the session as plain does.
+            let mut s = m.new_session(gpu);
+            let first = run(&rt, &m, &mut s, ids, &o(Speculate::Draft(4)));
+            let convo = [&ids[..], &first.tokens[..], &ids[..]].concat();
+            let r = run(&rt, &m, &mut s, &convo, &o(Speculate::Draft(4)));
+            assert!(
+                r.cached_tokens > ids.len(),
+                "{what}: the next turn reused {}",
+                r.cached_tokens
+            );
+            let plain = fresh(
+                &rt,
+                &m,
+                &convo,
+                &GenerateOptions {
+                    speculate: None,
+                    ..o(Speculate::Draft(4))
+                },
+            );
+            assert_eq!(r.tokens, plain.tokens, "{what}: the next turn");
+        }
+        assert!(
+            pipelined > 0,
+            "{protocol:?}: no round started from work made ahead"
+        );
+        // Sampling: drafts ahead are made to their full depth whenever the answer lands, so
+        // a seed gives the same tokens every time.
+        let (ids, _) = &commands[0];
+        let sampled = GenerateOptions {
+            temperature: 1.0,
+            seed: 11,
+            ..o(Speculate::Draft(3))
+        };
+        let a = fresh(&rt, &m, ids, &sampled);
+        for _ in 0..3 {
+            assert_eq!(
+                fresh(&rt, &m, ids, &sampled).tokens,
+                a.tokens,
+                "{protocol:?}: same seed"
+            );
+        }
+    }
+}

@@ -3,14 +3,15 @@
 //! chosen by [`DraftLength`]. The prompt's pass is a round too: the shadow drafts right after
 //! the prompt, and one base pass runs the prompt and verifies the drafts. A draft length of
 //! 0, the last token of the budget, and every step after a backbone failure with fallback on
-//! are plain steps.
+//! are plain steps. Against a backbone server each round drafts ahead while its
+//! verification is in flight; a round that guessed right hands that work to the next.
 
 use super::cursor::Cursor;
 use super::{plain, Speculate};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::{Mode, Session, ShadowModel};
-use crate::speculate::{round, DraftLength, RoundPlan};
+use crate::speculate::{round, Ahead, DraftLength, RoundPlan};
 
 /// How the rounds of a speculative generation went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -22,6 +23,9 @@ pub struct SpeculationStats {
     pub accepted: usize,
     /// Tokens decided by plain steps (those `auto` chose not to draft, the budget's last).
     pub plain_steps: usize,
+    /// Rounds that started from drafts made while the previous round's verification was in
+    /// flight (against a backbone server), so that their verification went out at once.
+    pub pipelined: usize,
 }
 
 impl SpeculationStats {
@@ -38,6 +42,9 @@ impl SpeculationStats {
 pub(super) struct Speculative {
     length: DraftLength,
     pub stats: SpeculationStats,
+    /// Work the last round made ahead and its verification confirmed (in the session after
+    /// the decided tokens).
+    ahead: Option<Ahead>,
 }
 
 impl Speculative {
@@ -51,6 +58,14 @@ impl Speculative {
                 (Speculate::Auto, _) => DraftLength::auto(),
             },
             stats: SpeculationStats::default(),
+            ahead: None,
+        }
+    }
+
+    /// Forgets the work made ahead: the session holds only what was decided.
+    pub fn drop_ahead(&mut self, sess: &mut Session) {
+        if let Some(a) = self.ahead.take() {
+            sess.truncate(sess.position() - a.len());
         }
     }
 
@@ -69,18 +84,21 @@ impl Speculative {
     ) -> Result<()> {
         // Drafts beyond what may still be decided (the round adds a token of its own), or
         // beyond the session's room, are never kept, so they are not made.
+        let held = self.ahead.as_ref().map_or(0, Ahead::len);
         let room = cx.left().saturating_sub(1).min(
             model
                 .max_seq()
-                .saturating_sub(sess.position() + cx.input.len()),
+                .saturating_sub(sess.position() - held + cx.input.len()),
         );
         let prompt = cx.input.len() > 1;
         if sess.fallback_error().is_some() || room == 0 {
+            self.drop_ahead(sess);
             self.stats.plain_steps += 1;
             return plain::step(cx, gpu, model, sess).await;
         }
         let k = self.length.choose().min(room);
         if k == 0 {
+            self.drop_ahead(sess);
             let t0 = web_time::Instant::now();
             plain::step(cx, gpu, model, sess).await?;
             if !prompt && cx.ready.back().is_some_and(|&(_, m)| m == Mode::Attached) {
@@ -91,6 +109,7 @@ impl Speculative {
         }
         let sampling = (!cx.opts.greedy()).then(|| cx.opts.sampling(0.0));
         let (eos, ignore_eos) = (&cx.eos, cx.opts.ignore_eos);
+        self.stats.pipelined += self.ahead.is_some() as usize;
         let plan = RoundPlan {
             feed: &cx.input,
             k,
@@ -98,6 +117,9 @@ impl Speculative {
             history: &cx.history,
             sampling,
             eos: &|t| !ignore_eos && eos.contains(&t),
+            ahead: self.ahead.take(),
+            pipeline: self.length.ahead(k),
+            left: cx.left(),
         };
         let sampler = &mut cx.sampler;
         let r = round(gpu, model, sess, plan, &mut || sampler.draw()).await?;
@@ -108,16 +130,20 @@ impl Speculative {
             self.length.record_round(
                 r.drafted,
                 r.accepted,
-                r.drafted + 1,
+                r.forwards,
                 r.draft_secs,
                 r.verify_secs,
             );
         }
+        self.ahead = r.ahead;
         self.stats.rounds += 1;
         self.stats.drafted += r.drafted;
         self.stats.accepted += r.accepted;
         for t in r.tokens {
             cx.emit(t, r.mode);
+        }
+        if cx.stop.is_some() || cx.left() == 0 {
+            self.drop_ahead(sess);
         }
         Ok(())
     }

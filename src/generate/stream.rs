@@ -126,7 +126,10 @@ impl TokenStream {
     /// decided and not handed out yet (the rest of a speculative round) are dropped, and the
     /// session forgets them at the next call to [`TokenStream::next`].
     pub fn cancel(&mut self) {
-        self.cx.stop.get_or_insert(StopReason::Callback);
+        // An EOS decided in the same round but not handed out yet is cancelled too.
+        if self.cx.stop.is_none() || !self.cx.ready.is_empty() {
+            self.cx.stop = Some(StopReason::Callback);
+        }
     }
 
     /// Produces the next token, or `None` when the stream has ended (EOS, length, cancel).
@@ -137,6 +140,12 @@ impl TokenStream {
         sess: &mut Session,
     ) -> Result<Option<u32>> {
         loop {
+            if self.cx.stop.is_some() {
+                if let Strategy::Speculative(s) = &mut self.strategy {
+                    // A stop inside work made ahead: the session keeps what was decided.
+                    s.drop_ahead(sess);
+                }
+            }
             if self.cx.stop == Some(StopReason::Callback) && !self.cx.ready.is_empty() {
                 let n = self.cx.history.len() - self.cx.ready.len();
                 self.cx.history.truncate(n);

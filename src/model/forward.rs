@@ -11,18 +11,18 @@ use super::adapter::Adapter;
 use super::{Mode, Session, ShadowModel};
 
 /// Client-side activations of the stepped protocol.
-pub(super) struct StepBuffers {
+pub(crate) struct StepBuffers {
     rows: usize,
     x: Tensor,
     s: Tensor,
 }
 
 /// Runs the injection and update between the server's layers (stepped protocol).
-struct Stepper<'a> {
-    gpu: &'a Gpu,
-    adapter: &'a Adapter,
-    hidden: usize,
-    buf: &'a mut Option<StepBuffers>,
+pub(super) struct Stepper<'a> {
+    pub gpu: &'a Gpu,
+    pub adapter: &'a Adapter,
+    pub hidden: usize,
+    pub buf: &'a mut Option<StepBuffers>,
 }
 
 impl Stepper<'_> {
@@ -68,7 +68,7 @@ impl LocalAdapter for Stepper<'_> {
 
 /// Where a forward's final normed base rows are.
 #[derive(Clone, Copy)]
-enum Main {
+pub(super) enum Main {
     /// In the local base state, from this element offset.
     Local(usize),
     /// In the session's copy of the server's answer.
@@ -99,7 +99,7 @@ pub enum Readout {
 
 impl Readout {
     /// Rows of logits this readout needs out of `m` new positions.
-    fn rows(self, m: usize) -> usize {
+    pub(super) fn rows(self, m: usize) -> usize {
         match self {
             Readout::AllLogits => m,
             Readout::LogitRows(n) | Readout::ArgmaxRows(n) => n.clamp(1, m),
@@ -355,7 +355,7 @@ impl ShadowModel {
 
     /// Step 3: heads and readout.
     #[allow(clippy::too_many_arguments)]
-    async fn heads(
+    pub(super) async fn heads(
         &self,
         gpu: &Gpu,
         sess: &mut Session,

@@ -16,6 +16,7 @@ pub mod base;
 pub mod config;
 pub mod decoder;
 mod forward;
+mod inflight;
 mod load;
 mod session;
 pub mod source;
@@ -32,6 +33,7 @@ use base::BaseModel;
 use decoder::Decoder;
 
 pub use forward::{ForwardOutput, Readout};
+pub use inflight::InFlight;
 pub use load::detect_format;
 pub use session::Session;
 

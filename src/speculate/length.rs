@@ -176,8 +176,19 @@ impl DraftLength {
         0
     }
 
+    /// How many tokens to draft ahead while the verification of a round of `k` drafts is
+    /// in flight (the next round's token and its drafts): a fixed length's next round, or
+    /// room for `auto`'s to grow by one.
+    pub fn ahead(&self, k: usize) -> usize {
+        match self.fixed {
+            Some(f) => f + 1,
+            None => (k + 1).min(AUTO_MAX) + 1,
+        }
+    }
+
     /// Records a round: `drafted` drafts of which `accepted` stood, `forwards` shadow
-    /// forwards taking `draft_secs`, and a verification taking `verify_secs`.
+    /// forwards taking `draft_secs` (none when its drafts were made ahead), and a
+    /// verification taking `verify_secs`.
     pub fn record_round(
         &mut self,
         drafted: usize,
@@ -186,8 +197,9 @@ impl DraftLength {
         draft_secs: f64,
         verify_secs: f64,
     ) {
-        let per = draft_secs / forwards.max(1) as f64;
-        self.t_draft = Some(ema(self.t_draft, per));
+        if forwards > 0 {
+            self.t_draft = Some(ema(self.t_draft, draft_secs / forwards as f64));
+        }
         let (x, y) = (drafted as f64, verify_secs);
         for (s, v) in [
             (&mut self.s0, 1.0),

@@ -15,4 +15,4 @@ pub mod round;
 
 pub use accept::{accept_greedy, accept_sampled, Verdict};
 pub use length::DraftLength;
-pub use round::{round, Round, RoundPlan};
+pub use round::{round, Ahead, Round, RoundPlan};

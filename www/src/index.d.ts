@@ -104,6 +104,8 @@ export interface SpeculationReport {
   acceptanceRate: number;
   /** Tokens from plain steps (the prompt's, and those 'auto' chose not to draft). */
   plainSteps: number;
+  /** Rounds whose drafts were made while the previous verification was in flight. */
+  pipelined: number;
   /** Tokens per base pass (verifications and plain steps). */
   tokensPerPass: number;
   /** Tokens per round trip to the backbone server (attached across the network). */

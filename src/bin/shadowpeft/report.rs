@@ -2,7 +2,7 @@
 
 use shadowpeft::Generation;
 
-/// `{ rounds, drafted, accepted, acceptance_rate, plain_steps, tokens_per_pass,
+/// `{ rounds, drafted, accepted, acceptance_rate, plain_steps, pipelined, tokens_per_pass,
 /// tokens_per_round_trip }` when speculation ran, else null. A pass is one base pass after
 /// the prompt's (a verification, or a plain step); round trips are the backbone's, the
 /// prompt's included.
@@ -17,6 +17,7 @@ pub fn speculation_json(g: &Generation) -> serde_json::Value {
         "accepted": s.accepted,
         "acceptance_rate": s.acceptance_rate(),
         "plain_steps": s.plain_steps,
+        "pipelined": s.pipelined,
         "tokens_per_pass": n / (s.rounds + s.plain_steps).max(1) as f64,
     });
     if let Some(t) = g.round_trips {
