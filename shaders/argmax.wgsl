@@ -1,8 +1,9 @@
 // argmax: for each row r of x (rows of n values from x_off, one workgroup per row),
 // out[r] = the first index of its largest value (ties go to the lowest index, as torch.argmax)
-// and out[rows + r] = the bits of its softmax probability, 1 / sum(exp(x - max)).
+// and, when PROB != 0, out[rows + r] = the bits of its softmax probability,
+// 1 / sum(exp(x - max)) (a second pass over the row, which plain greedy decoding skips).
 // Bindings: 0 Params, 1 x [>= x_off + rows * n], 2 out [2 * rows] u32.
-// Dispatch: (rows, 1, 1). Constants: WG.
+// Dispatch: (rows, 1, 1). Constants: WG, PROB.
 
 struct Params {
     n: u32,
@@ -46,6 +47,12 @@ fn argmax(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             }
         }
         workgroupBarrier();
+    }
+    if (PROB == 0u) {
+        if (t == 0u) {
+            out[r] = best_i[0];
+        }
+        return;
     }
     let mx = best_v[0];
     var acc = 0.0;

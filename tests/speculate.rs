@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use shadowpeft::remote::client::{Connect, Protocol};
+use shadowpeft::remote::frame::Wire;
 use shadowpeft::remote::server::ServerConfig;
 use shadowpeft::{
     generate, DirSource, GenerateOptions, LoadOptions, Mode, ShadowModel, Speculate, TokenStream,
@@ -133,39 +134,88 @@ fn sampled_rounds_are_exact_at_temperature_zero_and_repeatable() {
     }
 }
 
-/// Through a backbone server: the same tokens as plain remote decoding, and when drafts
-/// stand, fewer round trips.
+/// Through a backbone server, on every fixture (official and peft), both protocols and both
+/// wires: the same tokens as plain remote decoding over the same wire, and when drafts stand,
+/// fewer round trips.
 #[test]
 fn speculation_gives_the_plain_attached_tokens_through_a_backbone() {
     if gpu().is_none() {
         return;
     }
     let rt = rt();
-    for name in ["qwen3_implicit", "peft_mirror"] {
+    for &name in FIXTURES.iter().chain(PEFT) {
         let url = start_server(name, ServerConfig::default());
         let ids = Golden::load(&fixture(name)).ids("input_ids");
         for protocol in [Protocol::Fused, Protocol::Stepped] {
-            let what = format!("{name} {protocol:?}");
-            let m = remote(&rt, name, &url, protocol);
-            let plain = fresh(&rt, &m, &ids, &opts(None));
-            let plain_trips = plain.round_trips.unwrap();
-            for k in [Speculate::Draft(1), Speculate::Draft(4), Speculate::Auto] {
-                let r = fresh(&rt, &m, &ids, &opts(Some(k)));
-                assert_eq!(r.tokens, plain.tokens, "{what} {k:?}");
-                let st = r.speculation.unwrap();
-                let trips = r.round_trips.unwrap();
-                if st.accepted > 0 {
-                    assert!(
-                        trips < plain_trips,
-                        "{what} {k:?}: {trips} round trips against {plain_trips} plain ({st:?})"
+            for wire in [Wire::F32, Wire::F16] {
+                let what = format!("{name} {protocol:?} {wire:?}");
+                let m = remote_with(
+                    &rt,
+                    name,
+                    &Connect {
+                        protocol,
+                        wire,
+                        ..Connect::new(&url)
+                    },
+                );
+                let plain = fresh(&rt, &m, &ids, &opts(None));
+                let plain_trips = plain.round_trips.unwrap();
+                for k in [Speculate::Draft(1), Speculate::Draft(4), Speculate::Auto] {
+                    let r = fresh(&rt, &m, &ids, &opts(Some(k)));
+                    assert_eq!(r.tokens, plain.tokens, "{what} {k:?}");
+                    let st = r.speculation.unwrap();
+                    let trips = r.round_trips.unwrap();
+                    if st.accepted > 0 {
+                        assert!(
+                            trips < plain_trips,
+                            "{what} {k:?}: {trips} round trips against {plain_trips} plain ({st:?})"
+                        );
+                    }
+                    eprintln!(
+                        "{what} {k:?}: {} of {} drafts stood, {trips} round trips (plain {plain_trips})",
+                        st.accepted, st.drafted
                     );
                 }
-                eprintln!(
-                    "{what} {k:?}: {} of {} drafts stood, {trips} round trips (plain {plain_trips})",
-                    st.accepted, st.drafted
-                );
             }
         }
+    }
+}
+
+/// A server that does not list the `rows-count` feature (protocol 1 as first published):
+/// the client asks it for every row and keeps the last ones. The tokens are the same; more
+/// bytes come down.
+#[test]
+fn a_server_without_row_counts_gives_the_same_tokens() {
+    let Some(gpu) = gpu() else { return };
+    let rt = rt();
+    let name = "qwen3_implicit";
+    let url = start_server(name, ServerConfig::default());
+    let old = start_info_rewriting_proxy(&url, |info| {
+        info.as_object_mut().unwrap().remove("features");
+    });
+    let ids = Golden::load(&fixture(name)).ids("input_ids");
+    for protocol in [Protocol::Fused, Protocol::Stepped] {
+        let connect = |u: &str| Connect {
+            protocol,
+            ..Connect::new(u)
+        };
+        let new = remote_with(&rt, name, &connect(&url));
+        let v1 = remote_with(&rt, name, &connect(&old));
+        let want = fresh(&rt, &new, &ids, &opts(None)).tokens;
+        let o = opts(Some(Speculate::Draft(3)));
+        let mut received = Vec::new();
+        for m in [&new, &v1] {
+            let mut s = m.new_session(gpu);
+            let r = run(&rt, m, &mut s, &ids, &o);
+            assert_eq!(r.tokens, want, "{protocol:?}");
+            received.push(s.remote_traffic().unwrap().2);
+        }
+        assert!(
+            received[1] > received[0],
+            "{protocol:?}: every row asked of the old server, {} bytes against {}",
+            received[1],
+            received[0]
+        );
     }
 }
 

@@ -82,13 +82,15 @@ pub enum Readout {
     AllLogits,
     /// Logits of the last position only.
     LastLogits,
-    /// Only the argmax of the last position's logits and its probability (8 bytes read
-    /// back).
+    /// Only the argmax of the last position's logits (4 bytes read back).
     Argmax,
+    /// The argmax of the last position's logits and its softmax probability (8 bytes read
+    /// back): a draft, whose confidence decides whether drafting goes on.
+    ArgmaxProb,
     /// Logits of the last n new positions (all of them when fewer): the verification of
     /// sampled drafts.
     LogitRows(usize),
-    /// The argmax of each of the last n new positions' logits (8 bytes a row read back): the
+    /// The argmax of each of the last n new positions' logits (4 bytes a row read back): the
     /// verification of greedy drafts.
     ArgmaxRows(usize),
     /// Only a token sampled from the last position's logits on the device (4 bytes read
@@ -115,10 +117,10 @@ pub struct ForwardOutput {
     pub logits: Vec<f32>,
     /// Shadow-head logits (`[rows, vocab]`), when asked for.
     pub shadow_logits: Vec<f32>,
-    /// The token chosen for the last position, for [`Readout::Argmax`] and
-    /// [`Readout::Sample`].
+    /// The token chosen for the last position, for [`Readout::Argmax`],
+    /// [`Readout::ArgmaxProb`] and [`Readout::Sample`].
     pub token: Option<u32>,
-    /// The softmax probability of `token`, for [`Readout::Argmax`].
+    /// The softmax probability of `token`, for [`Readout::ArgmaxProb`].
     pub top_prob: Option<f32>,
     /// Each row's argmax, for [`Readout::ArgmaxRows`].
     pub tokens: Vec<u32>,
@@ -406,9 +408,12 @@ impl ShadowModel {
             sess.sampling.out = gpu.zeros("tokens", 2 * rows);
         }
         match readout {
-            Readout::Argmax => ops::argmax(&mut step, out_logits, last, v, &sess.sampling.out),
+            Readout::Argmax | Readout::ArgmaxProb => {
+                let prob = readout == Readout::ArgmaxProb;
+                ops::argmax(&mut step, out_logits, last, v, &sess.sampling.out, prob)
+            }
             Readout::ArgmaxRows(_) => {
-                ops::argmax_rows(&mut step, out_logits, 0, v, rows, &sess.sampling.out)
+                ops::argmax_rows(&mut step, out_logits, 0, v, rows, &sess.sampling.out, false)
             }
             Readout::Sample(s) if ops::sample_on_device(&s) => {
                 ops::sample(&mut step, out_logits, last, v, &s, &sess.sampling)
@@ -426,13 +431,15 @@ impl ShadowModel {
         };
         match readout {
             Readout::Argmax => {
+                out.token = Some(gpu.read_u32(&sess.sampling.out, 0, 1).await?[0]);
+            }
+            Readout::ArgmaxProb => {
                 let r = gpu.read_u32(&sess.sampling.out, 0, 2).await?;
                 out.token = Some(r[0]);
                 out.top_prob = Some(f32::from_bits(r[1]));
             }
             Readout::ArgmaxRows(_) => {
-                let mut r = gpu.read_u32(&sess.sampling.out, 0, 2 * rows).await?;
-                r.truncate(rows);
+                let r = gpu.read_u32(&sess.sampling.out, 0, rows).await?;
                 out.token = r.last().copied();
                 out.tokens = r;
             }

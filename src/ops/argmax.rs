@@ -1,6 +1,7 @@
-//! Argmax over rows of logits, on the device, so greedy decoding reads back 8 bytes a row:
-//! the index, and its softmax probability (for confidence checks such as a draft's p-min).
-//! Ties resolve to the lowest index (as `torch.argmax`).
+//! Argmax over rows of logits, on the device, so greedy decoding reads back 4 bytes a row:
+//! the index, and where asked, its softmax probability (for confidence checks such as a
+//! draft's p-min; a second pass over the row). Ties resolve to the lowest index (as
+//! `torch.argmax`).
 //!
 //! # Shapes
 //! x `[>= x_off + rows * n]`; out `[2 * rows]` u32: the indices, then the probabilities' bits.
@@ -21,21 +22,31 @@ struct Params {
     _p: u32,
 }
 
-/// The compiled kernel of this op.
-pub(crate) fn spec(gpu: &crate::gpu::Gpu) -> KernelSpec {
-    KernelSpec::new("argmax", SRC).with("WG", super::reduce_wg(gpu, ARGMAX_WG))
+/// The compiled kernel of this op; `prob` also writes the probabilities.
+pub(crate) fn spec(gpu: &crate::gpu::Gpu, prob: bool) -> KernelSpec {
+    KernelSpec::new("argmax", SRC)
+        .with("WG", super::reduce_wg(gpu, ARGMAX_WG))
+        .with("PROB", prob as u32)
 }
 
-/// Records `out[0] = argmax(x[x_off .. x_off + n])` and `out[1]` = the bits of its softmax
-/// probability.
-pub fn argmax(step: &mut Step, x: &Tensor, x_off: usize, n: usize, out: &Tensor) {
-    argmax_rows(step, x, x_off, n, 1, out);
+/// Records `out[0] = argmax(x[x_off .. x_off + n])`, and with `prob`, `out[1]` = the bits
+/// of its softmax probability.
+pub fn argmax(step: &mut Step, x: &Tensor, x_off: usize, n: usize, out: &Tensor, prob: bool) {
+    argmax_rows(step, x, x_off, n, 1, out, prob);
 }
 
-/// Records, for each of `rows` rows of `n` values from `x_off`, `out[r]` = its argmax and
-/// `out[rows + r]` = the bits of that value's softmax probability over the row.
-pub fn argmax_rows(step: &mut Step, x: &Tensor, x_off: usize, n: usize, rows: usize, out: &Tensor) {
-    let k = step.gpu().kernel(&spec(step.gpu()));
+/// Records, for each of `rows` rows of `n` values from `x_off`, `out[r]` = its argmax, and
+/// with `prob`, `out[rows + r]` = the bits of that value's softmax probability over the row.
+pub fn argmax_rows(
+    step: &mut Step,
+    x: &Tensor,
+    x_off: usize,
+    n: usize,
+    rows: usize,
+    out: &Tensor,
+    prob: bool,
+) {
+    let k = step.gpu().kernel(&spec(step.gpu(), prob));
     let p = Params {
         n: n as u32,
         x_off: x_off as u32,
@@ -69,7 +80,7 @@ mod tests {
         x[2 + 3 * n + 17] = 30.0;
         let (xt, ot) = (gpu.upload_f32("x", &x), gpu.zeros("o", 2 * rows));
         let mut s = Step::new(gpu);
-        argmax_rows(&mut s, &xt, 2, n, rows, &ot);
+        argmax_rows(&mut s, &xt, 2, n, rows, &ot, true);
         s.submit().unwrap();
         let got = pollster::block_on(gpu.read_u32(&ot, 0, 2 * rows)).unwrap();
         for r in 0..rows {
@@ -101,10 +112,19 @@ mod tests {
             }
             let (xt, ot) = (gpu.upload_f32("x", &x), gpu.zeros("o", 2));
             let mut s = Step::new(gpu);
-            argmax(&mut s, &xt, 3, n, &ot);
+            argmax(&mut s, &xt, 3, n, &ot, false);
             s.submit().unwrap();
             let got = pollster::block_on(gpu.read_u32(&ot, 0, 1)).unwrap()[0];
             assert_eq!(got, cpu_argmax(&x[3..]), "argmax n={n}");
+            let mut s = Step::new(gpu);
+            argmax(&mut s, &xt, 3, n, &ot, true);
+            s.submit().unwrap();
+            let got = pollster::block_on(gpu.read_u32(&ot, 0, 1)).unwrap()[0];
+            assert_eq!(
+                got,
+                cpu_argmax(&x[3..]),
+                "argmax with its probability n={n}"
+            );
         }
     }
 }

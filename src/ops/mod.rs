@@ -67,7 +67,8 @@ pub fn precompile(
         rope::spec(gpu, false, false),
         embedding::spec(),
         silu_mul::spec(),
-        argmax::spec(gpu),
+        argmax::spec(gpu, false),
+        argmax::spec(gpu, true),
     ];
     // The fused gate/up decode kernels; CPU devices decode with cmatvec wherever the
     // width allows (K % 32 == 0), and compile these on first use only (a 2-token prompt).

@@ -311,7 +311,7 @@ pub fn sample(
         step.dispatch(&k, &p, &[x, &b.ids], [p.n.div_ceil(64), 1, 1]);
     }
     if s.temperature == 0.0 {
-        super::argmax(step, x, x_off, n, &b.out);
+        super::argmax(step, x, x_off, n, &b.out, false);
         return;
     }
     let k = gpu.kernel(&topk_spec());

@@ -95,8 +95,9 @@ pub struct Round {
     pub mode: Mode,
     pub drafted: usize,
     pub accepted: usize,
-    /// Shadow forwards the round waited for (work made ahead by the previous round and
-    /// drafts made while the verification flew are not counted), and their seconds.
+    /// Shadow forwards the round ran (drafting, and drafting ahead while its verification
+    /// flew; not the work the previous round made ahead), and their seconds: what a draft
+    /// costs.
     pub forwards: usize,
     pub draft_secs: f64,
     /// Seconds from sending the verification to its answer.
@@ -162,7 +163,7 @@ impl Drafter<'_, '_> {
         let sampled = self.plan.sampling.filter(|_| want);
         let readout = match sampled {
             Some(_) => Readout::LastLogits,
-            None => Readout::Argmax,
+            None => Readout::ArgmaxProb,
         };
         let o = model.forward(gpu, sess, feed, readout, false).await?;
         self.next = match (self.plan.sampling, sampled) {
@@ -261,7 +262,6 @@ async fn draft_and_verify(
         let want = draft.len() < plan.k || pipeline > 0;
         dr.forward(gpu, model, sess, &[token], want, draw).await?;
     }
-    let (forwards, draft_secs) = (dr.forwards, dr.secs);
     let n = draft.len();
     // 2. Verify: the base over the new positions in one pass, the last n + 1 rows read.
     let readout = match plan.sampling {
@@ -292,6 +292,7 @@ async fn draft_and_verify(
         (model.escalate(gpu, sess, readout).await?, Vec::new())
     };
     let verify_secs = t1.elapsed().as_secs_f64();
+    let (forwards, draft_secs) = (dr.forwards, dr.secs);
     let mode = o.mode.unwrap_or(Mode::Attached);
     // 3. Accept.
     let verdict = accept(plan, &draft, &dr.history, o, model.vocab_size(), draw);
@@ -333,7 +334,7 @@ async fn draft_ahead(
     let Some(first) = dr.next.take().filter(|g| !(dr.plan.eos)(g.token)) else {
         return Ok(Vec::new());
     };
-    let (chance, forwards, secs) = (dr.chance, dr.forwards, dr.secs);
+    let chance = dr.chance;
     dr.chance = 1.0;
     dr.history.push(first.token);
     let mut pushed = 1;
@@ -362,10 +363,9 @@ async fn draft_ahead(
             None => break,
         }
     }
-    // Work ahead is not counted in this round's drafting; the next round starts its own
-    // chance from the drafts it keeps.
+    // The next round starts its own chance from the drafts it keeps.
     dr.history.truncate(dr.history.len() - pushed);
-    (dr.chance, dr.forwards, dr.secs) = (chance, forwards, secs);
+    dr.chance = chance;
     Ok(made)
 }
 

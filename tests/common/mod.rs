@@ -132,6 +132,66 @@ pub fn load_export(rt: &tokio::runtime::Runtime, name: &str) -> ShadowModel {
     .unwrap()
 }
 
+/// A model on `name`'s export and adapter through the backbone server of `c`.
+pub fn remote_with(rt: &tokio::runtime::Runtime, name: &str, c: &Connect) -> ShadowModel {
+    let d = fixture(name);
+    rt.block_on(ShadowModel::load_remote(
+        gpu().unwrap(),
+        &DirSource::open(d.join("export")).unwrap(),
+        &DirSource::open(d.join("adapter")).unwrap(),
+        c,
+        &LoadOptions::default(),
+    ))
+    .unwrap()
+}
+
+/// Starts an HTTP proxy on 127.0.0.1 in front of the server at `upstream` that passes every
+/// request through and edits the JSON of `GET /v1/info` with `edit` (a server as it was
+/// before a protocol feature, say). Returns its URL.
+pub fn start_info_rewriting_proxy(upstream: &str, edit: fn(&mut serde_json::Value)) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, Uri};
+    let upstream = upstream.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::new();
+            let app = axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let (client, upstream) = (client.clone(), upstream.clone());
+                    async move {
+                        let mut req = client
+                            .request(method, format!("{upstream}{uri}"))
+                            .body(body);
+                        for (k, v) in &headers {
+                            if k != "host" && k != "content-length" {
+                                req = req.header(k, v);
+                            }
+                        }
+                        let res = req.send().await.unwrap();
+                        let status = res.status();
+                        let mut bytes = res.bytes().await.unwrap().to_vec();
+                        if uri.path() == "/v1/info" && status.is_success() {
+                            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                            edit(&mut v);
+                            bytes = serde_json::to_vec(&v).unwrap();
+                        }
+                        (status, bytes)
+                    }
+                },
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("proxy did not start");
+    format!("http://{addr}")
+}
+
 /// `name`'s export and adapter, attached through the backbone server at `url`.
 pub fn remote(
     rt: &tokio::runtime::Runtime,
