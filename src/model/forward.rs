@@ -235,6 +235,21 @@ impl ShadowModel {
                 "escalation needs an attached model (a local or remote base)".into(),
             ));
         }
+        let (m, rows) = self.pending_readout(gpu, sess, readout)?;
+        sess.deferred = false;
+        let (step, main) = self.run_pending(gpu, sess, rows).await?;
+        self.heads(gpu, sess, step, main, m, rows, readout, false)
+            .await
+    }
+
+    /// The deferred positions of `sess` and the rows of logits `readout` needs of them, or
+    /// why they cannot be escalated (none, or more rows than one storage binding holds).
+    pub(super) fn pending_readout(
+        &self,
+        gpu: &Gpu,
+        sess: &Session,
+        readout: Readout,
+    ) -> Result<(usize, usize)> {
         let m = sess.pending_rows();
         if m == 0 {
             return Err(Error::InvalidRequest(
@@ -247,10 +262,7 @@ impl ShadowModel {
                 "{rows} rows of logits exceed one storage binding"
             )));
         }
-        sess.deferred = false;
-        let (step, main) = self.run_pending(gpu, sess, rows).await?;
-        self.heads(gpu, sess, step, main, m, rows, readout, false)
-            .await
+        Ok((m, rows))
     }
 
     /// Runs the base over the deferred positions (an attached forward after a deferred

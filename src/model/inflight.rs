@@ -25,18 +25,6 @@ pub struct InFlight {
     readout: Readout,
 }
 
-impl InFlight {
-    /// The positions the pass runs.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Whether the pass runs no position (never: [`ShadowModel::send_pending`] refuses).
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
 impl ShadowModel {
     /// Whether `sess`'s base is a backbone server that still answers (no fallback taken):
     /// then its escalation can be split ([`ShadowModel::send_pending`]).
@@ -59,18 +47,7 @@ impl ShadowModel {
                 "only a pass on a backbone server can fly without its session".into(),
             ));
         }
-        let m = sess.pending_rows();
-        if m == 0 {
-            return Err(Error::InvalidRequest(
-                "nothing to escalate: no deferred positions".into(),
-            ));
-        }
-        let rows = readout.rows(m);
-        if rows > self.max_logit_rows(gpu) {
-            return Err(Error::InvalidRequest(format!(
-                "{rows} rows of logits exceed one storage binding"
-            )));
-        }
+        let (m, rows) = self.pending_readout(gpu, sess, readout)?;
         let pos0 = sess.position() - m;
         let remote = sess.remote.take().expect("checked by base_is_remote");
         Ok(InFlight {
