@@ -5,6 +5,7 @@
 // word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
 
 const BV: u32 = 8u;
+const EVEN_ODD: bool = false;
 const SCALED: bool = false;
 const OFFSET: f32 = 0.0;
 const UNSHIFT = vec4<f32>(1.0);

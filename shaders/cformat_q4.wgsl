@@ -1,14 +1,17 @@
 // cformat_q4: the int4 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
-// to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 1 vec4<u32>; byte i of word t
-// holds value 8t + i in its low nibble and 8t + 4 + i in its high one, each as q + 8.
+// to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 1 vec4<u32>; u32 t holds
+// values 8t..8t + 7, value 8t + i in bits 4i..4i + 3, each as q + 8.
 // CPU compilers run one invocation per SIMD lane, so the decode keeps to whole-vector integer
-// ops: `word & 0x0F0F0F0F` masked byte by byte gives the four values times 1, 2^8, 2^16 and
-// 2^24 (exact as i32 and f32), and x is pre-multiplied by the inverse powers (exact too); the
-// +8 offset is taken out once per block as 8 * sum(x). cmatvec_common turns x into blocks
-// (XBlock: each vec4 times UNSHIFT, and OFFSET * sum(x)); the kernel defines wblock(mat, i) (vec4
-// word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
+// ops: `word & 0x0F0F0F0F` masked byte by byte gives the word's even values (8t, 8t + 2, 8t + 4,
+// 8t + 6) times 1, 2^8, 2^16 and 2^24 (exact as i32 and f32), `(word >> 4) & 0x0F0F0F0F` its
+// odd ones; x comes in the same order (EVEN_ODD) and pre-multiplied by the inverse powers (exact
+// too); the +8 offset is taken out once per block as 8 * sum(x). cmatvec_common turns x into
+// blocks (XBlock: each vec4 reordered and times UNSHIFT, and OFFSET * sum(x)); the kernel defines
+// wblock(mat, i) (vec4 word i of weight matrix mat; mat is a constant at every call, so the
+// choice folds away).
 
 const BV: u32 = 1u;
+const EVEN_ODD: bool = true;
 const SCALED: bool = true;
 const MASKS = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
 const OFFSET: f32 = 8.0;

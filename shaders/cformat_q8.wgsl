@@ -9,6 +9,7 @@
 // word i of weight matrix mat; mat is a constant at every call, so the choice folds away).
 
 const BV: u32 = 2u;
+const EVEN_ODD: bool = false;
 const SCALED: bool = true;
 const MASKS = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0u);
 const OFFSET: f32 = 128.0;

@@ -8,7 +8,7 @@
 // weight rows. Requires K % 32 == 0.
 // Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [K/4] vec4 (uniform,
 //           bound from the row of x), 2 w: one row chunk of N rows, [N, K/32, BV] vec4<u32>
-//           block data then (int formats) [N, K/32] f32 scales, 3 bias [>= col0 + N] (ignored unless
+//           block data then (int formats) [N, K/32] f16 scales (two a u32), 3 bias [>= col0 + N] (ignored unless
 //           has_bias), 4 y [1, ldy] (from y_off).
 // Dispatch: linear over ceil(N / 8 / WG) workgroups. Constants: WG, XN = K/4.
 

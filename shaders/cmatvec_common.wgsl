@@ -1,5 +1,5 @@
 // cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) share, prepended after the
-// cformat file (which defines BV, SCALED, OFFSET, UNSHIFT and block_dot): the blocks of x and
+// cformat file (which defines BV, SCALED, EVEN_ODD, OFFSET, UNSHIFT and block_dot): the blocks of x and
 // the scales and dots of four rows at once. The kernel defines x and wblock(mat, i).
 
 // One block of x (32 values as 8 vec4), each vec4 times the format's UNSHIFT, and the format's
@@ -12,7 +12,16 @@ struct XBlock {
 
 fn xblock(b: u32) -> XBlock {
     let i = b * 8u;
-    let a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+    var a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+    if (EVEN_ODD) {
+        // The format's words give the even values of each run of 8, then the odd ones.
+        for (var t = 0u; t < 8u; t += 2u) {
+            let lo = a[t];
+            let hi = a[t + 1u];
+            a[t] = vec4<f32>(lo.x, lo.z, hi.x, hi.z);
+            a[t + 1u] = vec4<f32>(lo.y, lo.w, hi.y, hi.w);
+        }
+    }
     var offset = 0.0;
     if (OFFSET != 0.0) {
         let s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
@@ -28,11 +37,13 @@ fn scale4(mat: u32, scales: u32, i: vec4<u32>) -> vec4<f32> {
     if (!SCALED) {
         return vec4<f32>(1.0);
     }
-    let j = vec4<u32>(scales * 4u) + i;
-    return vec4<f32>(bitcast<f32>(wblock(mat, j.x / 4u)[j.x % 4u]),
-                     bitcast<f32>(wblock(mat, j.y / 4u)[j.y % 4u]),
-                     bitcast<f32>(wblock(mat, j.z / 4u)[j.z % 4u]),
-                     bitcast<f32>(wblock(mat, j.w / 4u)[j.w % 4u]));
+    // Two f16 scales a u32: block b in half b % 2 of u32 b / 2 after the data.
+    let j = vec4<u32>(scales * 4u) + i / 2u;
+    let h = i % 2u;
+    return vec4<f32>(unpack2x16float(wblock(mat, j.x / 4u)[j.x % 4u])[h.x],
+                     unpack2x16float(wblock(mat, j.y / 4u)[j.y % 4u])[h.y],
+                     unpack2x16float(wblock(mat, j.z / 4u)[j.z % 4u])[h.z],
+                     unpack2x16float(wblock(mat, j.w / 4u)[j.w % 4u])[h.w]);
 }
 
 // Dots of x block `xb` with blocks `i` (of four rows) of matrix `mat`, before their scales.

@@ -5,7 +5,7 @@
 // a uniform binding; each invocation computes 4 outputs (4 rows of each matrix), so every block
 // of x serves 8 weight rows. f32 accumulation. Requires K % 32 == 0.
 // Bindings: 0 Params (uniform), 1 x [K/4] vec4 (uniform), 2 wg, 3 wu (each [N, K/32, BV] vec4<u32>
-//           block data, then (int formats) [N, K/32] f32 scales), 4 y [N].
+//           block data, then (int formats) [N, K/32] f16 scales (two a u32)), 4 y [N].
 // Dispatch: linear over ceil(N / 4 / WG) workgroups. Constants: WG, XN = K/4.
 
 struct Params {

@@ -3,7 +3,7 @@
 // prepended to this one defines V, XPW, SCALED and word_values). Each invocation decodes one
 // block of 32 values.
 // Bindings: 0 Params, 1 ids [M] u32, 2 table: [rows, dim/32, V] vec4<u32> block data, then
-//           [rows, dim/32] f32 scales (int formats only), 3 y [M, dim].
+//           [rows, dim/32] f16 scales (two a u32) (int formats only), 3 y [M, dim].
 // Dispatch: linear over ceil(M * dim / 32 / WG) workgroups. Requires dim % 32 == 0.
 // Constants: WG.
 
@@ -39,8 +39,9 @@ fn qembedding(
     let r = id - p.row0;
     var s = 1.0;
     if (SCALED) {
-        let si = p.rows * nb * V * 4u + r * nb + b;
-        s = bitcast<f32>(table[si / 4u][si % 4u]);
+        let bi = r * nb + b;
+        let si = p.rows * nb * V * 4u + bi / 2u;
+        s = unpack2x16float(table[si / 4u][si % 4u])[bi % 2u];
     }
     for (var t = 0u; t < V; t++) {
         let u = table[(r * nb + b) * V + t];

@@ -6,7 +6,7 @@
 // neighbouring invocations take neighbouring column groups. Accumulation is f32. Serves
 // decode (M = 1) and prefill alike.
 // Bindings: 0 Params (uniform; with accumulate, y += scale * result), 1 x [M, K/4] vec4 (from x_off/4),
-//           2 w: one row chunk of N rows: [N, K/32, V] vec4<u32> block data, then [N, K/32] f32 scales
+//           2 w: one row chunk of N rows: [N, K/32, V] vec4<u32> block data, then [N, K/32] f16 scales (two a u32)
 //           (bit patterns; int formats only), 3 bias [>= col0 + N] (ignored unless has_bias),
 //           4 y [M, ldy] (from y_off).
 // Dispatch: linear over ceil(ceil(N / COLS) * M / WG) workgroups. Requires K % 32 == 0 and
@@ -60,8 +60,9 @@ fn qlinear(
             }
             var s = 1.0;
             if (SCALED) {
-                let si = scales + r[c] * nb + b;
-                s = bitcast<f32>(w[si / 4u][si % 4u]);
+                let bi = r[c] * nb + b;
+                let si = scales + bi / 2u;
+                s = unpack2x16float(w[si / 4u][si % 4u])[bi % 2u];
             }
             acc[c] = fma(a, vec4<f32>(s), acc[c]);
         }

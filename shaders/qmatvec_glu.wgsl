@@ -3,7 +3,7 @@
 // word_values): the SwiGLU gate and up projections and their activation in one decode
 // dispatch (small M). One output per invocation; f32 accumulation.
 // Bindings: 0 Params (uniform), 1 x [M, K/4] vec4, 2 wg, 3 wu (each [N, K/32, V] vec4<u32>
-//           block data, then [N, K/32] f32 scales for int formats), 4 y [M, N].
+//           block data, then [N, K/32] f16 scales (two a u32) for int formats), 4 y [M, N].
 // Dispatch: linear over ceil(N / WG) workgroups. Requires K % 32 == 0. Constants: WG.
 
 struct Params {
@@ -42,9 +42,10 @@ fn dots(n: u32, xr: u32) -> vec2<f32> {
         var sg = 1.0;
         var su = 1.0;
         if (SCALED) {
-            let si = scales + n * nb + b;
-            sg = bitcast<f32>(wg[si / 4u][si % 4u]);
-            su = bitcast<f32>(wu[si / 4u][si % 4u]);
+            let bi = n * nb + b;
+            let si = scales + bi / 2u;
+            sg = unpack2x16float(wg[si / 4u][si % 4u])[bi % 2u];
+            su = unpack2x16float(wu[si / 4u][si % 4u])[bi % 2u];
         }
         ag = fma(bg, vec4<f32>(sg), ag);
         au = fma(bu, vec4<f32>(su), au);

@@ -187,8 +187,24 @@ impl Files {
         stream.push(&self.gpu, chunk).map_err(js_err)
     }
 
-    /// Marks `file` complete (fails for a truncated or inconsistent weight file).
+    /// Marks `file` complete (fails for a truncated or inconsistent weight file). A
+    /// `config.json` that declares packed weights sets the storage of the weights streamed
+    /// after it (they are uploaded as they are stored).
     pub fn finish(&mut self, file: &str) -> Result<(), JsValue> {
+        if file == "config.json" && !self.raw {
+            if let Some(bytes) = self.src.bytes(file) {
+                let loc = self.src.location(file);
+                let cfg: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    js_err(crate::Error::Json {
+                        file: loc.clone(),
+                        msg: e.to_string(),
+                    })
+                })?;
+                let declared = crate::model::packed::declared(&loc, &cfg).map_err(js_err)?;
+                self.format =
+                    crate::model::packed::effective(&loc, self.format, declared).map_err(js_err)?;
+            }
+        }
         if let Some(s) = self.streams.remove(file) {
             let up = s.finish().map_err(js_err)?;
             self.src.insert_uploaded(file, up);

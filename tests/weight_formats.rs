@@ -5,7 +5,9 @@
 //! 5e-3, q8 1e-1, q4 2 (a sanity bound only). These random tiny models are a worst case for quantisation (64-wide
 //! layers, so few values average out each rounding error; near-uniform weights; logit margins
 //! of a few hundredths), so the greedy bounds are loose: f16 must agree on every token, q8 on
-//! at least a quarter, q4 only reports. The kernels themselves are exact against the stored
+//! at least a quarter where the first token is decided (the golden's top-two margin on the
+//! last prompt row exceeds twice the logit error measured on that row; a near tie flips the first token
+//! and so every later one, within the logit bound), q4 only reports. The kernels themselves are exact against the stored
 //! (decoded) weights: see the op tests. Measured figures: README, "Weight formats"; the table
 //! is printed by `cargo test --release --test weight_formats -- --nocapture --test-threads 1`.
 
@@ -53,19 +55,28 @@ fn load(name: &str, what: &str, weights: WeightFormat) -> ShadowModel {
     model
 }
 
-/// (max error / max|logit| against `logits_key`, greedy tokens equal to `greedy_key`, total).
+/// (max error / max|logit| against `logits_key`, greedy tokens equal to `greedy_key`, total,
+/// whether the first token is decided: the golden's top-two margin on the last row exceeds
+/// twice the max error on that row).
 fn measure(
     model: &ShadowModel,
     g: &Golden,
     logits_key: &str,
     greedy_key: &str,
-) -> (f32, usize, usize) {
+) -> (f32, usize, usize, bool) {
     let gpu = gpu().unwrap();
     let ids = g.ids("input_ids");
     let mut s = model.new_session(gpu);
     let out =
         pollster::block_on(model.forward(gpu, &mut s, &ids, Readout::AllLogits, false)).unwrap();
-    let (e, m) = max_err(&out.logits, &g.f32(logits_key).0);
+    let golden = g.f32(logits_key).0;
+    let (e, m) = max_err(&out.logits, &golden);
+    let vocab = model.vocab_size();
+    let row = golden.len() - vocab;
+    let (e_last, _) = max_err(&out.logits[row..], &golden[row..]);
+    let mut last = golden[row..].to_vec();
+    last.sort_unstable_by(|a, b| b.total_cmp(a));
+    let decided = last[0] - last[1] > 2.0 * e_last;
     let want = g.ids(greedy_key);
     let mut s = model.new_session(gpu);
     let o = GenerateOptions {
@@ -77,7 +88,7 @@ fn measure(
         .unwrap()
         .tokens;
     let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
-    (e / m, same, want.len())
+    (e / m, same, want.len(), decided)
 }
 
 fn check(name: &str) {
@@ -100,14 +111,15 @@ fn check(name: &str) {
     for &(format, max_rel, min_share) in &BOUNDS {
         for &(what, logits_key, greedy_key) in cases {
             let model = load(name, what, format);
-            let (rel, same, total) = measure(&model, &g, logits_key, greedy_key);
-            eprintln!("| {name} | {what} | {format} | {rel:.1e} | {same}/{total} |");
+            let (rel, same, total, decided) = measure(&model, &g, logits_key, greedy_key);
+            let tie = if decided { "" } else { " (near tie)" };
+            eprintln!("| {name} | {what} | {format} | {rel:.1e} | {same}/{total}{tie} |");
             assert!(
                 rel <= max_rel,
                 "{name} {what} {format}: max error / max|logit| {rel:.2e} > {max_rel:.0e}"
             );
             assert!(
-                same as f32 >= min_share * total as f32,
+                !decided || same as f32 >= min_share * total as f32,
                 "{name} {what} {format}: {same}/{total} greedy tokens agree, below {min_share}"
             );
             q4_differs |= format == WeightFormat::Q4 && rel > 1e-3;

@@ -132,20 +132,7 @@ impl Gpu {
                 data.len()
             )));
         }
-        if format != WeightFormat::F32 && !cols.is_multiple_of(super::quant::BLOCK) {
-            return Err(Error::InvalidRequest(format!(
-                "{label}: {format} storage needs rows of a multiple of {} values, found {cols}",
-                super::quant::BLOCK
-            )));
-        }
-        let row_bytes = (format.row_words(cols.max(1)).max(1) * 4) as u64;
-        let per_chunk = (self.max_binding() / row_bytes) as usize;
-        if per_chunk == 0 {
-            return Err(Error::NoGpu(format!(
-                "{label}: one row of {cols} {format} values exceeds the device's storage binding limit of {} bytes",
-                self.max_binding()
-            )));
-        }
+        let per_chunk = self.chunk_rows(label, format, cols)?;
         let mut chunks = Vec::new();
         let mut r0 = 0;
         loop {
@@ -169,10 +156,86 @@ impl Gpu {
         })
     }
 
+    /// Rows of `cols` values in `format` that one chunk (storage binding) holds.
+    fn chunk_rows(&self, label: &str, format: WeightFormat, cols: usize) -> Result<usize> {
+        if format != WeightFormat::F32 && !cols.is_multiple_of(super::quant::BLOCK) {
+            return Err(Error::InvalidRequest(format!(
+                "{label}: {format} storage needs rows of a multiple of {} values, found {cols}",
+                super::quant::BLOCK
+            )));
+        }
+        let row_bytes = format.row_bytes(cols.max(1)).max(1) as u64;
+        // A chunk's last scale word may be half padding.
+        let per_chunk = (self.max_binding().saturating_sub(4) / row_bytes) as usize;
+        if per_chunk == 0 {
+            return Err(Error::NoGpu(format!(
+                "{label}: one row of {cols} {format} values exceeds the device's storage binding limit of {} bytes",
+                self.max_binding()
+            )));
+        }
+        Ok(per_chunk)
+    }
+
+    /// Uploads a `[rows, cols]` matrix already encoded in `format`: `data`, the block data of
+    /// all rows (for f16, the f16 values), and `scales`, their f16 scales (none for f16),
+    /// as [`WeightFormat`] lays them out and packed files store them. Each row chunk is the
+    /// bytes of its rows' data, then of their scales: nothing is converted.
+    pub fn upload_packed(
+        &self,
+        label: &str,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        scales: &[u8],
+    ) -> Result<Matrix> {
+        let row_data = 4 * format.data_words(1, cols);
+        let row_scales = if format.scaled() {
+            2 * cols / super::quant::BLOCK
+        } else {
+            0
+        };
+        if format == WeightFormat::F32
+            || data.len() != rows * row_data
+            || scales.len() != rows * row_scales
+        {
+            return Err(Error::InvalidRequest(format!(
+                "{label}: {} bytes of {format} blocks and {} of scales for a [{rows}, {cols}] matrix (expected {} and {})",
+                data.len(),
+                scales.len(),
+                rows * row_data,
+                rows * row_scales
+            )));
+        }
+        let per_chunk = self.chunk_rows(label, format, cols)?;
+        let mut chunks = Vec::new();
+        let mut r0 = 0;
+        while r0 < rows.max(1) {
+            let n = per_chunk.min(rows - r0);
+            let mut bytes = Vec::with_capacity(4 * format.chunk_words(n, cols));
+            bytes.extend_from_slice(&data[r0 * row_data..(r0 + n) * row_data]);
+            bytes.extend_from_slice(&scales[r0 * row_scales..(r0 + n) * row_scales]);
+            bytes.resize(4 * format.chunk_words(n, cols), 0);
+            let len = bytes.len() / 4;
+            chunks.push((self.upload_bytes(label, &bytes, len), r0, n));
+            r0 += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            format,
+            chunks,
+        })
+    }
+
     /// The rows of `parts` (in order) as one matrix in one buffer, joined on the device: the
     /// block data of every part, then (scaled formats) their scales, as [`WeightFormat`]
     /// lays out a chunk. `None` when the parts differ in format or width, any part is split
-    /// into chunks, or the joined rows exceed one storage binding; the caller keeps the parts.
+    /// into chunks, a part but the last ends its scales mid-word, or the joined rows exceed one
+    /// storage binding; the caller keeps the parts.
     pub fn join_rows(&self, label: &str, parts: &[&Matrix]) -> Result<Option<Matrix>> {
         let Some(first) = parts.first() else {
             return Ok(None);
@@ -184,26 +247,24 @@ impl Gpu {
         {
             return Ok(None);
         }
+        // Scales are f16, two to a word: a part whose scales end mid-word (all but the last)
+        // cannot be copied whole words at a time.
+        let blocks = |m: &Matrix| m.rows * cols / super::quant::BLOCK;
+        if format.scaled() && parts[..parts.len() - 1].iter().any(|m| blocks(m) % 2 == 1) {
+            return Ok(None);
+        }
         let rows: usize = parts.iter().map(|m| m.rows).sum();
-        let total: usize = parts.iter().map(|m| m.chunks[0].0.len).sum();
+        let total = format.chunk_words(rows, cols);
         if total as u64 * 4 > self.max_binding() {
             return Ok(None);
         }
-        // Scaled formats keep one f32 scale per block after all block data.
-        let scale_words = |n: usize| {
-            if format.scaled() {
-                n * cols / super::quant::BLOCK
-            } else {
-                0
-            }
-        };
         let joined = self.zeros(label, total);
         let mut step = super::Step::new(self);
-        let (mut data_at, mut scale_at) = (0, total - scale_words(rows));
+        let (mut data_at, mut scale_at) = (0, format.data_words(rows, cols));
         for m in parts {
             let chunk = &m.chunks[0].0;
-            let scales = scale_words(m.rows);
-            let data = chunk.len - scales;
+            let data = format.data_words(m.rows, cols);
+            let scales = format.scale_words(m.rows, cols);
             step.copy(chunk, 0, &joined, data_at, data);
             step.copy(chunk, data, &joined, scale_at, scales);
             data_at += data;

@@ -4,16 +4,24 @@
 //! Every non-f32 format works on blocks of [`BLOCK`] consecutive values of one matrix row
 //! (along the input dimension K), so it needs `K % BLOCK == 0`; a matrix that does not allow
 //! it stays f32 ([`WeightFormat::storage_for`]). A row chunk of `n` rows is stored as u32
-//! words, block by block in row-major order, and (int formats) one f32 scale per block after
-//! all the data:
+//! words, block by block in row-major order, and (int formats) one f16 scale per block after
+//! all the data, two to a word (block `2i` in the low half of scale word `i`, the last word
+//! padded with zero):
 //!
 //! * `F16`: 16 words per block; word `t` holds values `2t` (low half) and `2t + 1` (high).
 //! * `Q8`: 8 words per block; word `t` holds values `4t..4t + 4` as signed bytes, low byte
 //!   first; value = `q * scale`, `scale = max|w| / 127`.
-//! * `Q4`: 4 words per block; byte `i` of word `t` holds value `8t + i` in its low nibble and
-//!   `8t + 4 + i` in its high nibble, each as `q + 8` with `q` in `-8..=7`; value =
-//!   `q * scale`, where `scale = m / -8` for the value `m` of largest magnitude (so `m` is
-//!   exact).
+//! * `Q4`: 4 words per block; word `t` holds values `8t..8t + 8`, value `8t + i` in bits
+//!   `4i..4i + 4`, each as `q + 8` with `q` in `-8..=7`; value = `q * scale`, where
+//!   `scale = m / -8` for the value `m` of largest magnitude.
+//!
+//! Scales are rounded to f16 before the values are quantised with them, so the stored values
+//! are the nearest the stored scale allows. Byte for byte these are the tensors of the
+//! compressed-tensors convention for symmetric group-32 weights (docs/packed.md): the data
+//! of a Q8 row chunk is an int8 `weight` matrix, that of a Q4 one a `weight_packed` int32
+//! matrix (eight `q + 8` nibbles a word, lowest first), and the scales an f16 `weight_scale`
+//! matrix of one column per block. Packed model files store them as such, and the loaders
+//! upload them as they are.
 //!
 //! Accumulation is always f32; only the stored weights lose precision.
 
@@ -34,9 +42,9 @@ pub enum WeightFormat {
     /// IEEE half floats, two per u32 word (read with `unpack2x16float`, so no `shader-f16`
     /// feature is needed).
     F16,
-    /// Signed 8-bit values with one f32 scale per block of 32.
+    /// Signed 8-bit values with one f16 scale per block of 32.
     Q8,
-    /// Signed 4-bit values with one f32 scale per block of 32.
+    /// Signed 4-bit values with one f16 scale per block of 32.
     Q4,
 }
 
@@ -80,17 +88,36 @@ impl WeightFormat {
         }
     }
 
-    /// Whether blocks carry an f32 scale.
+    /// Whether blocks carry an f16 scale.
     pub(crate) fn scaled(self) -> bool {
         matches!(self, Self::Q8 | Self::Q4)
     }
 
-    /// u32 words one row of `cols` values takes (data and scale).
-    pub(crate) fn row_words(self, cols: usize) -> usize {
+    /// u32 words of block data in `rows` rows of `cols` values (all of a row for f32).
+    pub(crate) fn data_words(self, rows: usize, cols: usize) -> usize {
         match self.words_per_block() {
-            None => cols,
-            Some(w) => cols / BLOCK * (w + self.scaled() as usize),
+            None => rows * cols,
+            Some(w) => rows * cols / BLOCK * w,
         }
+    }
+
+    /// u32 words the f16 scales of `rows` rows of `cols` values take (0 unless scaled).
+    pub(crate) fn scale_words(self, rows: usize, cols: usize) -> usize {
+        if self.scaled() {
+            (rows * cols / BLOCK).div_ceil(2)
+        } else {
+            0
+        }
+    }
+
+    /// u32 words a chunk of `rows` rows of `cols` values takes: data, then scales.
+    pub(crate) fn chunk_words(self, rows: usize, cols: usize) -> usize {
+        self.data_words(rows, cols) + self.scale_words(rows, cols)
+    }
+
+    /// Bytes one row of `cols` values takes, data and scales (for sizing chunks).
+    pub(crate) fn row_bytes(self, cols: usize) -> usize {
+        4 * self.data_words(1, cols) + if self.scaled() { 2 * cols / BLOCK } else { 0 }
     }
 
     /// The format tensor `name` `[rows, cols]` is stored in when `self` is requested: `self`
@@ -111,12 +138,15 @@ impl WeightFormat {
     /// Encodes `rows` rows of `cols` values (`cols % BLOCK == 0` unless f32) as this format's
     /// u32 words: all block data, then (int formats) all block scales.
     pub(crate) fn encode(self, data: &[f32], rows: usize, cols: usize) -> Vec<u32> {
-        let Some(wpb) = self.words_per_block() else {
+        if self.words_per_block().is_none() {
             return data.iter().map(|v| v.to_bits()).collect();
-        };
-        let blocks = rows * cols / BLOCK;
-        let mut words = Vec::with_capacity(blocks * (wpb + self.scaled() as usize));
-        let mut scales = Vec::with_capacity(if self.scaled() { blocks } else { 0 });
+        }
+        let mut words = Vec::with_capacity(self.chunk_words(rows, cols));
+        let mut scales: Vec<u16> = Vec::with_capacity(if self.scaled() {
+            rows * cols / BLOCK
+        } else {
+            0
+        });
         for b in data.chunks_exact(BLOCK) {
             match self {
                 Self::F16 => words.extend(b.chunks_exact(2).map(|p| {
@@ -126,34 +156,36 @@ impl WeightFormat {
                 })),
                 Self::Q8 => {
                     let amax = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                    let scale = amax / 127.0;
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    let (scale, inv) = f16_scale(amax / 127.0);
+                    scales.push(scale);
                     words.extend(b.chunks_exact(4).map(|q| {
                         q.iter().enumerate().fold(0u32, |acc, (i, v)| {
                             let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
                             acc | (q as u8 as u32) << (8 * i)
                         })
                     }));
-                    scales.push(scale.to_bits());
                 }
                 Self::Q4 => {
                     let m = b
                         .iter()
                         .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
-                    let scale = m / -8.0;
-                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    let (scale, inv) = f16_scale(m / -8.0);
+                    scales.push(scale);
                     let nib = |v: f32| ((v * inv).round().clamp(-8.0, 7.0) as i32 + 8) as u32;
                     words.extend(b.chunks_exact(8).map(|e| {
-                        (0..4).fold(0u32, |acc, i| {
-                            acc | (nib(e[i]) | nib(e[4 + i]) << 4) << (8 * i)
-                        })
+                        e.iter()
+                            .enumerate()
+                            .fold(0u32, |acc, (i, &v)| acc | nib(v) << (4 * i))
                     }));
-                    scales.push(scale.to_bits());
                 }
                 Self::F32 => unreachable!("f32 is not blocked"),
             }
         }
-        words.extend(scales);
+        words.extend(
+            scales
+                .chunks(2)
+                .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16),
+        );
         words
     }
 
@@ -162,11 +194,15 @@ impl WeightFormat {
         let Some(wpb) = self.words_per_block() else {
             return words.iter().map(|&w| f32::from_bits(w)).collect();
         };
-        let blocks = rows * cols / BLOCK;
-        let (data, scales) = words.split_at(blocks * wpb);
+        let (data, scales) = words.split_at(self.data_words(rows, cols));
+        let scale = |b: usize| {
+            scales.get(b / 2).map_or(1.0, |&w| {
+                half::f16::from_bits((w >> (16 * (b % 2))) as u16).to_f32()
+            })
+        };
         let mut out = Vec::with_capacity(rows * cols);
         for (b, block) in data.chunks_exact(wpb).enumerate() {
-            let s = scales.get(b).map_or(1.0, |&s| f32::from_bits(s));
+            let s = scale(b);
             match self {
                 Self::F16 => out.extend(block.iter().flat_map(|&w| {
                     [w & 0xffff, w >> 16].map(|h| half::f16::from_bits(h as u16).to_f32())
@@ -177,14 +213,30 @@ impl WeightFormat {
                         .flat_map(|&w| (0..4).map(move |i| (w >> (8 * i)) as u8 as i8 as f32 * s)),
                 ),
                 Self::Q4 => out.extend(block.iter().flat_map(|&w| {
-                    let nib = move |i: u32| ((w >> (4 * i)) & 15) as f32 - 8.0;
-                    [0, 2, 4, 6, 1, 3, 5, 7].map(|i| nib(i) * s)
+                    (0..8)
+                        .map(move |i| ((w >> (4 * i)) & 15) as f32 - 8.0)
+                        .map(move |q| q * s)
                 })),
                 Self::F32 => unreachable!("f32 is not blocked"),
             }
         }
         out
     }
+}
+
+/// A block scale rounded to f16 (its bits), and the inverse of the rounded value that the
+/// block's values are quantised with (0 for a zero scale).
+fn f16_scale(scale: f32) -> (u16, f32) {
+    let h = half::f16::from_f32(scale);
+    let s = h.to_f32();
+    (
+        h.to_bits(),
+        if s != 0.0 && s.is_finite() {
+            1.0 / s
+        } else {
+            0.0
+        },
+    )
 }
 
 impl fmt::Display for WeightFormat {
@@ -222,13 +274,14 @@ mod tests {
         for (fmt, tol) in [
             (WeightFormat::F32, 0.0),
             (WeightFormat::F16, 1e-3),
-            (WeightFormat::Q8, 1.0 / 254.0 + 1e-6),
+            // Half a step, the step being the f16 scale (within 2^-11 of max/127).
+            (WeightFormat::Q8, 1.001 / 254.0 + 1e-6),
             // Half a step of max/8, or (for the opposite sign of the largest value, which
             // can reach -7 steps only) one whole step.
-            (WeightFormat::Q4, 1.0 / 8.0 + 1e-6),
+            (WeightFormat::Q4, 1.001 / 8.0 + 1e-6),
         ] {
             let words = fmt.encode(&w, rows, cols);
-            assert_eq!(words.len(), rows * fmt.row_words(cols), "{fmt} size");
+            assert_eq!(words.len(), fmt.chunk_words(rows, cols), "{fmt} size");
             let back = fmt.decode(&words, rows, cols);
             for (i, (a, b)) in w.iter().zip(&back).enumerate() {
                 // Block maximum is at most 1, so the step is at most 1/127 (q8) or 1/8 (q4).
@@ -239,13 +292,44 @@ mod tests {
     }
 
     #[test]
-    fn q4_keeps_the_largest_value_of_each_block_exact() {
+    fn q4_keeps_the_largest_value_of_each_block_to_f16_precision() {
         let mut w = rand_vec(6, 64, 0.5);
         w[3] = -0.9;
         w[40] = 0.8;
         let back = WeightFormat::Q4.decode(&WeightFormat::Q4.encode(&w, 2, 32), 2, 32);
-        assert_eq!(back[3], -0.9);
-        assert_eq!(back[40], 0.8);
+        assert_eq!(back[3], half::f16::from_f32(-0.9).to_f32());
+        assert_eq!(back[40], half::f16::from_f32(0.8).to_f32());
+    }
+
+    #[test]
+    fn the_layout_is_that_of_packed_int_tensors() {
+        // Q4: value 8t + i in bits 4i of word t, as q + 8; scales two f16 to a word.
+        let mut w = vec![0.0f32; 64];
+        w[0] = -8.0; // the block maximum: scale 1
+        w[1] = 1.0;
+        w[9] = -3.0;
+        w[32] = 4.0; // second block: scale -0.5, so 4.0 is q = -8
+        w[33] = -0.5;
+        let words = WeightFormat::Q4.encode(&w, 1, 64);
+        assert_eq!(words.len(), 8 + 1);
+        assert_eq!(words[0], 0x8888_8890);
+        assert_eq!(words[1] & 0xf0, 5 << 4);
+        assert_eq!(words[4] & 0xff, 0x90);
+        let scales = words[8];
+        assert_eq!(scales & 0xffff, half::f16::from_f32(1.0).to_bits() as u32);
+        assert_eq!(scales >> 16, half::f16::from_f32(-0.5).to_bits() as u32);
+        // Q8: signed bytes in order, then the scales; an odd block count pads the last word.
+        let w: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+        let words = WeightFormat::Q8.encode(&w, 1, 32);
+        assert_eq!(words.len(), 8 + 1);
+        let bytes: Vec<i8> = words[..8]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .map(|b| b as i8)
+            .collect();
+        assert_eq!(bytes[0], -127);
+        assert_eq!(bytes[16], 0);
+        assert_eq!(words[8] >> 16, 0, "padding");
     }
 
     #[test]

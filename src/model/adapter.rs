@@ -162,12 +162,12 @@ pub fn check_peft_tensors(w: &Weights, spec: &PeftAdapterSpec, hidden: usize) ->
                     name,
                 })
             }
-            Some(found) if found != shape.as_slice() => {
+            Some(found) if found != shape => {
                 return Err(Error::Shape {
                     file: w.describe(),
                     name,
                     expected: shape,
-                    found: found.to_vec(),
+                    found,
                 })
             }
             Some(_) => {}

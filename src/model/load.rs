@@ -11,6 +11,7 @@ use super::adapter::{self, Adapter, AdapterFormat};
 use super::base::BaseModel;
 use super::config::{self, ArchConfig, PeftShadowConfig, ProjectedConfig, ShadowConfig};
 use super::decoder::{load_linear, Decoder};
+use super::packed;
 use super::source::{self, read_json, read_json_opt, Source};
 use super::weights::Weights;
 use super::{Base, LoadOptions, Mode, RemoteAttach, ShadowModel};
@@ -185,7 +186,13 @@ impl ShadowModel {
         opts: &LoadOptions,
     ) -> Result<Self> {
         let base_json = read_json(base_src, "config.json", "base model config").await?;
-        let base_cfg = ArchConfig::from_hf(&base_src.location("config.json"), &base_json)?;
+        let loc = base_src.location("config.json");
+        let base_cfg = ArchConfig::from_hf(&loc, &base_json)?;
+        // A packed base decides the storage of the whole model.
+        let opts = &LoadOptions {
+            weights: packed::effective(&loc, opts.weights, packed::declared(&loc, &base_json)?)?,
+            ..opts.clone()
+        };
         let base = BaseFiles {
             json: base_json,
             cfg: base_cfg,
@@ -495,6 +502,10 @@ impl ShadowModel {
     pub async fn load_export<S: Source>(gpu: &Gpu, src: &S, opts: &LoadOptions) -> Result<Self> {
         let loc = src.location("config.json");
         let v = read_json(src, "config.json", "model config").await?;
+        let opts = &LoadOptions {
+            weights: packed::effective(&loc, opts.weights, packed::declared(&loc, &v)?)?,
+            ..opts.clone()
+        };
         let (cfg, prefix, proj_cfg) =
             if config::model_type(&loc, &v)? == "causal_lm_with_hidden_projection" {
                 let pc = ProjectedConfig::from_json(&loc, &v)?;
@@ -524,7 +535,7 @@ impl ShadowModel {
         )?;
         let (proj, head, vocab, hidden) = match &proj_cfg {
             None if peft_detached => {
-                let d = match w.shape("shadow_hidden_projection.weight") {
+                let d = match w.shape("shadow_hidden_projection.weight").as_deref() {
                     Some(&[d, ds]) if ds == cfg.hidden => d,
                     Some(s) => {
                         return Err(Error::Shape {

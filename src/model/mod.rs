@@ -18,6 +18,8 @@ pub mod decoder;
 mod forward;
 mod inflight;
 mod load;
+pub mod pack;
+pub mod packed;
 mod session;
 pub mod source;
 pub mod stream;

@@ -74,6 +74,11 @@ impl MemSource {
         self.uploaded.insert(file.into(), up);
     }
 
+    /// The bytes of `file`, if held.
+    pub fn bytes(&self, file: &str) -> Option<Arc<Vec<u8>>> {
+        self.files.get(file).cloned()
+    }
+
     /// Names of the files held.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)

@@ -1,10 +1,13 @@
 //! Safetensors files parsed while their bytes arrive: the header is validated as soon as it is
 //! complete, and every tensor is widened to f32 and uploaded to the device the moment its last
 //! byte is in, then its bytes are dropped. A browser download therefore never holds a whole
-//! weight file, in JavaScript or in wasm memory.
+//! weight file, in JavaScript or in wasm memory. A packed matrix ([`super::packed`]) is
+//! uploaded as stored once its blocks and scales are both in (a pack writes the scales
+//! first, so only they wait).
 //!
 //! Invariant: tensors are consumed in file order; `base` is the file offset of `buf[0]`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorInfo, TensorView};
@@ -12,6 +15,7 @@ use safetensors::tensor::{Dtype, TensorInfo, TensorView};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, WeightFormat};
 
+use super::packed::{self, PackedParts};
 use super::weights::widen;
 
 /// Same bound as the safetensors crate: a header larger than this is corrupt.
@@ -38,6 +42,10 @@ pub struct SafetensorsStream {
     uploaded: Vec<(String, (Vec<usize>, Matrix))>,
     host: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
     format: WeightFormat,
+    /// Parts of packed matrices waiting for the other part: block data by matrix name, and
+    /// scale tensors by their own name.
+    held_data: HashMap<String, (PackedParts, Dtype, Vec<usize>, Vec<u8>)>,
+    held_scales: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
 }
 
 impl SafetensorsStream {
@@ -54,6 +62,8 @@ impl SafetensorsStream {
             uploaded: Vec::new(),
             host: Vec::new(),
             format: WeightFormat::F32,
+            held_data: HashMap::new(),
+            held_scales: HashMap::new(),
         }
     }
 
@@ -139,7 +149,27 @@ impl SafetensorsStream {
             }
             let raw = &self.buf[ds + s - self.base..ds + e - self.base];
             let shape = info.shape.clone();
-            if shape.len() <= 2 {
+            if let Some((matrix, parts)) = packed::parts_of(name, info.dtype) {
+                let (name, dtype) = (name.clone(), info.dtype);
+                let held = (parts, dtype, shape, raw.to_vec());
+                self.held_data.insert(matrix.clone(), held);
+                self.upload_packed(gpu, &matrix, &name)?;
+            } else if packed::is_auxiliary(name) {
+                if name.ends_with(packed::SCALE) {
+                    let (name, held) = (name.clone(), (info.dtype, shape, raw.to_vec()));
+                    let matrix = name.trim_end_matches(packed::SCALE).to_string();
+                    self.held_scales.insert(name.clone(), held);
+                    self.upload_packed(gpu, &matrix, &name)?;
+                }
+            } else if shape.len() == 2
+                && info.dtype == Dtype::F16
+                && self.format.storage_for(name, shape[1]) == WeightFormat::F16
+            {
+                // f16 values are the f16 storage as they are.
+                let (r, c) = (shape[0], shape[1]);
+                let m = gpu.upload_packed(name, WeightFormat::F16, r, c, raw, &[])?;
+                self.uploaded.push((name.clone(), (shape, m)));
+            } else if shape.len() <= 2 {
                 let values = widen(&self.location, name, info.dtype, raw)?;
                 let (rows, cols) = match shape.as_slice() {
                     [] => (1, 1),
@@ -165,7 +195,50 @@ impl SafetensorsStream {
         Ok(())
     }
 
-    /// Ends the file: fails if it was truncated or has bytes no tensor covers.
+    /// Uploads packed matrix `matrix` if both its blocks and its scales are in (`part`: the
+    /// tensor that just arrived, for messages).
+    fn upload_packed(&mut self, gpu: &Gpu, matrix: &str, part: &str) -> Result<()> {
+        let Some((parts, _, _, _)) = self.held_data.get(matrix) else {
+            return Ok(());
+        };
+        let scale_name = parts.scale.clone().unwrap_or_default();
+        if !self.held_scales.contains_key(&scale_name) {
+            return Ok(());
+        }
+        let (parts, dtype, shape, data) = self
+            .held_data
+            .remove(matrix)
+            .unwrap_or_else(|| unreachable!());
+        let (sd, ss, scales) = self
+            .held_scales
+            .remove(&scale_name)
+            .unwrap_or_else(|| unreachable!());
+        let (rows, cols) = match (parts.format, shape.as_slice()) {
+            (WeightFormat::Q4, &[r, c]) => (r, c * 8),
+            (_, &[r, c]) => (r, c),
+            _ => {
+                return Err(self.err(format!(
+                    "tensor `{part}`: packed blocks of shape {shape:?}, expected 2 dimensions"
+                )))
+            }
+        };
+        packed::check(
+            &self.location,
+            matrix,
+            &parts,
+            (dtype, &shape),
+            Some((sd, &ss)),
+            rows,
+            cols,
+        )?;
+        let m = gpu.upload_packed(matrix, parts.format, rows, cols, &data, &scales)?;
+        self.uploaded
+            .push((matrix.to_string(), (vec![rows, cols], m)));
+        Ok(())
+    }
+
+    /// Ends the file: fails if it was truncated, has bytes no tensor covers, or holds half of
+    /// a packed matrix.
     pub fn finish(self) -> Result<UploadedFile> {
         let Some(ds) = self.data_start else {
             return Err(self.err(format!(
@@ -182,6 +255,23 @@ impl SafetensorsStream {
         }
         if !self.buf.is_empty() {
             return Err(self.err("incomplete metadata, file not fully covered"));
+        }
+        if let Some((m, (parts, ..))) = self.held_data.iter().next() {
+            return Err(Error::MissingTensor {
+                file: self.location.clone(),
+                name: format!(
+                    "{} (the scales of the {} blocks in `{}`)",
+                    parts.scale.as_deref().unwrap_or(m),
+                    parts.format,
+                    parts.data
+                ),
+            });
+        }
+        if let Some(s) = self.held_scales.keys().next() {
+            return Err(Error::Safetensors {
+                file: self.location.clone(),
+                msg: format!("tensor `{s}`: block scales of no packed matrix in this file"),
+            });
         }
         let host = if self.host.is_empty() {
             None

@@ -1,4 +1,5 @@
-//! Named tensors from one or more safetensors files, widened to f32 with shape checks.
+//! Named tensors from one or more safetensors files, widened to f32 with shape checks, or
+//! (packed files, [`super::packed`]) uploaded as they are stored.
 //!
 //! Invariant: every file was validated by the safetensors parser (header length, offsets,
 //! sizes) before any tensor is read; a tensor name maps to exactly one file.
@@ -12,6 +13,7 @@ use safetensors::SafeTensors;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Matrix, Tensor, WeightFormat};
 
+use super::packed::{self, PackedParts};
 use super::source::{read_json_opt, read_required, Source};
 use super::stream::UploadedFile;
 
@@ -21,6 +23,9 @@ struct File {
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
 }
+
+/// A packed matrix's format, block data and scale bytes.
+type PackedBytes<'a> = (WeightFormat, &'a [u8], &'a [u8]);
 
 /// A tensor already on the device (uploaded while its file streamed in).
 struct Uploaded {
@@ -36,6 +41,8 @@ pub struct Weights {
     files: Vec<File>,
     index: HashMap<String, usize>,
     uploaded: HashMap<String, Uploaded>,
+    /// Packed matrices (`X.weight`): the file holding their tensors, and which they are.
+    packed: HashMap<String, (usize, PackedParts)>,
     /// The storage requested for the projections, embeddings and heads
     /// ([`WeightFormat::storage_for`]); everything else is f32.
     format: WeightFormat,
@@ -74,6 +81,9 @@ impl Weights {
                 });
             }
             self.index.insert(name.clone(), fi);
+            if let Some((m, parts)) = packed::parts_of(name, tensors[name].dtype) {
+                self.packed.insert(m, (fi, parts));
+            }
         }
         self.files.push(File {
             location,
@@ -172,7 +182,7 @@ impl Weights {
                     .await?;
             }
             for name in map.keys() {
-                if !w.has(name) {
+                if !w.has(name) && !w.has_part(name) {
                     return Err(Error::MissingTensor {
                         file: loc,
                         name: name.clone(),
@@ -186,17 +196,41 @@ impl Weights {
         Ok(w)
     }
 
-    /// Whether a tensor exists.
+    /// Whether a tensor exists (a packed matrix under its own name, `X.weight`).
     pub fn has(&self, name: &str) -> bool {
-        self.index.contains_key(name) || self.uploaded.contains_key(name)
+        self.index.contains_key(name)
+            || self.uploaded.contains_key(name)
+            || self.packed.contains_key(name)
     }
 
-    /// Tensor names (unordered).
+    /// Whether `name` is a part (blocks, scales, shape) of a packed matrix that was uploaded
+    /// as it streamed in, whose parts are held no more.
+    fn has_part(&self, name: &str) -> bool {
+        [packed::DATA_Q4, packed::SCALE, packed::SHAPE]
+            .iter()
+            .filter_map(|s| name.strip_suffix(s))
+            .any(|m| self.uploaded.contains_key(m))
+    }
+
+    /// Tensor names (unordered; a packed matrix under its own name, not its parts').
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index
             .keys()
+            .filter(|n| !packed::is_auxiliary(n) && !self.is_packed_data(n))
+            .chain(self.packed.keys())
             .chain(self.uploaded.keys())
             .map(String::as_str)
+    }
+
+    /// Whether `name` holds the blocks of a packed matrix stored under another name.
+    fn is_packed_data(&self, name: &str) -> bool {
+        name.ends_with(packed::DATA_Q4) && self.packed.values().any(|(_, p)| p.data == name)
+            || self.packed.get(name).is_some_and(|(_, p)| p.data == name)
+    }
+
+    /// The packed format of the files' matrices, if any is packed.
+    pub fn packed_format(&self) -> Option<WeightFormat> {
+        self.packed.values().map(|(_, p)| p.format).next()
     }
 
     /// The files, for messages.
@@ -215,13 +249,68 @@ impl Weights {
         }
     }
 
-    /// The shape of a tensor, if present.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+    /// The shape of a tensor, if present (of a packed matrix, its values' `[rows, cols]`).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         if let Some(u) = self.uploaded.get(name) {
-            return Some(&u.shape);
+            return Some(u.shape.clone());
+        }
+        if let Some((fi, parts)) = self.packed.get(name) {
+            let s = &self.files[*fi].tensors.get(&parts.data)?.shape;
+            return Some(match (parts.format, s.as_slice()) {
+                (WeightFormat::Q4, &[r, c]) => vec![r, c * 8],
+                _ => s.clone(),
+            });
         }
         let f = &self.files[*self.index.get(name)?];
-        f.tensors.get(name).map(|t| t.shape.as_slice())
+        f.tensors.get(name).map(|t| t.shape.clone())
+    }
+
+    /// A tensor's dtype, shape and stored bytes (not for packed matrices, which are several
+    /// tensors, nor tensors uploaded as they streamed in).
+    pub fn raw_tensor(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let fi = *self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            file: self.describe(),
+            name: name.to_string(),
+        })?;
+        let (info, raw) = self.raw(fi, name).ok_or_else(|| Error::MissingTensor {
+            file: self.files[fi].location.clone(),
+            name: name.to_string(),
+        })?;
+        Ok((info.dtype, info.shape.clone(), raw))
+    }
+
+    /// A tensor's bytes and header entry.
+    fn raw(&self, fi: usize, name: &str) -> Option<(&TensorInfo, &[u8])> {
+        let f = &self.files[fi];
+        let info = f.tensors.get(name)?;
+        let (s, e) = info.data_offsets;
+        Some((info, &f.bytes[f.data_start + s..f.data_start + e]))
+    }
+
+    /// Packed matrix `name` `[rows, cols]`: its format and the bytes of its block data and
+    /// scales, checked against the shape the model expects.
+    fn packed_bytes(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Result<PackedBytes<'_>>> {
+        let (fi, parts) = self.packed.get(name)?;
+        let file = &self.files[*fi].location;
+        let (di, data) = self.raw(*fi, &parts.data)?;
+        let scale = parts.scale.as_deref().and_then(|s| self.raw(*fi, s));
+        Some(
+            packed::check(
+                file,
+                name,
+                parts,
+                (di.dtype, &di.shape),
+                scale.map(|(i, _)| (i.dtype, i.shape.as_slice())),
+                rows,
+                cols,
+            )
+            .map(|()| (parts.format, data, scale.map_or(&[][..], |(_, b)| b))),
+        )
     }
 
     fn check_uploaded(&self, name: &str, shape: &[usize]) -> Option<Result<&Uploaded>> {
@@ -247,14 +336,26 @@ impl Weights {
     /// [`WeightFormat::storage_for`] gives it (a streamed tensor keeps the storage it was
     /// uploaded in).
     pub fn matrix(&self, gpu: &Gpu, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-        match self.check_uploaded(name, &[rows, cols]) {
-            Some(u) => Ok(u?.matrix.clone()),
-            None => {
-                let format = self.format.storage_for(name, cols);
-                let data = self.get(name, &[rows, cols])?;
-                gpu.upload_matrix_as(name, &data, rows, cols, format)
+        if let Some(u) = self.check_uploaded(name, &[rows, cols]) {
+            return Ok(u?.matrix.clone());
+        }
+        if let Some(p) = self.packed_bytes(name, rows, cols) {
+            let (format, data, scales) = p?;
+            return gpu.upload_packed(name, format, rows, cols, data, scales);
+        }
+        let format = self.format.storage_for(name, cols);
+        // f16 values are the f16 storage as they are.
+        if format == WeightFormat::F16 {
+            if let Some(&fi) = self.index.get(name) {
+                if let Some((info, raw)) = self.raw(fi, name) {
+                    if info.dtype == Dtype::F16 && info.shape == [rows, cols] {
+                        return gpu.upload_packed(name, format, rows, cols, raw, &[]);
+                    }
+                }
             }
         }
+        let data = self.get(name, &[rows, cols])?;
+        gpu.upload_matrix_as(name, &data, rows, cols, format)
     }
 
     /// Vector `name` `[n]` on the device.
@@ -274,13 +375,20 @@ impl Weights {
         }
     }
 
-    /// Reads tensor `name`, checks its shape, and widens it to f32.
+    /// Reads tensor `name`, checks its shape, and widens it to f32 (a packed matrix: its
+    /// stored values).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         if let Some(u) = self.check_uploaded(name, shape) {
             return Err(Error::InvalidRequest(format!(
                 "{}: tensor `{name}` is on the device only",
                 u?.location
             )));
+        }
+        if let &[rows, cols] = shape {
+            if let Some(p) = self.packed_bytes(name, rows, cols) {
+                let (format, data, scales) = p?;
+                return Ok(packed::unpack(format, data, scales, rows, cols));
+            }
         }
         let fi = *self.index.get(name).ok_or_else(|| Error::MissingTensor {
             file: self.describe(),

@@ -710,7 +710,10 @@ pub async fn load_base<S: crate::model::source::Source>(
     weights: crate::gpu::WeightFormat,
 ) -> Result<BaseModel> {
     let v = crate::model::source::read_json(src, "config.json", "base model config").await?;
-    let cfg = crate::model::config::ArchConfig::from_hf(&src.location("config.json"), &v)?;
+    let loc = src.location("config.json");
+    let cfg = crate::model::config::ArchConfig::from_hf(&loc, &v)?;
+    let packed = crate::model::packed::declared(&loc, &v)?;
+    let weights = crate::model::packed::effective(&loc, weights, packed)?;
     let mut w = Weights::load_hf(src).await?;
     w.set_format(weights);
     // Adapters arrive with their sessions; their kernels compile with the first upload.

@@ -6,6 +6,8 @@
 //! shadowpeft chat     --model models/demo/export [--system TEXT] [--json]
 //! shadowpeft logits   --base B --adapter A --tokens 5,17,42 --out logits.safetensors
 //! shadowpeft serve    --base B --listen 127.0.0.1:8080
+//! shadowpeft pack     --model models/demo/export --weights q4 --out demo-q4
+//! shadowpeft perplexity --model models/demo/export --weights q4 --text models/demo/heldout.txt
 //! ```
 
 #[cfg(target_arch = "wasm32")]
@@ -19,6 +21,10 @@ mod generate;
 mod logits;
 #[cfg(not(target_arch = "wasm32"))]
 mod model;
+#[cfg(not(target_arch = "wasm32"))]
+mod pack;
+#[cfg(not(target_arch = "wasm32"))]
+mod perplexity;
 #[cfg(not(target_arch = "wasm32"))]
 mod printer;
 #[cfg(not(target_arch = "wasm32"))]
@@ -61,6 +67,11 @@ mod cli {
         Logits(crate::logits::LogitsArgs),
         /// Serve a frozen base model to remote shadow clients (attached mode over HTTP).
         Serve(crate::serve::ServeArgs),
+        /// Write a model dir with its weights packed (f16, q8 or q4) as the GPU holds them,
+        /// in shards: smaller downloads, loaded without conversion.
+        Pack(crate::pack::PackArgs),
+        /// The perplexity of a model on a text (to compare weight formats).
+        Perplexity(crate::perplexity::PerplexityArgs),
     }
 
     pub fn main() -> ExitCode {
@@ -81,6 +92,8 @@ mod cli {
                 Cmd::Chat(a) => crate::chat::run_chat(a).await,
                 Cmd::Logits(a) => crate::logits::run_logits(a).await,
                 Cmd::Serve(a) => crate::serve::run_serve(a).await,
+                Cmd::Pack(a) => crate::pack::run_pack(a).await,
+                Cmd::Perplexity(a) => crate::perplexity::run_perplexity(a).await,
             }
         });
         if shadowpeft::gpu::profile::enabled() {

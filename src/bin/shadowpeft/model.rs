@@ -52,8 +52,9 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 2048)]
     max_seq: usize,
     /// Storage of the decoder projections, embeddings and heads: f32, f16, or q8 / q4
-    /// (int8 / int4 in blocks of 32 with f32 scales). Adapter networks, norms and
-    /// matrices whose rows are not whole blocks of 32 stay f32.
+    /// (int8 / int4 in blocks of 32 with f16 scales). Adapter networks, norms and
+    /// matrices whose rows are not whole blocks of 32 stay f32. A packed model
+    /// (`shadowpeft pack`) loads in its own format (the default f32 means "as packed").
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8", "q4"])]
     weights: String,
     /// Cap one storage binding at this many bytes (bigger tensors are split).

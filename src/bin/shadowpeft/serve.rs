@@ -27,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2048)]
     max_seq: usize,
     /// Storage of the base's projections, embeddings and head: f32, f16, or q8 / q4
-    /// (int8 / int4 in blocks of 32 with f32 scales).
+    /// (int8 / int4 in blocks of 32 with f16 scales).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8", "q4"])]
     weights: String,
     /// Largest request body in MiB (adapter uploads included).
