@@ -17,6 +17,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::generate::{GenerateOptions, TokenStream};
 use crate::gpu::{Gpu, GpuOptions, WeightFormat};
+use crate::model::pack::INDEX;
+use crate::model::shards::{ShardDigest, ShardInfo};
 use crate::model::source::{MemSource, Source};
 use crate::model::stream::SafetensorsStream;
 use crate::model::{LoadOptions, Session, ShadowModel};
@@ -144,6 +146,8 @@ impl Engine {
             streams: std::collections::HashMap::new(),
             raw,
             format,
+            shards: std::collections::HashMap::new(),
+            digests: std::collections::HashMap::new(),
         }
     }
 }
@@ -158,6 +162,10 @@ pub struct Files {
     raw: bool,
     /// Storage of the projections, embeddings and heads streamed to the GPU.
     format: WeightFormat,
+    /// Sizes and hashes of the shards the index lists (`metadata.shards`), and the digests of
+    /// those arriving.
+    shards: std::collections::HashMap<String, ShardInfo>,
+    digests: std::collections::HashMap<String, ShardDigest>,
 }
 
 fn is_weights(file: &str) -> bool {
@@ -175,6 +183,12 @@ impl Files {
 
     /// Appends the next chunk of `file`; weight tensors it completes go to the GPU now.
     pub fn append(&mut self, file: &str, chunk: &[u8]) -> Result<(), JsValue> {
+        if self.shards.contains_key(file) {
+            self.digests
+                .entry(file.to_string())
+                .or_default()
+                .update(chunk);
+        }
         if self.raw || !is_weights(file) {
             self.src.append(file, chunk);
             return Ok(());
@@ -204,6 +218,25 @@ impl Files {
                 self.format =
                     crate::model::packed::effective(&loc, self.format, declared).map_err(js_err)?;
             }
+        }
+        if file == INDEX {
+            if let Some(bytes) = self.src.bytes(file) {
+                let loc = self.src.location(file);
+                let idx: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    js_err(crate::Error::Json {
+                        file: loc.clone(),
+                        msg: e.to_string(),
+                    })
+                })?;
+                self.shards = crate::model::shards::listed(&loc, &idx).map_err(js_err)?;
+            }
+        }
+        if let Some(want) = self.shards.get(file) {
+            // Size and sha256 against the index, before the file's tensors are used.
+            let digest = self.digests.remove(file).unwrap_or_default();
+            digest
+                .check(&self.src.location(file), want)
+                .map_err(js_err)?;
         }
         if let Some(s) = self.streams.remove(file) {
             let up = s.finish().map_err(js_err)?;

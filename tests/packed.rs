@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use safetensors::SafeTensors;
+use sha2::Digest;
 use shadowpeft::model::pack::{pack, packed_config, INDEX};
 use shadowpeft::model::stream::SafetensorsStream;
 use shadowpeft::model::weights::Weights;
@@ -230,7 +231,18 @@ fn rewrite(
             )
         })
         .collect();
-    std::fs::write(f, safetensors::serialize(views, None).unwrap()).unwrap();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    // The index describes the new file (its tensors are what is wrong, not its copy).
+    let idx_file = f.parent().unwrap().join(INDEX);
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&idx_file).unwrap()).unwrap();
+    let name = f.file_name().unwrap().to_str().unwrap();
+    idx["metadata"]["shards"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "sha256": shadowpeft::model::shards::hex(&sha2::Sha256::digest(&bytes)),
+    });
+    std::fs::write(&idx_file, serde_json::to_vec(&idx).unwrap()).unwrap();
+    std::fs::write(f, bytes).unwrap();
 }
 
 #[test]
@@ -332,6 +344,17 @@ fn corrupt_packs_name_the_file_and_the_tensor() {
     s.push(gpu().unwrap(), &bytes).unwrap();
     let e = s.finish().err().unwrap().to_string();
     assert!(e.contains(&format!("{matrix}_scale")), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+
+    // A shard whose size is not the index's (a partial copy).
+    let d = fresh("size");
+    let bytes = std::fs::read(shard(&d)).unwrap();
+    std::fs::write(shard(&d), &bytes[..bytes.len() - 1]).unwrap();
+    let e = err(&d);
+    assert!(
+        e.contains("model-00001-of-00001.safetensors") && e.contains("incomplete"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 
     // Packing a pack is refused.

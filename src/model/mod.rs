@@ -21,6 +21,7 @@ mod load;
 pub mod pack;
 pub mod packed;
 mod session;
+pub mod shards;
 pub mod source;
 pub mod stream;
 pub mod weights;

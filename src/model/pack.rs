@@ -91,10 +91,7 @@ pub fn pack(w: &Weights, format: WeightFormat, shard_bytes: usize) -> Result<Pac
             total += t.bytes.len();
         }
         let bytes = serialize(&tensors, format)?;
-        let sha: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect();
+        let sha = super::shards::hex(&Sha256::digest(&bytes));
         listed.insert(
             file.clone(),
             serde_json::json!({ "size": bytes.len(), "sha256": sha }),

@@ -177,9 +177,20 @@ impl Weights {
                 }
             }
             shards.sort_unstable();
+            let sizes = super::shards::listed(&loc, &idx)?;
             for f in shards {
-                w.add_from(src, f, "a shard listed in model.safetensors.index.json")
-                    .await?;
+                let what = "a shard listed in model.safetensors.index.json";
+                match (sizes.get(f), src.uploaded(f).is_some()) {
+                    // Read here: the index lists its size (streamed shards were checked as
+                    // they arrived).
+                    (Some(want), false) => {
+                        let bytes = read_required(src, f, what).await?;
+                        let file = src.location(f);
+                        super::shards::check_size(&file, bytes.len() as u64, want)?;
+                        w.add_file(file, bytes)?;
+                    }
+                    _ => w.add_from(src, f, what).await?,
+                }
             }
             for name in map.keys() {
                 if !w.has(name) && !w.has_part(name) {

@@ -3,7 +3,7 @@
 
 import init, { Engine } from '../pkg/shadowpeft.js';
 import { ShadowError, abortError, engineError } from './errors.js';
-import { openSource, pump } from './fetch.js';
+import { INDEX, openSource, parseIndex, pool, pump, SHARD_FETCHES } from './fetch.js';
 
 let wasmReady = null;
 
@@ -50,42 +50,22 @@ export class Core {
       throw engineError(e);
     }
     let model;
+    // Shards download in parallel; the first failure stops the others before `files` is freed.
+    const inner = new AbortController();
+    const stop = () => inner.abort(signal.reason);
+    if (signal) signal.addEventListener('abort', stop, { once: true });
     try {
-      // 1. Open every file (headers only) so progress has a total from the start.
-      const opened = [];
+      // 1. The small files, in order: config.json first (a packed model's declaration sets the
+      // storage of the weights streamed after it), then the index, which lists the shards.
       const present = [];
-      const open = async (file, optional) => {
-        const o = await src.open(file, { optional });
-        if (o) {
-          opened.push({ file, ...o });
-          present.push(file);
-        }
-        return o;
-      };
-      await open('config.json', false);
-      await Promise.all(['generation_config.json', 'tokenizer.json', 'tokenizer_config.json'].map((f) => open(f, true)));
-      const index = await open('model.safetensors.index.json', true);
-      if (index) {
-        // The index is small: read it now to learn the shards.
-        const entry = opened.pop();
-        const text = await new Response(entry.body).text();
-        files.append('model.safetensors.index.json', new TextEncoder().encode(text));
-        let shards;
-        try {
-          shards = [...new Set(Object.values(JSON.parse(text).weight_map || {}))];
-        } catch (e) {
-          throw new ShadowError('invalid-model', `${src.name()}/model.safetensors.index.json: malformed JSON (${e.message})`);
-        }
-        await Promise.all(shards.map((f) => open(f, false)));
-      } else {
-        await open('model.safetensors', false);
-      }
-      // 2. Stream each file into wasm memory.
-      const total = opened.reduce((n, o) => n + (o.size || 0), 0);
       let done = 0;
-      const cached = opened.every((o) => o.cached);
-      for (const o of opened) {
+      let total = 0;
+      let cached = true;
+      const report = (file, loaded, size, fromCache) =>
+        onProgress({ phase: 'download', file, loaded, total: size, overallLoaded: done, overallTotal: total || null, cached: fromCache });
+      const stream = async (o) => {
         let loaded = 0;
+        cached = cached && o.cached;
         if (o.size) files.reserve(o.file, o.size);
         await pump(
           o.body,
@@ -99,17 +79,66 @@ export class Core {
           (n) => {
             loaded += n;
             done += n;
-            onProgress({ phase: 'download', file: o.file, loaded, total: o.size, overallLoaded: done, overallTotal: total, cached: o.cached });
+            report(o.file, loaded, o.size, o.cached);
           },
-          signal,
+          inner.signal,
         );
         try {
           files.finish(o.file);
         } catch (e) {
           throw engineError(e);
         }
+      };
+      const small = async (file, optional) => {
+        const o = await src.open(file, { optional });
+        if (!o) return null;
+        present.push(file);
+        total += o.size || 0;
+        return { file, ...o };
+      };
+      const config = await small('config.json', false);
+      const extra = await Promise.all(['generation_config.json', 'tokenizer.json', 'tokenizer_config.json'].map((f) => small(f, true)));
+      const index = await small(INDEX, true);
+      if (index) {
+        // Read whole first: the shard list, and their total size when it lists them, so that
+        // progress has its total from the first event.
+        const bytes = new Uint8Array(await new Response(index.body).arrayBuffer());
+        index.body = new Blob([bytes]).stream();
+        index.shardList = parseIndex(src.name(), bytes);
+        total += index.shardList.bytes;
+      }
+      for (const o of [config, ...extra, index]) {
+        if (!o) continue;
+        await stream(o);
         await o.stored;
       }
+      // 2. The weights: the shards, at most SHARD_FETCHES at a time, each cached as it
+      // completes (an interrupted load resumes with the shards it lacks) and checked against
+      // the index's size and sha256 as it is finished.
+      const shards = index ? index.shardList.files : ['model.safetensors'];
+      let failure = null;
+      await pool(shards, SHARD_FETCHES, async (file) => {
+        if (failure) return;
+        try {
+          const o = await src.open(file, { optional: false, signal: inner.signal });
+          present.push(file);
+          if (!index || !index.shardList.sized) total += o.size || 0;
+          try {
+            await stream({ file, ...o });
+          } catch (e) {
+            // A shard that fails its checks never stays in the cache (one stopped because
+            // another failed is left as it is).
+            await o.stored;
+            if (!inner.signal.aborted) await src.forget(file);
+            throw e;
+          }
+          await o.stored;
+        } catch (e) {
+          if (!failure) failure = e;
+          inner.abort(e);
+        }
+      });
+      if (failure) throw signal && signal.aborted ? abortError(signal) : failure;
       for (const w of src.warnings || []) onProgress({ phase: 'warning', error: w, message: w.message, code: w.code });
       // 3. Parse, widen and upload to the GPU.
       onProgress({ phase: 'upload', overallLoaded: done, overallTotal: total, cached });
@@ -120,11 +149,13 @@ export class Core {
         throw engineError(e);
       }
       await src.commit(present);
+      if (signal) signal.removeEventListener('abort', stop);
       const info = model.info();
       const meta = { ...info, mode: 'detached', engine: engine.info(), bytes: done, fromCache: cached, loadMs: now() - t0, source: src.name() };
       onProgress({ phase: 'ready', overallLoaded: done, overallTotal: total, cached });
       return new Core(engine, model, meta);
     } catch (e) {
+      if (signal) signal.removeEventListener('abort', stop);
       try {
         files.free();
       } catch (_) {

@@ -6,6 +6,49 @@ import { ShadowError, abortError } from './errors.js';
 
 export const CACHE_NAME = 'shadowpeft-web-v1';
 
+/** The index of a sharded model (Hugging Face's name). */
+export const INDEX = 'model.safetensors.index.json';
+
+/** Shards downloaded at once. */
+export const SHARD_FETCHES = 4;
+
+/**
+ * The shards an index lists: `files` (each once, in order), and `bytes`, their total size when
+ * the index lists every shard's size (`metadata.shards`, as `shadowpeft pack` writes), with
+ * `sized` saying so.
+ * @param {string} source the model's name, for errors
+ * @param {Uint8Array} bytes the index file
+ */
+export function parseIndex(source, bytes) {
+  let index;
+  try {
+    index = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) {
+    throw new ShadowError('invalid-model', `${source}/${INDEX}: malformed JSON (${e.message})`);
+  }
+  const map = index && typeof index.weight_map === 'object' && index.weight_map ? index.weight_map : {};
+  const files = [...new Set(Object.values(map))].filter((f) => typeof f === 'string').sort();
+  const listed = (index.metadata && index.metadata.shards) || {};
+  const sized = files.length > 0 && files.every((f) => listed[f] && Number.isFinite(listed[f].size));
+  const bytesTotal = sized ? files.reduce((n, f) => n + listed[f].size, 0) : 0;
+  return { files, bytes: bytesTotal, sized };
+}
+
+/**
+ * Runs `fn` on every item, at most `limit` at a time.
+ * @template T
+ * @param {T[]} items
+ * @param {number} limit
+ * @param {(item: T) => Promise<void>} fn
+ */
+export async function pool(items, limit, fn) {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
 /**
  * Resolves the list of files of a model directory and opens them one by one.
  * @param {string | FileList | File[] | Map<string, Blob> | Record<string, Blob>} source
@@ -61,10 +104,19 @@ class UrlSource {
     await cache.put(this.manifestUrl(), new Response(body, { headers: { 'content-type': 'application/json' } })).catch(() => {});
   }
 
-  /** @returns {Promise<{ size: number|null, body: ReadableStream<Uint8Array> } | null>} null when absent */
-  async open(file, { optional = false } = {}) {
+  /** Drops a file from the cache (one that failed its checks). */
+  async forget(file) {
+    const cache = await this.openCache();
+    if (cache) await cache.delete(joinUrl(this.base, file)).catch(() => {});
+  }
+
+  /**
+   * @param {{ optional?: boolean, signal?: AbortSignal }} [opts] `signal` replaces the source's
+   * @returns {Promise<{ size: number|null, body: ReadableStream<Uint8Array> } | null>} null when absent
+   */
+  async open(file, { optional = false, signal = this.signal } = {}) {
     const url = joinUrl(this.base, file);
-    if (this.signal && this.signal.aborted) throw abortError(this.signal);
+    if (signal && signal.aborted) throw abortError(signal);
     const cache = await this.openCache();
     const manifest = await this.manifest();
     if (optional && manifest && Array.isArray(manifest.files) && !manifest.files.includes(file)) return null;
@@ -74,9 +126,9 @@ class UrlSource {
     }
     let resp;
     try {
-      resp = await fetch(url, { signal: this.signal });
+      resp = await fetch(url, { signal });
     } catch (e) {
-      if (this.signal && this.signal.aborted) throw abortError(this.signal);
+      if (signal && signal.aborted) throw abortError(signal);
       throw new ShadowError('network', `${url}: could not fetch (offline, or blocked by CORS: the server must send Access-Control-Allow-Origin)`, { cause: e, url });
     }
     if (resp.status === 404) {
@@ -121,8 +173,10 @@ class BlobSource {
 
   async commit() {}
 
-  async open(file, { optional = false } = {}) {
-    if (this.signal && this.signal.aborted) throw abortError(this.signal);
+  async forget() {}
+
+  async open(file, { optional = false, signal = this.signal } = {}) {
+    if (signal && signal.aborted) throw abortError(signal);
     const blob = this.files.get(file);
     if (!blob) {
       if (optional) return null;

@@ -57,6 +57,38 @@ export function serveFile(res, file, { cors = true, truncate = false, immutable 
   res.end(body);
 }
 
+/**
+ * Faults the /d/ files suffer, by file name (set by the tests): `delayMs` before the response,
+ * `cut` (half the body, then the connection drops), `flip` (the last byte changed). `stats`
+ * counts the weight files in flight at once.
+ */
+export const faults = { delayMs: {}, cut: new Set(), flip: new Set() };
+export const stats = { inFlight: 0, maxInFlight: 0 };
+
+function serveFaulty(res, file, cors) {
+  const name = path.basename(file);
+  const weights = name.endsWith('.safetensors');
+  if (weights) {
+    stats.inFlight++;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    res.on('close', () => stats.inFlight--);
+  }
+  setTimeout(() => {
+    if (!fs.existsSync(file)) return serveFile(res, file, { cors });
+    let body = fs.readFileSync(file);
+    if (faults.flip.has(name)) {
+      body = Buffer.from(body);
+      body[body.length - 1] ^= 0x55;
+    }
+    const headers = { 'content-type': 'application/octet-stream', 'content-length': body.length };
+    if (cors) headers['access-control-allow-origin'] = '*';
+    res.writeHead(200, headers);
+    if (!faults.cut.has(name)) return res.end(body);
+    res.write(body.subarray(0, body.length >> 1));
+    setTimeout(() => res.destroy(), 50);
+  }, faults.delayMs[name] || 0);
+}
+
 /** Serves the built page, /m/<repo path> (model files), /broken/<repo path> (truncated
  * weights) and, with `root`, any file under that directory at /d/. */
 export function handler({ cors, root }) {
@@ -74,7 +106,8 @@ export function handler({ cors, root }) {
     }
     if (root && p.startsWith('/d/')) {
       const f = path.join(root, path.normalize(p.slice(3)));
-      return serveFile(res, f.startsWith(root) ? f : '/nonexistent', { cors });
+      if (!f.startsWith(root)) return serveFile(res, '/nonexistent');
+      return serveFaulty(res, f, cors);
     }
     const f = path.join(dist, p === '/' ? 'index.html' : p);
     if (!f.startsWith(dist)) return serveFile(res, '/nonexistent');

@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { FIXTURES as ALL, buildDemo, buildPage, demoHandler, dist, here, handler, launch, listen, openPage, readSafetensors, repo, requests, startServe, www } from './harness.mjs';
+import { FIXTURES as ALL, buildDemo, buildPage, demoHandler, dist, faults, here, handler, launch, listen, openPage, readSafetensors, repo, requests, startServe, stats, www } from './harness.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name) => {
@@ -75,7 +75,9 @@ function tokenString(dir, id) {
 
 async function main() {
   await buildPage();
-  const server = await listen(handler({ cors: true }));
+  // Packed models (`shadowpeft pack` output) are written here and served at /d/.
+  const packRoot = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'shadowpeft-packed-'));
+  const server = await listen(handler({ cors: true, root: packRoot }));
   const other = await listen(handler({ cors: false }));
   const origin = `http://127.0.0.1:${server.address().port}`;
   const foreign = `http://localhost:${other.address().port}`;
@@ -166,6 +168,79 @@ async function main() {
         await context.setOffline(false);
       }
     });
+
+    if (nativeBin) {
+      await test('packed models: shards in parallel (at most 4), checked, cached one by one; an interrupted load resumes; a corrupt shard is refused and not kept', async () => {
+        const dir = path.join(packRoot, 'tiny-q4');
+        const r = spawnSync(nativeBin, ['pack', '--model', path.join(repo, 'models/tiny/export'), '--weights', 'q4', '--out', dir, '--shard-size', '24K'], { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`pack failed: ${r.stderr}`);
+        const index = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8'));
+        const shards = Object.keys(index.metadata.shards).sort();
+        assert(shards.length >= 6, `${shards.length} shards`);
+        const onDisk = fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+        const url = `${origin}/d/tiny-q4/`;
+        const want = nativeTokens('models/tiny', tiny.input_ids, 12, ['--weights', 'q4']);
+        const shardRequests = () => requests.filter((q) => q.startsWith('/d/tiny-q4/') && q.endsWith('.safetensors')).map((q) => path.basename(q)).sort();
+        const cachedShards = () =>
+          page.evaluate(async ([u, names, cacheName]) => {
+            const c = await caches.open(cacheName);
+            const out = [];
+            for (const n of names) if (await c.match(u + n)) out.push(n);
+            return out;
+          }, [url, shards, 'shadowpeft-web-v1']);
+        const notes = [];
+
+        // 1. A first load: every shard fetched, at most 4 at a time (each held back a little so
+        // that they overlap), the q4 blocks uploaded as stored, the native tokens.
+        await page.evaluate(() => window.sp.clearCache());
+        for (const f of shards) faults.delayMs[f] = 150;
+        stats.maxInFlight = 0;
+        requests.length = 0;
+        const first = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, tiny.input_ids]);
+        same(first.info.weights, 'q4', 'a packed q4 model loads as q4');
+        same(first.tokens, want, 'packed q4 in the browser vs q4 quantised on load by the native engine');
+        same(shardRequests(), shards, 'shards fetched');
+        assert(stats.maxInFlight > 1 && stats.maxInFlight <= 4, `shards in flight at once: ${stats.maxInFlight}`);
+        const dl = first.events.filter((e) => e.phase === 'download');
+        for (let i = 1; i < dl.length; i++) assert(dl[i].overallLoaded >= dl[i - 1].overallLoaded, 'overallLoaded went backwards');
+        same([dl[dl.length - 1].overallLoaded, dl[0].overallTotal], [onDisk, onDisk], 'bytes loaded / total (known from the first event) vs the files on disk');
+        same(await cachedShards(), shards, 'every shard cached');
+        notes.push(`${shards.length} shards, ${stats.maxInFlight} in flight at most, ${onDisk} bytes`);
+        for (const f of shards) delete faults.delayMs[f];
+
+        // 2. Interrupted: the last shard's connection drops half-way, late, after the others
+        // completed. The load fails; the next one fetches only what the cache lacks.
+        await page.evaluate(() => window.sp.clearCache());
+        const last = shards[shards.length - 1];
+        faults.cut.add(last);
+        faults.delayMs[last] = 400;
+        const cut = await page.evaluate((u) => window.expectError(() => window.sp.ShadowModel.load(u)), url);
+        faults.cut.delete(last);
+        delete faults.delayMs[last];
+        same(cut && cut.code, 'network', `interrupted load: ${JSON.stringify(cut)}`);
+        const kept = await cachedShards();
+        assert(!kept.includes(last), 'the interrupted shard is not cached');
+        assert(kept.length >= 1, 'shards completed before the interruption are cached');
+        requests.length = 0;
+        const resumed = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, tiny.input_ids]);
+        same(resumed.tokens, want, 'tokens after resuming');
+        same(shardRequests(), shards.filter((f) => !kept.includes(f)), 'shards fetched when resuming: only the missing ones');
+        notes.push(`resumed with ${shards.length - kept.length} of ${shards.length} shards`);
+
+        // 3. A corrupt shard (its last byte changed: the header parses, the sha256 differs).
+        await page.evaluate(() => window.sp.clearCache());
+        const bad = shards[1];
+        faults.flip.add(bad);
+        const err = await page.evaluate((u) => window.expectError(() => window.sp.ShadowModel.load(u)), url);
+        faults.flip.delete(bad);
+        same(err && err.code, 'invalid-model', `corrupt shard: ${JSON.stringify(err)}`);
+        assert(err.message.includes(bad) && err.message.includes('sha256'), `the message names the shard and its hash: ${err.message}`);
+        assert(!(await cachedShards()).includes(bad), 'the corrupt shard is not cached');
+        const again = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, tiny.input_ids]);
+        same(again.tokens, want, 'tokens after the corrupt shard is fetched again');
+        return notes.join('; ');
+      });
+    }
 
     await test('a full storage quota is a warning: the model loads uncached', async () => {
       const r = await page.evaluate(async (u) => {
@@ -313,6 +388,7 @@ async function main() {
     await close();
     server.close();
     other.close();
+    fs.rmSync(packRoot, { recursive: true, force: true });
   }
   if (failures) {
     console.log('--- browser console ---\n' + logs.slice(-40).join('\n'));
