@@ -5,7 +5,8 @@
 //! f32 weights: prefill (M > 2) uses the tiled `matmul` kernel (`matmul_cpu` on CPU devices);
 //! decode (M <= 2, K % 4 == 0) uses the `matvec` kernel; widths that are not multiples of 4
 //! use the scalar `matvec_any` for decode (and for prefill on CPU devices). f16 and block-quantised weights use
-//! `qlinear` for both (their K is a multiple of 32). Weights larger than one storage binding
+//! `qlinear` for one or two rows and `qmatmul` for more, which decodes each weight block once
+//! per 8 rows (their K is a multiple of 32). Weights larger than one storage binding
 //! are row chunks of a [`Matrix`]; each chunk writes its own column range of `y`.
 //!
 //! # Shapes
@@ -23,6 +24,7 @@ const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl");
 const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
 const QLINEAR: &str = include_str!("../../shaders/qlinear.wgsl");
+const QMATMUL: &str = include_str!("../../shaders/qmatmul.wgsl");
 const MATVEC_ANY: &str = include_str!("../../shaders/matvec_any.wgsl");
 const COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
 const CMATVEC: &str = include_str!("../../shaders/cmatvec.wgsl");
@@ -60,6 +62,17 @@ pub(crate) fn qlinear_spec(format: WeightFormat, cols: u32) -> Option<KernelSpec
     let spec = KernelSpec::new("qlinear", QLINEAR)
         .with("WG", WG)
         .with("COLS", cols);
+    super::with_format(linear_kernel(spec), format)
+}
+
+/// Rows of x per invocation of `qmatmul`: each decoded weight block serves this many rows.
+pub(crate) const QMATMUL_ROWS: u32 = 8;
+
+/// The multi-row kernel of f16 and quantised weights (a `rows` x 4 tile per invocation).
+pub(crate) fn qmatmul_spec(format: WeightFormat, rows: u32) -> Option<KernelSpec> {
+    let spec = KernelSpec::new("qmatmul", QMATMUL)
+        .with("WG", WG)
+        .with("ROWS", rows);
     super::with_format(linear_kernel(spec), format)
 }
 
@@ -203,10 +216,20 @@ fn record(
         // x_off is a whole number of rows of K (a multiple of 32) values.
         debug_assert!(x_off.is_multiple_of(4));
         for (chunk, row0, n) in &lin.w.chunks {
+            let bias = lin.b.as_ref().unwrap_or(chunk);
+            if rows > 2 {
+                // Several rows: each weight block decoded once per QMATMUL_ROWS rows.
+                let tile = QMATMUL_ROWS.min(rows as u32);
+                if let Some(spec) = qmatmul_spec(lin.w.format, tile) {
+                    let kernel = step.gpu().kernel(&spec);
+                    let groups = groups_for(n.div_ceil(4) * rows.div_ceil(tile as usize), WG);
+                    step.dispatch_linear(&kernel, &params(*n, *row0), &[x, chunk, bias, y], groups);
+                }
+                continue;
+            }
             let cols = qlinear_cols(*n, rows);
             if let Some(spec) = qlinear_spec(lin.w.format, cols) {
                 let kernel = step.gpu().kernel(&spec);
-                let bias = lin.b.as_ref().unwrap_or(chunk);
                 let groups = groups_for(n.div_ceil(cols as usize) * rows, WG);
                 step.dispatch_linear(&kernel, &params(*n, *row0), &[x, chunk, bias, y], groups);
             }
@@ -388,7 +411,9 @@ mod tests {
     fn linear_matches_cpu_for_every_weight_format() {
         let Some(gpu) = gpu() else { return };
         // Every format: on CPU devices one-row products of K % 32 == 0 run cmatvec (8 rows per
-        // invocation: n = 1, 7, 9, 50, 2050 leave partial groups; x_off = 64 a bound offset).
+        // invocation: n = 1, 7, 9, 50, 2050 leave partial groups; x_off = 64 a bound offset);
+        // blocked formats run qlinear for 2 rows and qmatmul from 3 (m = 5, 6, 7 and 70 leave
+        // partial 8-row tiles, n = 65, 129, 302 partial 4-column groups).
         for format in WeightFormat::ALL {
             for &(m, n, k) in &[
                 (1, 1, 32),
