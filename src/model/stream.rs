@@ -124,11 +124,15 @@ impl SafetensorsStream {
         let mut at = 0usize;
         for (k, i) in &tensors {
             let (s, e) = i.data_offsets;
-            let numel = i.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+            // In u64: a tensor's bit count passes u32 (wasm32's usize) at 512 MiB.
+            let numel = i
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
             let bytes = numel
-                .and_then(|m| m.checked_mul(i.dtype.bitsize()))
+                .and_then(|m| m.checked_mul(i.dtype.bitsize() as u64))
                 .map(|b| b.div_ceil(8));
-            if s != at || e < s || bytes != Some(e - s) {
+            if s != at || e < s || bytes != Some((e - s) as u64) {
                 return Err(self.err(format!("invalid offset for tensor `{k}`")));
             }
             at = e;

@@ -1,6 +1,6 @@
 // scripts/browser-generate: greedy detached generation in headless Chromium through the npm
 // package; prints the same JSON object as `shadowpeft generate --json` (last line of stdout).
-// Usage: node test/generate.mjs --model DIR --tokens 1,2,3 [--max-new-tokens N] [--ignore-eos]
+// Usage: node test/generate.mjs --model DIR --tokens 1,2,3 [--max-new-tokens N] [--ignore-eos] [--weights f16|q8|q4]
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,7 +11,7 @@ const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : dflt;
 };
-const usage = 'usage: browser-generate --model DIR --tokens IDS [--max-new-tokens N] [--ignore-eos]';
+const usage = 'usage: browser-generate --model DIR --tokens IDS [--max-new-tokens N] [--ignore-eos] [--weights f16|q8|q4]';
 const model = opt('--model');
 const tokens = opt('--tokens');
 if (!model || !tokens) {
@@ -48,7 +48,7 @@ let code = 0;
 try {
   const logs = [];
   const page = await openPage(context, origin, logs);
-  const r = await page.evaluate(([u, ids, n, ignoreEos]) => window.greedy(u, ids, n, { ignoreEos }), [`${origin}/d/`, ids, n, args.includes('--ignore-eos')]);
+  const r = await page.evaluate(([u, ids, n, ignoreEos, weights]) => window.greedy(u, ids, n, { ignoreEos, weights }), [`${origin}/d/`, ids, n, args.includes('--ignore-eos'), opt('--weights')]);
   console.log(
     JSON.stringify({
       tokens: r.tokens,
@@ -61,6 +61,8 @@ try {
       time_to_first_token_s: r.result.ttftMs / 1000,
       generate_s: r.generateMs / 1000,
       load_s: r.loadMs / 1000,
+      weights: r.info.weights,
+      bytes: r.info.bytes,
       adapter: r.info.engine.adapter || `${r.info.engine.backend} on ${await gpuAdapter(page)}`,
     }),
   );

@@ -74,7 +74,14 @@ function serveFaulty(res, file, cors) {
     res.on('close', () => stats.inFlight--);
   }
   setTimeout(() => {
-    if (!fs.existsSync(file)) return serveFile(res, file, { cors });
+    if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return serveFile(res, file, { cors });
+    if (!faults.flip.has(name) && !faults.cut.has(name)) {
+      // Streamed: model files may be larger than one Buffer.
+      const headers = { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'content-length': fs.statSync(file).size };
+      if (cors) headers['access-control-allow-origin'] = '*';
+      res.writeHead(200, headers);
+      return fs.createReadStream(file).pipe(res);
+    }
     let body = fs.readFileSync(file);
     if (faults.flip.has(name)) {
       body = Buffer.from(body);
