@@ -18,7 +18,11 @@ shadow-peft adapter and its detached export, then measures in one run on this ma
 * ``browser transformers.js``: transformers.js (onnxruntime-web, WebGPU execution provider, fp32)
   in the same browser on the detached export converted to ONNX, through
   ``scripts/browser-transformersjs``. The ONNX model is made once per size next to the other
-  models and its logits are checked against PyTorch's before use.
+  models and its logits are checked against PyTorch's before use;
+* ``browser transformers.js wasm q8`` / ``q4``: the same on onnxruntime-web's wasm (CPU)
+  backend, what a machine without WebGPU runs, with the int8 (``quantize_dynamic``) and int4
+  (``MatMulNBits``, blocks of 32) ONNX models made from it, threads on every core (the page is
+  cross-origin isolated); ``browser ours detached q4`` is the npm package with q4 weights.
 
 Every measurement uses the same 32-token prompt and greedy decoding without EOS. Decode rate =
 192 / (time for 200 new tokens - time for 8 new tokens), each time the best of two runs (so load,
@@ -243,7 +247,8 @@ def build_onnx(size: str) -> None:
     onnx.save_model(program.model_proto, str(tmp / "onnx" / "model.onnx"),
                     save_as_external_data=True, location="model.onnx_data")
     config = json.loads((src / "config.json").read_text())
-    config["transformers.js_config"] = {"use_external_data_format": True}
+    config["transformers.js_config"] = {"use_external_data_format": {
+        "model.onnx": True, "model_quantized.onnx": True, "model_q4.onnx": True}}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if (src / "generation_config.json").exists():
         shutil.copy(src / "generation_config.json", tmp / "generation_config.json")
@@ -266,6 +271,25 @@ def build_onnx(size: str) -> None:
     if not diff <= ONNX_TOLERANCE:
         raise SystemExit(f"ONNX export of the {size} model: logits differ from PyTorch's by up to "
                          f"{diff:.2e} (tolerance {ONNX_TOLERANCE:.0e})")
+    # The int8 and int4 models transformers.js loads for dtype q8 and q4 (the quantisations
+    # its own conversion script applies): dynamic int8 quantisation of every weight, and int4
+    # MatMulNBits in blocks of 32 (the embedding gathers stay fp32).
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    quantize_dynamic(str(tmp / "onnx" / "model.onnx"), str(tmp / "onnx" / "model_quantized.onnx"),
+                     weight_type=QuantType.QInt8, use_external_data_format=True)
+    q4 = MatMulNBitsQuantizer(onnx.load(str(tmp / "onnx" / "model.onnx")), block_size=32,
+                              is_symmetric=True)
+    q4.process()
+    q4.model.save_model_to_file(str(tmp / "onnx" / "model_q4.onnx"), use_external_data_format=True)
+    for f in ("model_quantized.onnx", "model_q4.onnx"):
+        # Re-saved with the external data where transformers.js looks for it (`<name>_data`).
+        path = tmp / "onnx" / f
+        m = onnx.load(str(path))
+        for stale in (tmp / "onnx").glob(f"{f}.data"):
+            stale.unlink()
+        onnx.save_model(m, str(path), save_as_external_data=True, location=f"{f}_data")
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     print(f"{size} ONNX logits match PyTorch's: max abs diff {diff:.1e}")
     (tmp / "done").write_text(fingerprint(src))
     shutil.rmtree(d, ignore_errors=True)
@@ -356,12 +380,13 @@ def ours(binary: Path, d: Path, mode: str, ids: list[int], runs: int,
     return r
 
 
-def browser(script: str, model: Path, ids: list[int], runs: int) -> dict[str, Any]:
+def browser(script: str, model: Path, ids: list[int], runs: int,
+            extra: list[str] | None = None) -> dict[str, Any]:
     """A browser runner (scripts/browser-generate or browser-transformersjs): a fresh headless
     Chromium per run that loads `model` and generates greedily, EOS ignored."""
     r = timed(lambda n: run_tree(
         [str(REPO / "scripts" / script), "--model", str(model), "--tokens", ",".join(map(str, ids)),
-         "--max-new-tokens", str(n), "--ignore-eos"]), runs)
+         "--max-new-tokens", str(n), "--ignore-eos", *(extra or [])]), runs)
     r["device"] = f"headless Chromium, {r['device']}"
     return r
 
@@ -533,7 +558,8 @@ def main() -> None:
                     help="comma-separated rows to run (default all): ours attached, "
                     "ours detached (and with a format: ours detached q8, ...), official attached, "
                     "official shadow_only, transformers, browser ours detached, "
-                    "browser transformers.js")
+                    "browser ours detached q4, browser transformers.js, "
+                    "browser transformers.js wasm q8, browser transformers.js wasm q4")
     ap.add_argument("--torch-device", default="cpu",
                     help="where the Python rows run: cpu, or cuda (adds transformers bf16 and "
                     "the bandwidth columns)")
@@ -583,8 +609,16 @@ def main() -> None:
               if dev != "cpu" else []),
             ("browser ours detached",
              lambda: browser("browser-generate", d / "export", ids, a.runs)),
+            ("browser ours detached q4",
+             lambda: browser("browser-generate", d / "export", ids, a.runs, ["--weights", "q4"])),
             ("browser transformers.js",
              lambda: browser("browser-transformersjs", onnx_models(size), ids, a.runs)),
+            # Machines without WebGPU: transformers.js on onnxruntime-web's wasm (CPU) backend,
+            # with the int8 and int4 ONNX models such a user would pick.
+            *[(f"browser transformers.js wasm {q}",
+               lambda q=q: browser("browser-transformersjs", onnx_models(size), ids, a.runs,
+                                   ["--device", "wasm", "--dtype", q]))
+              for q in ("q8", "q4")],
         ]
         unknown = only - {name for name, _ in plan}
         if unknown:

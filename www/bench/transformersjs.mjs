@@ -1,9 +1,9 @@
 // scripts/browser-transformersjs: greedy generation with transformers.js (onnxruntime-web,
-// WebGPU execution provider) in headless Chromium, from an ONNX export served on localhost;
+// WebGPU execution provider or wasm CPU backend) in headless Chromium, from an ONNX export served on localhost;
 // prints one JSON object (last line of stdout) with the fields of `shadowpeft generate --json`
 // that the benchmark reads.
 // Usage: node bench/transformersjs.mjs --npm NODE_MODULES --model DIR --tokens 1,2,3
-//          [--max-new-tokens N] [--ignore-eos]
+//          [--max-new-tokens N] [--ignore-eos] [--device webgpu|wasm] [--dtype fp32|q8|q4]
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,7 +20,7 @@ const npm = opt('--npm');
 const model = opt('--model');
 const tokens = opt('--tokens');
 if (!npm || !model || !tokens) {
-  console.error('usage: browser-transformersjs --model DIR --tokens IDS [--max-new-tokens N] [--ignore-eos]');
+  console.error('usage: browser-transformersjs --model DIR --tokens IDS [--max-new-tokens N] [--ignore-eos] [--device webgpu|wasm] [--dtype fp32|q8|q4]');
   process.exit(2);
 }
 const dirs = { '/npm/': path.resolve(npm), '/model/': path.resolve(model), '/': page };
@@ -36,8 +36,13 @@ const server = await listen((req, res) => {
   const p = decodeURIComponent(new URL(req.url, 'http://x').pathname);
   const [prefix, root] = Object.entries(dirs).find(([k]) => p.startsWith(k));
   const f = path.join(root, path.normalize(p.slice(prefix.length) || 'index.html'));
+  // Cross-origin isolated, so that the wasm backend may use threads (SharedArrayBuffer).
+  res.setHeader('cross-origin-opener-policy', 'same-origin');
+  res.setHeader('cross-origin-embedder-policy', 'require-corp');
   serveFile(res, f.startsWith(root) ? f : '/nonexistent');
 });
+const device = opt('--device', 'webgpu');
+const dtype = opt('--dtype', 'fp32');
 const origin = `http://127.0.0.1:${server.address().port}`;
 const { context, close } = await launch();
 const logs = [];
@@ -49,7 +54,7 @@ try {
   tab.on('response', (r) => r.status() >= 400 && logs.push(`[http ${r.status()}] ${r.url()}`));
   await tab.goto(`${origin}/`);
   await tab.waitForFunction(() => window.pageReady === true);
-  const r = await tab.evaluate(([ids, n, ignoreEos]) => window.generate(ids, n, { ignoreEos }), [ids, n, args.includes('--ignore-eos')]);
+  const r = await tab.evaluate(([ids, n, ignoreEos, device, dtype]) => window.generate(ids, n, { ignoreEos, device, dtype }), [ids, n, args.includes('--ignore-eos'), device, dtype]);
   console.log(
     JSON.stringify({
       tokens: r.tokens,
@@ -58,7 +63,10 @@ try {
       time_to_first_token_s: r.ttftMs / 1000,
       generate_s: r.generateMs / 1000,
       load_s: r.loadMs / 1000,
-      adapter: `onnxruntime-web ${r.ortVersion}, WebGPU EP on ${await gpuAdapter(tab)}`,
+      adapter:
+        device === 'wasm'
+          ? `onnxruntime-web ${r.ortVersion}, wasm ${dtype}, ${r.threads} thread(s)${r.isolated ? '' : ' (not cross-origin isolated)'}`
+          : `onnxruntime-web ${r.ortVersion}, WebGPU EP on ${await gpuAdapter(tab)}`,
     }),
   );
 } catch (e) {
