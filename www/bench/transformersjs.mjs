@@ -54,7 +54,13 @@ try {
   tab.on('response', (r) => r.status() >= 400 && logs.push(`[http ${r.status()}] ${r.url()}`));
   await tab.goto(`${origin}/`);
   await tab.waitForFunction(() => window.pageReady === true);
-  const r = await tab.evaluate(([ids, n, ignoreEos, device, dtype]) => window.generate(ids, n, { ignoreEos, device, dtype }), [ids, n, args.includes('--ignore-eos'), device, dtype]);
+  // An error transformers.js throws outside the awaited promise (a missing model file) would
+  // leave the evaluation waiting forever: it ends the run instead.
+  const failed = new Promise((_, reject) => tab.on('pageerror', (e) => reject(e)));
+  const r = await Promise.race([
+    tab.evaluate(([ids, n, ignoreEos, device, dtype]) => window.generate(ids, n, { ignoreEos, device, dtype }), [ids, n, args.includes('--ignore-eos'), device, dtype]),
+    failed,
+  ]);
   console.log(
     JSON.stringify({
       tokens: r.tokens,
