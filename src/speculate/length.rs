@@ -340,7 +340,7 @@ mod tests {
         // draft (a draft costs as much as a plain step here).
         let probe = ks.len() - 1;
         assert!(
-            ks[probe] >= 1 && probe >= PROBE_EVERY && probe < 2 * PROBE_EVERY,
+            ks[probe] >= 1 && (PROBE_EVERY..2 * PROBE_EVERY).contains(&probe),
             "a probe after {PROBE_EVERY} plain steps or a few more: {ks:?}"
         );
         let p = d.p_min().unwrap();

@@ -170,7 +170,7 @@ async function main() {
     });
 
     if (nativeBin) {
-      await test('packed models: shards in parallel (at most 4), checked, cached one by one; an interrupted load resumes; a corrupt shard is refused and not kept', async () => {
+      await test('packed models: shards in parallel (at most 4), checked, cached one by one; an interrupted load resumes; a corrupt shard is refused and not kept; offline from the cache', async () => {
         const dir = path.join(packRoot, 'tiny-q4');
         const r = spawnSync(nativeBin, ['pack', '--model', path.join(repo, 'models/tiny/export'), '--weights', 'q4', '--out', dir, '--shard-size', '24K'], { encoding: 'utf8' });
         if (r.status !== 0) throw new Error(`pack failed: ${r.stderr}`);
@@ -238,6 +238,18 @@ async function main() {
         assert(!(await cachedShards()).includes(bad), 'the corrupt shard is not cached');
         const again = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, tiny.input_ids]);
         same(again.tokens, want, 'tokens after the corrupt shard is fetched again');
+
+        // 4. Offline, the second load comes from the cache.
+        requests.length = 0;
+        await context.setOffline(true);
+        try {
+          const offline = await page.evaluate(([u, ids]) => window.greedy(u, ids, 12), [url, tiny.input_ids]);
+          assert(offline.info.fromCache, 'the offline load comes from the cache');
+          same(offline.tokens, want, 'offline tokens');
+          same(requests.filter((q) => q.startsWith('/d/')), [], 'model requests while offline');
+        } finally {
+          await context.setOffline(false);
+        }
         return notes.join('; ');
       });
     }
