@@ -19,7 +19,7 @@ use crate::generate::{GenerateOptions, TokenStream};
 use crate::gpu::{Gpu, GpuOptions, WeightFormat};
 use crate::model::pack::INDEX;
 use crate::model::shards::{ShardDigest, ShardInfo};
-use crate::model::source::{MemSource, Source};
+use crate::model::source::{parse_json, MemSource, Source};
 use crate::model::stream::SafetensorsStream;
 use crate::model::{LoadOptions, Session, ShadowModel};
 use crate::tokenizer::{Message, StreamDecoder, TextTokenizer};
@@ -208,12 +208,7 @@ impl Files {
         if file == "config.json" && !self.raw {
             if let Some(bytes) = self.src.bytes(file) {
                 let loc = self.src.location(file);
-                let cfg: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    js_err(crate::Error::Json {
-                        file: loc.clone(),
-                        msg: e.to_string(),
-                    })
-                })?;
+                let cfg = parse_json(&loc, &bytes).map_err(js_err)?;
                 let declared = crate::model::packed::declared(&loc, &cfg).map_err(js_err)?;
                 self.format =
                     crate::model::packed::effective(&loc, self.format, declared).map_err(js_err)?;
@@ -222,12 +217,7 @@ impl Files {
         if file == INDEX {
             if let Some(bytes) = self.src.bytes(file) {
                 let loc = self.src.location(file);
-                let idx: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    js_err(crate::Error::Json {
-                        file: loc.clone(),
-                        msg: e.to_string(),
-                    })
-                })?;
+                let idx = parse_json(&loc, &bytes).map_err(js_err)?;
                 self.shards = crate::model::shards::listed(&loc, &idx).map_err(js_err)?;
             }
         }

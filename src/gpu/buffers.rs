@@ -132,17 +132,31 @@ impl Gpu {
                 data.len()
             )));
         }
+        self.row_chunks(label, format, rows, cols, |r0, n| {
+            let part = &data[r0 * cols..(r0 + n) * cols];
+            match format {
+                WeightFormat::F32 => self.upload_f32(label, part),
+                _ => self.upload_u32(label, &format.encode(part, n, cols)),
+            }
+        })
+    }
+
+    /// A `[rows, cols]` matrix in `format` of row chunks that each fit one storage binding
+    /// (one empty chunk for no rows), `upload(r0, n)` making the chunk of rows `r0..r0 + n`.
+    fn row_chunks(
+        &self,
+        label: &str,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        mut upload: impl FnMut(usize, usize) -> Tensor,
+    ) -> Result<Matrix> {
         let per_chunk = self.chunk_rows(label, format, cols)?;
         let mut chunks = Vec::new();
         let mut r0 = 0;
         loop {
             let n = per_chunk.min(rows - r0);
-            let part = &data[r0 * cols..(r0 + n) * cols];
-            let t = match format {
-                WeightFormat::F32 => self.upload_f32(label, part),
-                _ => self.upload_u32(label, &format.encode(part, n, cols)),
-            };
-            chunks.push((t, r0, n));
+            chunks.push((upload(r0, n), r0, n));
             r0 += n;
             if r0 >= rows {
                 break;
@@ -207,27 +221,13 @@ impl Gpu {
                 rows * row_scales
             )));
         }
-        let per_chunk = self.chunk_rows(label, format, cols)?;
-        let mut chunks = Vec::new();
-        let mut r0 = 0;
-        while r0 < rows.max(1) {
-            let n = per_chunk.min(rows - r0);
+        self.row_chunks(label, format, rows, cols, |r0, n| {
             let mut bytes = Vec::with_capacity(4 * format.chunk_words(n, cols));
             bytes.extend_from_slice(&data[r0 * row_data..(r0 + n) * row_data]);
             bytes.extend_from_slice(&scales[r0 * row_scales..(r0 + n) * row_scales]);
             bytes.resize(4 * format.chunk_words(n, cols), 0);
             let len = bytes.len() / 4;
-            chunks.push((self.upload_bytes(label, &bytes, len), r0, n));
-            r0 += n;
-            if n == 0 {
-                break;
-            }
-        }
-        Ok(Matrix {
-            rows,
-            cols,
-            format,
-            chunks,
+            self.upload_bytes(label, &bytes, len)
         })
     }
 

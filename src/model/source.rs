@@ -162,7 +162,7 @@ pub async fn read_json_opt<S: Source>(src: &S, file: &str) -> Result<Option<serd
     }
 }
 
-fn parse_json(loc: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+pub(crate) fn parse_json(loc: &str, bytes: &[u8]) -> Result<serde_json::Value> {
     serde_json::from_slice(bytes).map_err(|e| Error::Json {
         file: loc.to_string(),
         msg: e.to_string(),

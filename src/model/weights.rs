@@ -233,10 +233,11 @@ impl Weights {
             .map(String::as_str)
     }
 
-    /// Whether `name` holds the blocks of a packed matrix stored under another name.
+    /// Whether `name` holds the blocks of a packed matrix (`X.weight_packed` of q4, or the
+    /// int8 `X.weight` of q8), which [`Weights::names`] lists under the matrix's name.
     fn is_packed_data(&self, name: &str) -> bool {
-        name.ends_with(packed::DATA_Q4) && self.packed.values().any(|(_, p)| p.data == name)
-            || self.packed.get(name).is_some_and(|(_, p)| p.data == name)
+        let matrix = name.strip_suffix(packed::DATA_Q4).unwrap_or(name);
+        self.packed.get(matrix).is_some_and(|(_, p)| p.data == name)
     }
 
     /// The packed format of the files' matrices, if any is packed.
