@@ -76,8 +76,13 @@ fn prompt() -> Vec<u32> {
 
 /// All logits of the demo prompt, and 24 greedy tokens after it.
 fn outputs(model: &ShadowModel) -> (Vec<f32>, Vec<u32>) {
+    outputs_of(model, &prompt())
+}
+
+/// All logits of `ids`, and 24 greedy tokens after them.
+fn outputs_of(model: &ShadowModel, ids: &[u32]) -> (Vec<f32>, Vec<u32>) {
     let gpu = gpu().unwrap();
-    let ids = prompt();
+    let ids = ids.to_vec();
     let mut s = model.new_session(gpu);
     let attached = model.mode() == Mode::Attached;
     let out =
@@ -151,6 +156,43 @@ fn packed_exports_equal_quantising_on_load() {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn packed_exports_of_every_fixture_equal_quantising_on_load() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(root().join("tests/fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("export").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let dir = fixture(&name);
+        let ids = Golden::load(&dir).ids("input_ids");
+        for format in BLOCKED {
+            let packed_dir = pack_dir(
+                &dir.join("export"),
+                format,
+                64 << 20,
+                &format!("{name}-{format}"),
+            );
+            let packed = export(&packed_dir, WeightFormat::F32).unwrap();
+            let on_load = export(&dir.join("export"), format).unwrap();
+            let (l1, t1) = outputs_of(&packed, &ids);
+            let (l2, t2) = outputs_of(&on_load, &ids);
+            assert_eq!(t1, t2, "{name} {format}: greedy tokens");
+            assert_eq!(
+                l1, l2,
+                "{name} {format}: logits of the packed and the on-load blocks"
+            );
+            let _ = std::fs::remove_dir_all(&packed_dir);
+        }
     }
 }
 
