@@ -10,8 +10,8 @@
 // Each adapted layer's weights are one packed f32 buffer (ops::adapter_step::PackedSlot); Params
 // holds where each part starts: LayerNorm weight then bias [2, dim], t0 then g0 [2G, dim],
 // hidden biases [2G], t1 [dim, G], g1 [dim, G], output biases [2 dim], Wd [R, dim], Wu [dim, R].
-// Bindings: 0 Params, 1 pu (the update's slot), 2 pi (the injection's slot), 3 h [rows, dim]
-// (read_write), 4 s [rows, dim] (read_write).
+// Bindings: 0 Params, 1 pu (the update's slot), 2 pi (the injection's slot), 3 h [.., dim]
+// (read_write), 4 s [.., dim] (read_write): rows row0 .. row0 + rows of both.
 // Dispatch: one workgroup per row, linear. Constants: WG, UPDATE, INJECT, NORM, BIAS, ACT,
 // G2 (= 2G, at least 1), R (the rank, at least 1).
 // The two products over dim (the hidden layers, and Wd) run with the invocations over dim, each
@@ -33,7 +33,7 @@ struct Params {
     out_bias: u32,
     down: u32,
     up: u32,
-    _p0: u32,
+    row0: u32,
     _p1: u32,
 }
 
@@ -100,7 +100,7 @@ fn adapter_step(
         return;
     }
     let t = lid.x;
-    let base = r * p.dim;
+    let base = (p.row0 + r) * p.dim;
     if (UPDATE == 1u) {
         // 1. The LayerNorm's statistics (official form).
         var mean = 0.0;

@@ -1,6 +1,7 @@
 // attention: causal grouped-query attention of M new queries over a KV cache.
 //   out[m, h, :] = sum_j softmax_j(q[m, h, :] . k[j, g, :] * scale) v[j, g, :],
-//   j in [0, pos0 + m], g = h / (heads / kv_heads); online (streaming) softmax in f32.
+//   j in [0, row_pos(m)], g = h / (heads / kv_heads), key j at cache row kv_slot(m, j) (prelude
+//   kv_seq or kv_paged); online (streaming) softmax in f32.
 // Bindings: 0 Params, 1 q [M, heads * HD], 2 k cache [S, kv_heads * HD],
 //           3 v cache [S, kv_heads * HD], 4 out [M, heads * HD].
 // Dispatch: (M, heads, 1) workgroups of WG invocations; a block of WG keys per iteration.
@@ -12,7 +13,7 @@ struct Params {
     heads: u32,
     kv_heads: u32,
     scale: f32,
-    _p0: u32,
+    tab0: u32,
     _p1: u32,
     _p2: u32,
 }
@@ -39,7 +40,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     }
     workgroupBarrier();
 
-    let ctx = p.pos0 + m + 1u;
+    let ctx = row_pos(m) + 1u;
     var run_max = -3.0e38;
     var run_sum = 0.0;
     var acc: array<f32, ACC>;
@@ -51,7 +52,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         let j = j0 + t;
         var s = -3.0e38;
         if (j < ctx) {
-            let kb = j * kv_stride + g * HD;
+            let kb = kv_slot(m, j) * kv_stride + g * HD;
             var dot = 0.0;
             for (var d = 0u; d < HD; d++) {
                 dot = fma(qs[d], kc[kb + d], dot);
@@ -84,7 +85,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             if (d < HD) {
                 var v = acc[a] * rescale;
                 for (var i = 0u; i < n; i++) {
-                    v = fma(sc[i], vc[(j0 + i) * kv_stride + g * HD + d], v);
+                    v = fma(sc[i], vc[kv_slot(m, j0 + i) * kv_stride + g * HD + d], v);
                 }
                 acc[a] = v;
             }

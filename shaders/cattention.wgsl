@@ -1,7 +1,8 @@
 // cattention: grouped-query attention of new queries over a KV cache, for CPU devices
-// (lavapipe, SwiftShader): for query row m (position pos0 + m),
+// (lavapipe, SwiftShader): for query row m at position P = row_pos(m),
 //   out[m, h, :] = sum_j softmax_j(q[m, h, :] . k[j, g, :] * scale) v[j, g, :],
-//   j in [0, pos0 + m], g = h / GROUP. f32 throughout.
+//   j in [0, P], g = h / GROUP, key j at cache row kv_slot(m, j) (prelude kv_seq or kv_paged).
+// f32 throughout.
 // CPU compilers run invocations as SIMD lanes and load storage buffers lane by lane, so each
 // cached row is loaded once, as vec4s, for all the query heads of its group: one workgroup per
 // (KV head, query row) copies the group's queries into workgroup memory, then runs two phases
@@ -13,7 +14,7 @@
 //           3 v cache [S, kv_heads * HD] (both vec4), 4 scores [R, heads, cap] (scratch),
 //           5 out [M, heads * HD / 4] vec4.
 // Dispatch: (kv_heads, rows, 1) workgroups for query rows row0 .. row0 + rows (rows <= R).
-// Requires HD % 4 == 0 and pos0 + M <= cap.
+// Requires HD % 4 == 0 and every row's position below cap.
 // Constants: WG, HD (head dim), GROUP = heads / kv_heads.
 
 struct Params {
@@ -23,7 +24,7 @@ struct Params {
     kv_heads: u32,
     cap: u32,
     scale: f32,
-    _p0: u32,
+    tab0: u32,
     _p1: u32,
 }
 
@@ -53,12 +54,12 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     workgroupBarrier();
     // The context length, through arrayLength so that it is not a pure uniform expression:
     // lavapipe re-specialises (recompiles) shaders per dispatch for small uniform loop counts.
-    let ctx = min(p.pos0 + m + 1u, arrayLength(&scores));
+    let ctx = min(row_pos(m) + 1u, arrayLength(&scores));
     let sb = wg.y * p.heads * p.cap;
     let kv_row = p.kv_heads * HD4;
     // 1. Scores of the group's heads for this lane's keys, two heads per pass.
     for (var j = t; j < ctx; j += WG) {
-        let kb = j * kv_row + g * HD4;
+        let kb = kv_slot(m, j) * kv_row + g * HD4;
         for (var h = 0u; h < group; h += 2u) {
             let q0 = h * HD4;
             let q1 = min(h + 1u, group - 1u) * HD4;
@@ -89,7 +90,7 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             var o1 = vec4<f32>(0.0);
             for (var j = 0u; j < ctx; j++) {
                 let s = vec2<f32>(scores[b0 + j], scores[b1 + j]);
-                let vv = vc[j * kv_row + g * HD4 + d];
+                let vv = vc[kv_slot(m, j) * kv_row + g * HD4 + d];
                 let mn = max(mx, s);
                 // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing
                 // next to e^0 = 1): CPU exp underflows to subnormals, which are slow there.

@@ -8,7 +8,8 @@
 //   y[i + D/2] = u[i + D/2] * cos[pos, i] + u[i] * sin[pos, i]
 // Bindings: 0 Params, 1 cos [S, D/2], 2 sin [S, D/2], 3 qkv [M, (heads + 2 kv_heads) D] (each
 // row q, then k, then v), 4 qw [D], 5 kw [D], 6 q [M, heads, D], 7 k and 8 v
-// [.., kv_heads * D] (the caches; rows written from element kv_off).
+// [.., kv_heads * D] (the caches: row m goes to cache row kv_slot(m, row_pos(m)) of the prelude,
+// kv_seq or kv_paged, which also gives its position).
 // Dispatch: one workgroup per (row, head), q heads, then k heads, then v heads, linear.
 // Constants: WG, NORM_Q, NORM_K.
 
@@ -18,7 +19,7 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     pos0: u32,
-    kv_off: u32,
+    tab0: u32,
     eps: f32,
     _p0: u32,
 }
@@ -58,8 +59,10 @@ fn qk_rope(
     let d = p.head_dim;
     // Head hh of row m starts at value hh * d of the row (q heads, k heads, v heads).
     let src = (m * per_row + hh) * d;
+    let pos = row_pos(m);
+    let kv_off = kv_slot(m, pos) * p.kv_heads * d;
     if (hh >= p.heads + p.kv_heads) {
-        let dst = p.kv_off + (m * p.kv_heads + hh - p.heads - p.kv_heads) * d;
+        let dst = kv_off + (hh - p.heads - p.kv_heads) * d;
         for (var i = lid.x; i < d; i += WG) {
             v[dst + i] = qkv[src + i];
         }
@@ -68,7 +71,8 @@ fn qk_rope(
     let is_k = hh >= p.heads;
     let nheads = select(p.heads, p.kv_heads, is_k);
     let h = select(hh, hh - p.heads, is_k);
-    let base = (m * nheads + h) * d;
+    // q row m, head h; or k head h of the row's cache slot.
+    let base = select((m * nheads + h) * d, kv_off + h * d, is_k);
     let norm = select(NORM_Q, NORM_K, is_k) == 1u;
     // Uniform per workgroup: every invocation takes the same branch.
     var inv = 1.0;
@@ -96,14 +100,14 @@ fn qk_rope(
             a = weight(is_k, i) * (a * inv);
             b = weight(is_k, i + half) * (b * inv);
         }
-        let t = (p.pos0 + m) * half + i;
+        let t = pos * half + i;
         let c = cos_t[t];
         let s = sin_t[t];
         let ya = a * c - b * s;
         let yb = b * c + a * s;
         if (is_k) {
-            k[p.kv_off + base + i] = ya;
-            k[p.kv_off + base + i + half] = yb;
+            k[base + i] = ya;
+            k[base + i + half] = yb;
         } else {
             q[base + i] = ya;
             q[base + i + half] = yb;

@@ -601,40 +601,173 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
         .to_string()
 }
 
-/// 16 clients at once on one server, each with its own session and KV cache: every one gets
-/// the official greedy tokens.
+/// 16 clients at once on one server, fused and stepped, f32 and f16 on the wire: the
+/// scheduler batches their rows (prompts in chunks of 3, at most 16 rows a pass) and every
+/// client gets the official greedy tokens. The server's metrics show passes that held
+/// several sessions.
 #[test]
-fn sixteen_concurrent_sessions_are_all_exact() {
+fn sixteen_concurrent_mixed_sessions_are_all_exact() {
     if gpu().is_none() {
         return;
     }
     let name = "qwen2_gqa";
-    let url = start_server(name, ServerConfig::default());
+    let cfg = ServerConfig {
+        prefill_chunk: 3,
+        max_batch_rows: 16,
+        ..Default::default()
+    };
+    let url = start_server(name, cfg);
     let g = Golden::load(&fixture(name));
     let ids = g.ids("input_ids");
     let want = g.ids("greedy_attached");
     // 16 independent clients (each its own connection pool and runtime), one server.
     let t0 = std::time::Instant::now();
     let handles: Vec<_> = (0..16)
-        .map(|_| {
+        .map(|i| {
             let (ids, url) = (ids.clone(), url.clone());
             std::thread::spawn(move || {
                 let rt = crate::rt();
                 let gpu = common::gpu().unwrap();
-                let model = client(&rt, gpu, name, &url, None, Wire::F32).unwrap();
+                let c = Connect {
+                    protocol: [Protocol::Fused, Protocol::Stepped][i % 2],
+                    wire: [Wire::F32, Wire::F16][(i / 2) % 2],
+                    ..Connect::new(&url)
+                };
+                let model = client_with(&rt, gpu, name, &c).unwrap();
                 let mut s = model.new_session(gpu);
-                greedy(&rt, gpu, &model, &mut s, &ids, 12)
+                (
+                    c.protocol,
+                    c.wire,
+                    greedy(&rt, gpu, &model, &mut s, &ids, 12),
+                )
             })
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().unwrap(), want);
+        let (protocol, wire, got) = h.join().unwrap();
+        assert_eq!(got, want, "{protocol:?} {wire:?}");
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "16 sessions x 12 tokens in {secs:.2} s: {:.1} tokens/s through one server",
         16.0 * 12.0 / secs
     );
+    let rt = rt();
+    let (status, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
+    assert_eq!(status, 200, "{text}");
+    let value = |key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no `{key}` in\n{text}"))
+    };
+    let passes = value("shadowpeft_batch_sessions_count");
+    let alone = value("shadowpeft_batch_sessions_bucket{le=\"1.0\"}");
+    assert!(
+        passes > alone,
+        "no pass held two sessions: {passes} passes, {alone} alone"
+    );
+    assert!(value("shadowpeft_rows_total{kind=\"fused\"}") > 0.0);
+    assert!(value("shadowpeft_rows_total{kind=\"stepped\"}") > 0.0);
+    eprintln!("{passes} passes, {} with several sessions", passes - alone);
+}
+
+/// KV memory is a budget: a server with room for about two sessions holds four by refusing
+/// with 429 and `Retry-After` whatever does not fit; clients wait and retry, and every one
+/// ends with the official tokens. `/v1/info` and `/metrics` report the pool.
+#[test]
+fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen3_implicit";
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    let want = g.ids("greedy_attached");
+    // Per position: keys and values of 3 layers of 2 heads of 16 = 768 bytes; a block of 4
+    // positions 3072. One generation needs ceil((prompt + 12) / 4) blocks.
+    let per_session = (ids.len() + 12).div_ceil(4);
+    let cfg = ServerConfig {
+        kv_memory: shadowpeft::remote::budget::KvMemory::Bytes(3072 * (2 * per_session as u64 + 1)),
+        kv_block: 4,
+        ..Default::default()
+    };
+    let url = start_server(name, cfg);
+    let rt = rt();
+    let (status, info) = http(&rt, reqwest::Client::new().get(format!("{url}/v1/info")));
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["kv"]["blocks"], 2 * per_session + 1, "{info}");
+    assert_eq!(info["kv"]["block_positions"], 4);
+    assert_eq!(info["kv"]["bytes_per_position"], 768);
+
+    // A raw request that cannot get blocks: 429 with Retry-After and a reason.
+    let (status, headers, body) = {
+        let c = reqwest::Client::new();
+        let open = |mode: &str| {
+            let r = rt.block_on(
+                c.post(format!("{url}/v1/sessions"))
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"mode\": \"{mode}\"}}"))
+                    .send(),
+            );
+            let text = rt.block_on(r.unwrap().text()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["session"].as_str().unwrap().to_string()
+        };
+        let s = open("stepped");
+        let long: Vec<u32> = (0..4 * (2 * per_session + 2))
+            .map(|i| i as u32 % 500)
+            .collect();
+        let req =
+            shadowpeft::remote::frame::layer_request(0, 0, Some(&long), &[], 64, 1, Wire::F32);
+        let r = rt
+            .block_on(
+                c.post(format!("{url}/v1/sessions/{s}/layer"))
+                    .body(req)
+                    .send(),
+            )
+            .unwrap();
+        let headers = r.headers().clone();
+        (r.status().as_u16(), headers, rt.block_on(r.text()).unwrap())
+    };
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(body.contains("KV memory is full"), "{body}");
+
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (ids, url) = (ids.clone(), url.clone());
+            std::thread::spawn(move || {
+                let rt = crate::rt();
+                let gpu = common::gpu().unwrap();
+                let c = Connect {
+                    protocol: [Protocol::Fused, Protocol::Stepped][i % 2],
+                    ..Connect::new(&url)
+                };
+                let model = client_with(&rt, gpu, name, &c).unwrap();
+                let mut s = model.new_session(gpu);
+                let out = greedy(&rt, gpu, &model, &mut s, &ids, 12);
+                // Done: the server session goes, and its blocks with it.
+                rt.block_on(model.end_conversation(&mut s));
+                out
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+    let (_, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shadowpeft_refused_total{reason=\"kv_blocks\"}"))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap_or(0.0);
+    assert!(refused >= 2.0, "the budget never refused anything:\n{text}");
+    assert!(
+        text.contains("shadowpeft_kv_blocks{state=\"free\"}"),
+        "{text}"
+    );
+    eprintln!("{refused} requests refused for KV memory and retried");
 }
 
 /// The server is killed mid-generation: without fallback the next token is a clear error (no

@@ -291,6 +291,18 @@ impl Adapter {
     /// injection before `next`, `h += alpha * up(down(h - s))`; the update is
     /// `s += sigmoid(G(u)) * (T(u) - s)`, `u = LN(h)` (official) or `u = h` (peft).
     pub(crate) fn between(&self, step: &mut Step, next: usize, h: &Tensor, s: &Tensor, m: usize) {
+        self.between_rows(step, next, h, s, (0, m));
+    }
+
+    /// [`Adapter::between`] for rows `row0..row0 + m` of `h` and `s` (`rows` is `(row0, m)`).
+    pub(crate) fn between_rows(
+        &self,
+        step: &mut Step,
+        next: usize,
+        h: &Tensor,
+        s: &Tensor,
+        rows: (usize, usize),
+    ) {
         let update = next
             .checked_sub(1)
             .filter(|&l| self.update_is_read(l))
@@ -305,7 +317,7 @@ impl Adapter {
             self.alpha,
             h,
             s,
-            m,
+            rows,
             self.hidden,
         );
     }

@@ -243,7 +243,9 @@ impl Decoder {
         }
     }
 
-    /// Runs layer `l` on `x` `[m, hidden]` in place, for positions `pos0..pos0 + m`.
+    /// Runs layer `l` on `x` `[m, hidden]` in place, for positions `pos0..pos0 + m` of the
+    /// session whose cache is `cache`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn layer(
         &self,
         step: &mut Step,
@@ -254,11 +256,27 @@ impl Decoder {
         cache: &KvCache,
         s: &Scratch,
     ) {
+        let kv = ops::KvLayout::Seq { pos0 };
+        self.layer_kv(step, l, x, m, &kv, (&cache.k[l], &cache.v[l]), s);
+    }
+
+    /// Runs layer `l` on `x` `[m, hidden]` in place, each row at the position `kv` gives and
+    /// its keys and values in `cache` (layer `l`'s k and v), as `kv` lays them out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_kv(
+        &self,
+        step: &mut Step,
+        l: usize,
+        x: &Tensor,
+        m: usize,
+        kv: &ops::KvLayout,
+        cache: (&Tensor, &Tensor),
+        s: &Scratch,
+    ) {
         debug_assert!(m <= s.rows);
         let c = &self.cfg;
         let ly = &self.layers[l];
         let (h, hd) = (c.hidden, c.head_dim);
-        let kvd = c.kv_heads * hd;
         // 1. Attention input norm and q/k/v projections.
         ops::rms_norm(step, x, 0, &ly.in_norm, &s.xn, 0, m, h, c.rms_eps);
         ly.qkv.record(step, &s.xn, m, &s.qkv);
@@ -269,26 +287,13 @@ impl Decoder {
             q_norm: ly.q_norm.as_ref(),
             k_norm: ly.k_norm.as_ref(),
             q: &s.q,
-            k: &cache.k[l],
-            v: &cache.v[l],
-            kv_off: pos0 * kvd,
+            k: cache.0,
+            v: cache.1,
         };
-        ops::qk_rope(
-            step, &self.rope, &io, m, c.heads, c.kv_heads, pos0, c.rms_eps,
-        );
+        ops::qk_rope(step, &self.rope, &io, m, c.heads, c.kv_heads, kv, c.rms_eps);
         // 3. Causal attention over the cache, output projection, residual.
         ops::attention(
-            step,
-            &s.q,
-            &cache.k[l],
-            &cache.v[l],
-            &s.attn,
-            m,
-            pos0,
-            c.heads,
-            c.kv_heads,
-            hd,
-            &s.scores,
+            step, &s.q, cache.0, cache.1, &s.attn, m, kv, c.heads, c.kv_heads, hd, &s.scores,
         );
         ops::linear_add(step, &s.attn, 0, m, &ly.o, x, 0, h, 1.0);
         // 4. MLP: SwiGLU of the gate and up projections, down projection, residual.
@@ -308,15 +313,27 @@ impl Decoder {
 
     /// The final RMSNorm: `y = norm(x)` for `m` rows.
     pub(crate) fn final_norm(&self, step: &mut Step, x: &Tensor, y: &Tensor, m: usize) {
+        self.final_norm_rows(step, (x, 0), (y, 0), m);
+    }
+
+    /// The final RMSNorm of `m` rows of `x` from row `x.1` into `y` from row `y.1`.
+    pub(crate) fn final_norm_rows(
+        &self,
+        step: &mut Step,
+        x: (&Tensor, usize),
+        y: (&Tensor, usize),
+        m: usize,
+    ) {
+        let h = self.cfg.hidden;
         ops::rms_norm(
             step,
-            x,
-            0,
+            x.0,
+            x.1 * h,
             &self.norm,
-            y,
-            0,
+            y.0,
+            y.1 * h,
             m,
-            self.cfg.hidden,
+            h,
             self.cfg.rms_eps,
         );
     }

@@ -13,10 +13,15 @@
 
 pub mod adapter;
 pub mod base;
+// The backbone server's batched passes and KV pool.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod batch;
 pub mod config;
 pub mod decoder;
 mod forward;
 mod inflight;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod kv_pool;
 mod load;
 pub mod pack;
 pub mod packed;

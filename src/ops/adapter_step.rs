@@ -143,7 +143,8 @@ struct Params {
     alpha: f32,
     /// The update's parts from its slot, the injection's (`down`, `up`) from its own.
     off: Offsets,
-    _p: [u32; 2],
+    row0: u32,
+    _p: u32,
 }
 
 /// The kernel for an adapter of `shape`, running the update and/or the injection.
@@ -159,9 +160,9 @@ pub(crate) fn spec(gpu: &Gpu, shape: &AdapterShape, update: bool, inject: bool) 
         .with("R", shape.rank.max(1) as u32)
 }
 
-/// Records, for `rows` rows of `h` and `s` `[rows, dim]`, the state update with slot
-/// `update`'s weights, then the injection (scaled by `alpha`) with slot `inject`'s; nothing
-/// when both are `None`.
+/// Records, for rows `row0..row0 + rows` of `h` and `s` `[.., dim]`, the state update with
+/// slot `update`'s weights, then the injection (scaled by `alpha`) with slot `inject`'s;
+/// nothing when both are `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn adapter_step(
     step: &mut Step,
@@ -171,7 +172,7 @@ pub fn adapter_step(
     alpha: f32,
     h: &Tensor,
     s: &Tensor,
-    rows: usize,
+    (row0, rows): (usize, usize),
     dim: usize,
 ) {
     let Some(any) = update.or(inject) else {
@@ -193,7 +194,8 @@ pub fn adapter_step(
             up: i.off.up,
             ..u.off
         },
-        _p: [0; 2],
+        row0: row0 as u32,
+        _p: 0,
     };
     step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], rows as u32);
 }
@@ -365,7 +367,7 @@ mod tests {
                         0.3,
                         &ht,
                         &st,
-                        rows,
+                        (0, rows),
                         dim,
                     );
                     step.submit().unwrap();

@@ -1,7 +1,8 @@
-//! Causal grouped-query attention of `M` new queries over a KV cache holding positions
-//! `0..pos0 + M` (the new keys/values are written to the cache before this runs).
+//! Causal grouped-query attention of `M` new queries over a KV cache holding each query's
+//! positions up to its own (the new keys/values are written to the cache before this runs).
 //!
-//! `out[m, h] = softmax_j(q[m, h] . k[j, h / group] * scale) v[j, h / group]`, j <= pos0 + m.
+//! `out[m, h] = softmax_j(q[m, h] . k[j, h / group] * scale) v[j, h / group]`, j <= pos(m),
+//! with positions and cache rows as the [`KvLayout`] says.
 //!
 //! # Shapes
 //! q `[M, H, D]`; k/v cache `[S, KVH, D]`; out `[M, H, D]`.
@@ -9,6 +10,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{KernelSpec, Step, Tensor};
+
+use super::KvLayout;
 
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
 const CPU_SRC: &str = include_str!("../../shaders/cattention.wgsl");
@@ -25,15 +28,22 @@ struct CpuParams {
     kv_heads: u32,
     cap: u32,
     scale: f32,
-    _p: [u32; 2],
+    tab0: u32,
+    _p: u32,
 }
 
 /// The CPU kernel for `heads` query heads of `head_dim` over `kv_heads` KV heads.
-pub(crate) fn cpu_spec(heads: usize, kv_heads: usize, head_dim: usize) -> KernelSpec {
-    KernelSpec::new("cattention", CPU_SRC)
+pub(crate) fn cpu_spec(
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    kv: &KvLayout,
+) -> KernelSpec {
+    let s = KernelSpec::new("cattention", CPU_SRC)
         .with("WG", CPU_WG)
         .with("HD", head_dim as u32)
-        .with("GROUP", (heads / kv_heads.max(1)) as u32)
+        .with("GROUP", (heads / kv_heads.max(1)) as u32);
+    kv.prelude(s, 6)
 }
 
 /// Query rows per dispatch of the CPU kernel that a scores scratch should hold (as
@@ -48,21 +58,35 @@ struct Params {
     heads: u32,
     kv_heads: u32,
     scale: f32,
-    _p: [u32; 3],
+    tab0: u32,
+    _p: [u32; 2],
 }
 
 /// The compiled kernel for one head dimension.
-pub(crate) fn spec(head_dim: usize) -> KernelSpec {
-    KernelSpec::new("attention", SRC)
+pub(crate) fn spec(head_dim: usize, kv: &KvLayout) -> KernelSpec {
+    let s = KernelSpec::new("attention", SRC)
         .with("WG", ATTN_WG)
         .with("HD", head_dim as u32)
-        .with("ACC", (head_dim as u32).div_ceil(ATTN_WG))
+        .with("ACC", (head_dim as u32).div_ceil(ATTN_WG));
+    kv.prelude(s, 5)
 }
 
-/// Records attention for `m` queries at positions `pos0..pos0 + m`. On CPU devices it runs
-/// `cattention` over row chunks when `scores` holds `[R, heads, cap]` for R >= 1, cap the
-/// cache's positions (at most R query rows per dispatch); otherwise, and on GPUs, the tiled
-/// kernel.
+/// The stride of the CPU kernel's scores (`cap`) and whether every query row's context fits
+/// in it: one session's cache holds `cap` positions; paged rows are all below `max_ctx`.
+fn score_cap(kv: &KvLayout, k_cache: &Tensor, kv_width: usize, m: usize) -> (usize, bool) {
+    match kv {
+        KvLayout::Seq { pos0 } => {
+            let cap = k_cache.len() / kv_width.max(1);
+            (cap, pos0 + m <= cap)
+        }
+        KvLayout::Paged { max_ctx, .. } => (*max_ctx, true),
+    }
+}
+
+/// Records attention for `m` queries at the positions `kv` gives. On CPU devices it runs
+/// `cattention` over row chunks when `scores` holds `[R, heads, cap]` for R >= 1 (at most R
+/// query rows per dispatch), cap the cache's positions or the paged layout's `max_ctx`;
+/// otherwise, and on GPUs, the tiled kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
@@ -71,56 +95,60 @@ pub fn attention(
     v_cache: &Tensor,
     out: &Tensor,
     m: usize,
-    pos0: usize,
+    kv: &KvLayout,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     scores: &Tensor,
 ) {
     let gpu = step.gpu();
-    let cap = k_cache.len() / (kv_heads * head_dim).max(1);
+    let (cap, fits) = score_cap(kv, k_cache, kv_heads * head_dim, m);
     let rows = scores.len() / (heads * cap).max(1);
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let (pos0, tab0) = kv.words();
+    let table: Vec<&Tensor> = kv.table().into_iter().collect();
     if gpu.is_cpu()
         && rows > 0
-        && pos0 + m <= cap
+        && fits
         && head_dim.is_multiple_of(4)
         && kv_heads > 0
         && heads.is_multiple_of(kv_heads)
     {
-        let kernel = gpu.kernel(&cpu_spec(heads, kv_heads, head_dim));
+        let kernel = gpu.kernel(&cpu_spec(heads, kv_heads, head_dim, kv));
         for row0 in (0..m).step_by(rows) {
             let p = CpuParams {
-                pos0: pos0 as u32,
+                pos0,
                 row0: row0 as u32,
                 heads: heads as u32,
                 kv_heads: kv_heads as u32,
                 cap: cap as u32,
                 scale,
-                _p: [0; 2],
+                tab0,
+                _p: 0,
             };
             step.dispatch(
                 &kernel,
                 &p,
-                &[q, k_cache, v_cache, scores, out],
+                &[&[q, k_cache, v_cache, scores, out], &table[..]].concat(),
                 [kv_heads as u32, rows.min(m - row0) as u32, 1],
             );
         }
         return;
     }
-    let k = gpu.kernel(&spec(head_dim));
+    let k = gpu.kernel(&spec(head_dim, kv));
     let p = Params {
         m: m as u32,
-        pos0: pos0 as u32,
+        pos0,
         heads: heads as u32,
         kv_heads: kv_heads as u32,
         scale,
-        _p: [0; 3],
+        tab0,
+        _p: [0; 2],
     };
     step.dispatch(
         &k,
         &p,
-        &[q, k_cache, v_cache, out],
+        &[&[q, k_cache, v_cache, out], &table[..]].concat(),
         [m as u32, heads as u32, 1],
     );
 }
@@ -206,7 +234,8 @@ mod tests {
             );
             let scores = gpu.zeros("scores", h * 256);
             let mut st = Step::new(gpu);
-            attention(&mut st, &qt, &kt, &vt, &ot, m, pos0, h, kvh, d, &scores);
+            let at = KvLayout::Seq { pos0 };
+            attention(&mut st, &qt, &kt, &vt, &ot, m, &at, h, kvh, d, &scores);
             st.submit().unwrap();
             let got = pollster::block_on(gpu.read_f32(&ot, 0, m * h * d)).unwrap();
             let want = cpu_attention(&q, &kc, &vc, m, pos0, h, kvh, d);

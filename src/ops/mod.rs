@@ -9,6 +9,7 @@ mod argmax;
 mod attention;
 mod embedding;
 mod glu;
+mod kv;
 mod linear;
 mod rms_norm;
 mod rope;
@@ -26,6 +27,7 @@ pub use argmax::{argmax, argmax_rows, cpu_argmax};
 pub use attention::{attention, cpu_attention, CPU_SCORE_ROWS};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
+pub use kv::KvLayout;
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};
@@ -54,6 +56,7 @@ pub fn precompile(
     adapter: Option<AdapterShape>,
     weights: crate::gpu::WeightFormat,
 ) {
+    const SEQ: KvLayout = KvLayout::Seq { pos0: 0 };
     let mut specs = vec![
         linear::matvec_for(gpu).0,
         linear::matvec_any_spec(),
@@ -63,8 +66,8 @@ pub fn precompile(
             linear::matmul_spec()
         },
         rms_norm::spec(gpu),
-        rope::spec(gpu, true, true),
-        rope::spec(gpu, false, false),
+        rope::spec(gpu, true, true, &SEQ),
+        rope::spec(gpu, false, false, &SEQ),
         embedding::spec(),
         silu_mul::spec(),
         argmax::spec(gpu, false),
@@ -76,7 +79,7 @@ pub fn precompile(
         specs.push(glu::spec(gpu).0);
         specs.extend(glu::qspec(weights));
     }
-    specs.extend(dims.iter().map(|d| attention::spec(d.head_dim)));
+    specs.extend(dims.iter().map(|d| attention::spec(d.head_dim, &SEQ)));
     specs.extend(linear::qlinear_spec(weights, 1));
     specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));
@@ -87,7 +90,7 @@ pub fn precompile(
         for d in dims {
             mv.extend([d.hidden, d.intermediate, d.heads * d.head_dim]);
             specs.push(glu::cpu_spec(weights, d.hidden));
-            specs.push(attention::cpu_spec(d.heads, d.kv_heads, d.head_dim));
+            specs.push(attention::cpu_spec(d.heads, d.kv_heads, d.head_dim, &SEQ));
         }
         mv.retain(|w| w % 32 == 0);
         mv.sort_unstable();

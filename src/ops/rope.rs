@@ -7,13 +7,14 @@
 //!
 //! # Shapes
 //! tables `[S, D/2]`; the joined projection `[M, (heads + 2 kv_heads) D]` (each row q, k, v);
-//! q `[M, heads, D]`; the caches' k and v rows `[M, kv_heads, D]` at positions `pos0..pos0 + M`.
+//! q `[M, heads, D]`; the caches' k and v rows `[kv_heads, D]`, one per query row, where its
+//! [`KvLayout`] puts them.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
-use super::WG;
+use super::{KvLayout, WG};
 
 const SRC: &str = include_str!("../../shaders/qk_rope.wgsl");
 
@@ -65,21 +66,22 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     pos0: u32,
-    kv_off: u32,
+    tab0: u32,
     eps: f32,
     _p: u32,
 }
 
-/// The compiled kernel of this op, for the per-head norms a model has.
-pub(crate) fn spec(gpu: &Gpu, norm_q: bool, norm_k: bool) -> KernelSpec {
-    KernelSpec::new("qk_rope", SRC)
+/// The compiled kernel of this op, for the per-head norms a model has and a KV addressing.
+pub(crate) fn spec(gpu: &Gpu, norm_q: bool, norm_k: bool, kv: &KvLayout) -> KernelSpec {
+    let s = KernelSpec::new("qk_rope", SRC)
         .with("WG", super::reduce_wg(gpu, WG))
         .with("NORM_Q", norm_q as u32)
-        .with("NORM_K", norm_k as u32)
+        .with("NORM_K", norm_k as u32);
+    kv.prelude(s, 9)
 }
 
 /// The per-head inputs and outputs of [`qk_rope`]: the joined q/k/v projection in; `q`, and
-/// the KV cache's `k` and `v` (from element `kv_off`) out.
+/// the KV cache's `k` and `v` out.
 pub struct QkRope<'a> {
     pub qkv: &'a Tensor,
     /// Per-head RMSNorm weights `[head_dim]` (Qwen3), when the model has them.
@@ -88,11 +90,12 @@ pub struct QkRope<'a> {
     pub q: &'a Tensor,
     pub k: &'a Tensor,
     pub v: &'a Tensor,
-    pub kv_off: usize,
 }
 
-/// Records, for `rows` tokens at positions `pos0..`, the per-head RMSNorm (when given) and
-/// RoPE of `heads` q heads and `kv_heads` k heads, and the copy of the v heads into the cache.
+/// Records, for `rows` tokens at the positions `kv` gives, the per-head RMSNorm (when given)
+/// and RoPE of `heads` q heads and `kv_heads` k heads, and the copy of the v heads into the
+/// cache.
+#[allow(clippy::too_many_arguments)]
 pub fn qk_rope(
     step: &mut Step,
     table: &RopeTable,
@@ -100,30 +103,31 @@ pub fn qk_rope(
     rows: usize,
     heads: usize,
     kv_heads: usize,
-    pos0: usize,
+    kv: &KvLayout,
     eps: f32,
 ) {
-    let k = step
-        .gpu()
-        .kernel(&spec(step.gpu(), io.q_norm.is_some(), io.k_norm.is_some()));
+    let k = step.gpu().kernel(&spec(
+        step.gpu(),
+        io.q_norm.is_some(),
+        io.k_norm.is_some(),
+        kv,
+    ));
+    let (pos0, tab0) = kv.words();
     let p = Params {
         rows: rows as u32,
         heads: heads as u32,
         kv_heads: kv_heads as u32,
         head_dim: table.head_dim as u32,
-        pos0: pos0 as u32,
-        kv_off: io.kv_off as u32,
+        pos0,
+        tab0,
         eps,
         _p: 0,
     };
     let qw = io.q_norm.unwrap_or(io.qkv);
     let kw = io.k_norm.unwrap_or(io.qkv);
-    step.dispatch_linear(
-        &k,
-        &p,
-        &[&table.cos, &table.sin, io.qkv, qw, kw, io.q, io.k, io.v],
-        (rows * (heads + 2 * kv_heads)) as u32,
-    );
+    let mut bufs = vec![&table.cos, &table.sin, io.qkv, qw, kw, io.q, io.k, io.v];
+    bufs.extend(kv.table());
+    step.dispatch_linear(&k, &p, &bufs, (rows * (heads + 2 * kv_heads)) as u32);
 }
 
 /// CPU reference of the rotary step of [`qk_rope`] (same tables).
@@ -179,7 +183,7 @@ mod tests {
             let up = |n: &str, v: &[f32]| gpu.upload_f32(n, v);
             let (qkv, qwt, kwt) = (up("qkv", &all), up("qw", &qw), up("kw", &kw));
             let q = gpu.zeros("q out", qx.len());
-            let off = (pos0 + 3) * kvd;
+            let off = pos0 * kvd;
             let k_cache = gpu.zeros("k cache", off + kx.len());
             let v_cache = gpu.zeros("v cache", off + vx.len());
             let mut st = Step::new(gpu);
@@ -190,9 +194,9 @@ mod tests {
                 q: &q,
                 k: &k_cache,
                 v: &v_cache,
-                kv_off: off,
             };
-            qk_rope(&mut st, &table, &io, rows, heads, kv, pos0, 1e-6);
+            let at = KvLayout::Seq { pos0 };
+            qk_rope(&mut st, &table, &io, rows, heads, kv, &at, 1e-6);
             st.submit().unwrap();
             let got_q = pollster::block_on(gpu.read_f32(&q, 0, qx.len())).unwrap();
             let got_k = pollster::block_on(gpu.read_f32(&k_cache, off, kx.len())).unwrap();

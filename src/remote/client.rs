@@ -185,7 +185,28 @@ impl RemoteBase {
         r.timeout(self.timeout)
     }
 
+    /// Sends `r`; a 429 (the server is full) is retried after its `Retry-After`, for as long
+    /// as the request's timeout allows.
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
+        let started = web_time::Instant::now();
+        let mut r = r;
+        loop {
+            let again = r.try_clone();
+            let (status, retry, body) = self.send_once(r).await?;
+            match (status, retry, again) {
+                (429, Some(after), Some(next)) if started.elapsed() + after < self.timeout => {
+                    sleep(after).await;
+                    r = next;
+                }
+                _ => return Ok((status, body)),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> Result<(u16, Option<std::time::Duration>, Vec<u8>)> {
         let resp = r.send().await.map_err(|e| {
             let why = if e.is_timeout() {
                 "no answer in time"
@@ -195,11 +216,17 @@ impl RemoteBase {
             self.err(None, format!("{why}: {}", chain(&e)))
         })?;
         let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| std::time::Duration::from_secs(s.min(60)));
         let body = resp
             .bytes()
             .await
             .map_err(|e| self.err(Some(status), format!("reply cut off: {}", chain(&e))))?;
-        Ok((status, body.to_vec()))
+        Ok((status, retry, body.to_vec()))
     }
 
     fn fail(&self, status: u16, body: &[u8]) -> Error {
@@ -494,4 +521,32 @@ impl RemoteBase {
                 .await;
         }
     }
+}
+
+/// Waits `d` (before retrying a refused request).
+#[cfg(not(target_arch = "wasm32"))]
+async fn sleep(d: std::time::Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// Waits `d` (before retrying a refused request), on the page's or worker's timer.
+#[cfg(target_arch = "wasm32")]
+async fn sleep(d: std::time::Duration) {
+    use wasm_bindgen::JsCast;
+    let ms = d.as_millis().min(i32::MAX as u128) as i32;
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        let f = js_sys::Reflect::get(&global, &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match f {
+            Some(f) => {
+                let _ = f.call2(&global, &resolve, &ms.into());
+            }
+            None => {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
 }

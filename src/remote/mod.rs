@@ -8,8 +8,16 @@
 //! it applies its own head. The upload names its format (`format`: `shadow-peft`, the default,
 //! or `peft`), so one server runs adapters of either algorithm.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod api_error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod budget;
 pub mod client;
 pub mod frame;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod scheduler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod server;
 

@@ -1,9 +1,12 @@
-//! The backbone server: one frozen base model on the GPU, many sessions, each with its own KV
-//! cache and adapter (shared between sessions that upload the same adapter bytes).
+//! The backbone server: one frozen base model on the GPU, many sessions, each with its own
+//! positions in a shared pool of KV blocks and its own adapter (shared between sessions that
+//! upload the same adapter bytes). Requests that run the base are batched across sessions by
+//! the [`Scheduler`].
 //!
-//! Endpoints (all under `/v1`, JSON errors `{"error": ...}`; see docs/protocol.md):
+//! Endpoints (under `/v1`, JSON errors `{"error": ...}`; see docs/protocol.md):
 //! `GET /info`, `HEAD|PUT /adapters/{sha256}`, `POST /sessions`, `POST /sessions/{id}/forward`,
-//! `DELETE /sessions/{id}`. With a token, every request needs `Authorization: Bearer <token>`.
+//! `POST /sessions/{id}/layer`, `DELETE /sessions/{id}`; and `GET /metrics` (Prometheus text).
+//! With a token, every request needs `Authorization: Bearer <token>`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,13 +23,18 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Step, Tensor};
+use crate::gpu::Gpu;
 use crate::model::adapter::{peft_tensors, Adapter};
-use crate::model::base::{BaseModel, BaseState};
+use crate::model::base::BaseModel;
 use crate::model::config::{PeftAdapterSpec, ShadowConfig};
+use crate::model::kv_pool::{KvBudget, KvPool};
 use crate::model::weights::Weights;
 
+use super::api_error::{bad_request, ApiError, ApiResult};
+use super::budget::KvMemory;
 use super::frame::{self, Frame};
+use super::metrics::Metrics;
+use super::scheduler::{Limits, Request as Job, Scheduler, Session, Work};
 use super::{is_adapter_tensor, PROTOCOL};
 
 /// Server settings.
@@ -42,6 +50,14 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Most adapters kept on the GPU; the least recently used one goes first.
     pub max_adapters: usize,
+    /// The KV cache budget, shared by all sessions.
+    pub kv_memory: KvMemory,
+    /// Positions per KV block.
+    pub kv_block: usize,
+    /// Most rows (tokens, all sessions together) in one batched base pass.
+    pub max_batch_rows: usize,
+    /// Most rows of one request in one pass: longer prompts run in chunks of this many.
+    pub prefill_chunk: usize,
 }
 
 impl Default for ServerConfig {
@@ -52,20 +68,12 @@ impl Default for ServerConfig {
             session_ttl: Duration::from_secs(600),
             max_body: 256 << 20,
             max_adapters: 16,
+            kv_memory: KvMemory::Auto,
+            kv_block: 16,
+            max_batch_rows: 128,
+            prefill_chunk: 64,
         }
     }
-}
-
-struct RemoteSession {
-    state: BaseState,
-    /// Fused sessions run the uploaded adapter; stepped sessions have none.
-    adapter: Option<Arc<Adapter>>,
-    pos: usize,
-    /// A stepped pass in progress: its first position, row count and next layer.
-    pass: Option<(usize, usize, usize)>,
-    ids: Tensor,
-    s0: Tensor,
-    last_used: Instant,
 }
 
 struct AdapterEntry {
@@ -73,17 +81,22 @@ struct AdapterEntry {
     last_used: Instant,
 }
 
+type Sessions = HashMap<String, Arc<Mutex<Session>>>;
+
 struct App {
     gpu: Arc<Gpu>,
     base: Arc<BaseModel>,
     cfg: ServerConfig,
-    sessions: Mutex<HashMap<String, Arc<Mutex<RemoteSession>>>>,
+    sessions: Mutex<Sessions>,
     adapters: Mutex<HashMap<String, AdapterEntry>>,
+    scheduler: Arc<Scheduler>,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
-    fn check_room(&self, sessions: &HashMap<String, Arc<Mutex<RemoteSession>>>) -> ApiResult<()> {
+    fn check_room(&self, sessions: &Sessions) -> ApiResult<()> {
         if sessions.len() >= self.cfg.max_sessions {
+            self.metrics.refuse("sessions");
             return Err(ApiError(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -95,33 +108,6 @@ impl App {
         Ok(())
     }
 }
-
-/// An HTTP error with a JSON body.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::InvalidRequest(_)
-            | Error::TokenOutOfRange { .. }
-            | Error::Safetensors { .. }
-            | Error::Shape { .. }
-            | Error::MissingTensor { .. }
-            | Error::Dtype { .. }
-            | Error::Config { .. } => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, e.to_string())
-    }
-}
-
-type ApiResult<T> = std::result::Result<T, ApiError>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -164,6 +150,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let c = app.base.cfg();
+    let (pool, limits) = (&app.scheduler.pool, app.scheduler.limits());
     Json(serde_json::json!({
         "protocol": PROTOCOL,
         "hidden_size": c.hidden,
@@ -175,7 +162,17 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "max_sessions": app.cfg.max_sessions,
         "session_ttl_s": app.cfg.session_ttl.as_secs(),
         "max_body": app.cfg.max_body,
-        "features": ["rows-count"],
+        "features": ["rows-count", "batching"],
+        "kv": {
+            "dtype": "f32",
+            "block_positions": pool.block(),
+            "blocks": pool.blocks(),
+            "blocks_free": pool.free_blocks(),
+            "bytes": pool.bytes(),
+            "bytes_per_position": pool.bytes_per_block() / pool.block() as u64,
+        },
+        "max_batch_rows": limits.max_rows,
+        "prefill_chunk": limits.prefill_chunk,
     }))
 }
 
@@ -371,21 +368,12 @@ async fn new_session(
         }
     };
     let id = new_session_id()?;
-    // Checked before allocating the session's KV cache, and again when inserting it.
-    app.check_room(&lock(&app.sessions))?;
-    let gpu = &app.gpu;
-    let s = RemoteSession {
-        state: app.base.new_state(gpu, adapter.as_deref(), 1),
-        adapter,
-        pos: 0,
-        pass: None,
-        ids: gpu.zeros("ids", 1),
-        s0: gpu.zeros("s0", app.base.cfg().hidden),
-        last_used: Instant::now(),
-    };
+    // A session holds no KV blocks until it runs: they come from the pool as it grows.
+    let s = Session::new(adapter, app.scheduler.pool.session());
     let mut sessions = lock(&app.sessions);
     app.check_room(&sessions)?;
     sessions.insert(id.clone(), Arc::new(Mutex::new(s)));
+    app.metrics.sessions.set(sessions.len() as i64);
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "session": id, "max_seq": app.base.decoder.max_seq() })),
@@ -393,59 +381,137 @@ async fn new_session(
 }
 
 async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> StatusCode {
-    let gone = lock(&app.sessions).remove(&id);
+    let mut sessions = lock(&app.sessions);
+    // Its KV blocks go back to the pool once a request still queued for it is answered.
+    let gone = sessions.remove(&id);
+    app.metrics.sessions.set(sessions.len() as i64);
     match gone {
-        Some(s) => {
-            drop(s);
-            // Cached bind groups would keep the session's KV cache alive.
-            app.gpu.release_bindings();
-            StatusCode::NO_CONTENT
-        }
+        Some(_) => StatusCode::NO_CONTENT,
         None => StatusCode::NOT_FOUND,
     }
 }
 
-/// Runs `work` on a session off the async runtime and answers its frame.
-async fn with_session(
-    app: Arc<App>,
-    id: String,
-    body: Bytes,
-    work: fn(&App, &mut RemoteSession, &[u8]) -> ApiResult<Vec<u8>>,
-) -> ApiResult<Response> {
-    let sess = lock(&app.sessions)
-        .get(&id)
+async fn scrape(State(app): State<Arc<App>>) -> Response {
+    let pool = &app.scheduler.pool;
+    let free = pool.free_blocks();
+    let body = app.metrics.render(pool.blocks() - free, free);
+    let ct = [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)];
+    (StatusCode::OK, ct, body).into_response()
+}
+
+/// The session `id`, or 404.
+fn session(app: &App, id: &str) -> ApiResult<Arc<Mutex<Session>>> {
+    lock(&app.sessions)
+        .get(id)
         .cloned()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))?;
-    let app2 = app.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut s = lock(&sess);
-        s.last_used = Instant::now();
-        work(&app2, &mut s, &body)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let mut h = HeaderMap::new();
-    h.insert(
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))
+}
+
+/// An answer frame of `rows` hidden rows.
+fn hidden_frame(h: &[f32], rows: usize, d: usize, wire: frame::Wire) -> Response {
+    let mut hm = HeaderMap::new();
+    hm.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
-    Ok((StatusCode::OK, h, out).into_response())
+    let body = frame::hidden_response(h, rows, d, wire);
+    (StatusCode::OK, hm, body).into_response()
 }
 
+/// A fused forward: tokens and shadow state in, the final normed hidden rows out.
 async fn forward(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    with_session(app, id, body, run_forward).await
+    let sess = session(&app, &id)?;
+    if lock(&sess).adapter.is_none() {
+        return Err(bad_request(
+            "this is a stepped session: send layers to /layer",
+        ));
+    }
+    let f = Frame::parse(&body)?;
+    let d = app.base.cfg().hidden;
+    let ids = f.ids("ids")?;
+    let m = ids.len();
+    check_ids(&app, &ids)?;
+    let (s0, wire) = f.f32("s0", &[m, d])?;
+    let pos = f.meta_usize("pos")?;
+    let keep = answer_rows(&f, m)?;
+    let job = Job {
+        work: Work::Fused { ids, s0 },
+        pos,
+        keep,
+    };
+    let h = app.scheduler.submit(sess, job).await?;
+    Ok(hidden_frame(&h, keep, d, wire))
 }
 
+/// One layer of a stepped pass. Layer 0 takes `ids` and starts a pass at `pos`; layer l >= 1
+/// takes `hidden` (the client's injected input) and must follow layer l - 1 of the same pass.
+/// The answer is the layer's output, or after the last layer the final normed rows.
 async fn layer(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    with_session(app, id, body, run_layer).await
+    let sess = session(&app, &id)?;
+    let (d, n) = (app.base.cfg().hidden, app.base.decoder.num_layers());
+    let pass = {
+        let s = lock(&sess);
+        if s.adapter.is_some() {
+            return Err(bad_request(
+                "this is a fused session: send tokens to /forward",
+            ));
+        }
+        s.pass
+    };
+    let f = Frame::parse(&body)?;
+    let pos = f.meta_usize("pos")?;
+    let l = f.meta_usize("layer")?;
+    let starts = l == 0 && f.has("ids");
+    let embed_only = match f.meta_opt("embed") {
+        None => false,
+        Some("only") if starts => true,
+        Some(o) => {
+            return Err(bad_request(format!(
+                "`embed` is `{o}`: only a layer-0 request with ids may ask for `only`"
+            )))
+        }
+    };
+    let last = l + 1 == n && !embed_only;
+    let (work, m, wire) = if starts {
+        let ids = f.ids("ids")?;
+        check_ids(&app, &ids)?;
+        // A pass start names the answer's dtype (f32 when absent).
+        let wire = match f.meta("wire") {
+            Ok(w) => w.parse()?,
+            Err(_) => frame::Wire::F32,
+        };
+        let m = ids.len();
+        (Work::Start { ids, embed_only }, m, wire)
+    } else {
+        // The row count comes from the pass this layer continues (checked again when run).
+        let m = match pass {
+            Some((p, m, next)) if p == pos && next == l => m,
+            _ => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("layer {l} at position {pos} does not continue this session's pass"),
+                ))
+            }
+        };
+        if l >= n {
+            return Err(bad_request(format!("layer {l}: the base has {n} layers")));
+        }
+        // Later layers answer in the dtype they are sent in.
+        let (hidden, wire) = f.f32("hidden", &[m, d])?;
+        (Work::Layer { layer: l, hidden }, m, wire)
+    };
+    let keep = if last { answer_rows(&f, m)? } else { m };
+    let job = Job { work, pos, keep };
+    let h = app.scheduler.submit(sess, job).await?;
+    Ok(hidden_frame(&h, keep, d, wire))
 }
 
 /// `rows` metadata of a pass over `m` positions: `all`, `last`, or a count from 1 to `m` (the
@@ -481,163 +547,50 @@ fn check_ids(app: &App, ids: &[u32]) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks that `m` tokens at `pos` fit the session (a position before the session's end
-/// rewinds it: the tokens from `pos` on are forgotten) and sizes its buffers for them.
-fn admit(app: &App, s: &mut RemoteSession, pos: usize, m: usize) -> ApiResult<()> {
-    if pos > s.pos {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("position {pos} is past the session's {} tokens", s.pos),
-        ));
-    }
-    let max = app.base.decoder.max_seq();
-    if pos + m > max {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "sequence of {} tokens exceeds the server's maximum of {max}",
-                pos + m
-            ),
-        ));
-    }
-    if m > s.state.rows {
-        let gpu = &app.gpu;
-        app.base.grow(gpu, s.adapter.as_deref(), &mut s.state, m);
-        s.ids = gpu.zeros("ids", m);
-        s.s0 = gpu.zeros("s0", m * app.base.cfg().hidden);
-    }
-    Ok(())
-}
-
-fn run_forward(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>> {
-    let f = Frame::parse(body)?;
-    let d = app.base.cfg().hidden;
-    let ids = f.ids("ids")?;
-    let m = ids.len();
-    check_ids(app, &ids)?;
-    let (s0, wire) = f.f32("s0", &[m, d])?;
-    let pos = f.meta_usize("pos")?;
-    let rows = answer_rows(&f, m)?;
-    let adapter = s.adapter.clone().ok_or_else(|| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "this is a stepped session: send layers to /layer".into(),
-        )
-    })?;
-    admit(app, s, pos, m)?;
-    let gpu = &app.gpu;
-    gpu.write_u32(&s.ids, &ids);
-    gpu.write_f32(&s.s0, &s0);
-    let mut step = Step::new(gpu);
-    app.base
-        .record(&mut step, &adapter, &s.state, &s.ids, &s.s0, m, pos)?;
-    step.submit()?;
-    let h = pollster::block_on(gpu.read_f32(&s.state.xn, (m - rows) * d, rows * d))?;
-    s.pos = pos + m;
-    s.pass = None;
-    Ok(frame::hidden_response(&h, rows, d, wire))
-}
-
-/// One layer of a stepped pass. Layer 0 takes `ids` and starts a pass at `pos`; layer l >= 1
-/// takes `hidden` (the client's injected input) and must follow layer l - 1 of the same pass.
-/// The answer is the layer's output, or after the last layer the final normed rows.
-fn run_layer(app: &App, s: &mut RemoteSession, body: &[u8]) -> ApiResult<Vec<u8>> {
-    let f = Frame::parse(body)?;
-    let (d, n) = (app.base.cfg().hidden, app.base.decoder.num_layers());
-    if s.adapter.is_some() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "this is a fused session: send tokens to /forward".into(),
-        ));
-    }
-    let pos = f.meta_usize("pos")?;
-    let l = f.meta_usize("layer")?;
-    let gpu = &app.gpu;
-    let starts = l == 0 && f.has("ids");
-    let embed_only = match f.meta_opt("embed") {
-        None => false,
-        Some("only") if starts => true,
-        Some(o) => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("`embed` is `{o}`: only a layer-0 request with ids may ask for `only`"),
-            ))
-        }
-    };
-    let (m, wire) = if starts {
-        let ids = f.ids("ids")?;
-        check_ids(app, &ids)?;
-        admit(app, s, pos, ids.len())?;
-        gpu.write_u32(&s.ids, &ids);
-        s.pass = Some((pos, ids.len(), 0));
-        // The tokens from `pos` on are being replaced.
-        s.pos = pos;
-        (ids.len(), None)
-    } else {
-        let m = match s.pass {
-            Some((p, m, next)) if p == pos && next == l => m,
-            _ => {
-                return Err(ApiError(
-                    StatusCode::CONFLICT,
-                    format!("layer {l} at position {pos} does not continue this session's pass"),
-                ))
-            }
-        };
-        if l >= n {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("layer {l}: the base has {n} layers"),
-            ));
-        }
-        let (x, wire) = f.f32("hidden", &[m, d])?;
-        gpu.write_f32(&s.state.x, &x);
-        (m, Some(wire))
-    };
-    let mut step = Step::new(gpu);
-    if embed_only {
-        app.base.record_embedding(&mut step, &s.state, &s.ids, m);
-    } else {
-        app.base
-            .record_layer(&mut step, &s.state, l, &s.ids, starts, m, pos);
-    }
-    step.submit()?;
-    // A pass start names the answer's dtype (f32 when absent); later layers answer in theirs.
-    let wire = match wire {
-        Some(w) => w,
-        None => match f.meta("wire") {
-            Ok(w) => w.parse()?,
-            Err(_) => frame::Wire::F32,
-        },
-    };
-    let last = l + 1 == n && !embed_only;
-    let (src, rows) = match last {
-        true => (&s.state.xn, answer_rows(&f, m)?),
-        false => (&s.state.x, m),
-    };
-    let h = pollster::block_on(gpu.read_f32(src, (m - rows) * d, rows * d))?;
-    if last {
-        s.pos = pos + m;
-        s.pass = None;
-    } else if !embed_only {
-        s.pass = Some((pos, m, l + 1));
-    }
-    Ok(frame::hidden_response(&h, rows, d, wire))
-}
-
 /// Builds the HTTP app around a loaded base.
+/// Sizes the KV pool (`cfg.kv_memory`, `cfg.kv_block`) and starts the scheduler, then builds
+/// the HTTP app around a loaded base; the future it returns expires idle sessions.
 pub fn router(
     gpu: Arc<Gpu>,
     base: Arc<BaseModel>,
     cfg: ServerConfig,
-) -> (Router, impl std::future::Future<Output = ()>) {
+) -> Result<(Router, impl std::future::Future<Output = ()>)> {
     let ttl = cfg.session_ttl;
     let max_body = cfg.max_body;
+    let mut bytes = cfg.kv_memory.resolve(&gpu)?;
+    if cfg.kv_memory == KvMemory::Auto {
+        // Never more than every session at its longest.
+        let c = base.cfg();
+        let per_position = 2 * c.layers * c.kv_heads * c.head_dim * 4;
+        let most = cfg.max_sessions * base.decoder.max_seq().next_multiple_of(cfg.kv_block.max(1));
+        bytes = bytes.min((most * per_position) as u64);
+    }
+    let budget = KvBudget {
+        bytes,
+        block: cfg.kv_block,
+    };
+    let pool = KvPool::new(&gpu, &base.decoder, budget)?;
+    log::info!(
+        "KV pool: {} blocks of {} positions, {} bytes",
+        pool.blocks(),
+        pool.block(),
+        pool.bytes()
+    );
+    let metrics = Arc::new(Metrics::new());
+    let limits = Limits {
+        max_rows: cfg.max_batch_rows,
+        prefill_chunk: cfg.prefill_chunk,
+    };
+    let scheduler = Scheduler::start(gpu.clone(), base.clone(), pool, limits, metrics.clone())
+        .map_err(|e| Error::InvalidRequest(format!("cannot start the scheduler thread: {e}")))?;
     let app = Arc::new(App {
         gpu,
         base,
         cfg,
         sessions: Mutex::new(HashMap::new()),
         adapters: Mutex::new(HashMap::new()),
+        scheduler,
+        metrics,
     });
     let sweeper = {
         let app = app.clone();
@@ -645,17 +598,12 @@ pub fn router(
             let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
             loop {
                 tokio::time::sleep(every).await;
-                // A session busy in a forward is in use: keep it.
-                let expired = {
-                    let mut sessions = lock(&app.sessions);
-                    let before = sessions.len();
-                    sessions
-                        .retain(|_, s| s.try_lock().map_or(true, |g| g.last_used.elapsed() < ttl));
-                    sessions.len() < before
-                };
-                if expired {
-                    app.gpu.release_bindings();
-                }
+                // A session with a request queued or running is in use (the request holds
+                // it): keep it.
+                let mut sessions = lock(&app.sessions);
+                sessions
+                    .retain(|_, s| Arc::strong_count(s) > 1 || lock(s).last_used.elapsed() < ttl);
+                app.metrics.sessions.set(sessions.len() as i64);
             }
         }
     };
@@ -668,6 +616,10 @@ pub fn router(
         .route("/sessions/{id}", axum::routing::delete(delete_session))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app.clone());
+    let scrape = Router::new()
+        .route("/metrics", get(scrape))
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
         .with_state(app);
     // Browsers on other origins may call the server; preflights are answered before auth.
     let cors = tower_http::cors::CorsLayer::new()
@@ -681,7 +633,8 @@ pub fn router(
         ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .max_age(Duration::from_secs(3600));
-    (Router::new().nest("/v1", api).layer(cors), sweeper)
+    let routes = Router::new().nest("/v1", api).merge(scrape).layer(cors);
+    Ok((routes, sweeper))
 }
 
 /// Serves `base` on `listener` until the process ends.
@@ -691,7 +644,7 @@ pub async fn serve(
     base: Arc<BaseModel>,
     cfg: ServerConfig,
 ) -> Result<()> {
-    let (app, sweeper) = router(gpu, base, cfg);
+    let (app, sweeper) = router(gpu, base, cfg)?;
     tokio::spawn(sweeper);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     log::info!("backbone server listening on {addr:?}");

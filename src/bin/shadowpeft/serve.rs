@@ -33,10 +33,29 @@ pub struct ServeArgs {
     /// Largest request body in MiB (adapter uploads included).
     #[arg(long, default_value_t = 256)]
     max_body_mib: usize,
+    /// KV cache budget shared by all sessions: bytes (512M, 2G) or a fraction of the
+    /// device's memory (0.25; CPU devices only, as wgpu does not report a GPU's). Default: a
+    /// quarter of the device's memory where known, else 2G.
+    #[arg(long)]
+    kv_memory: Option<String>,
+    /// Positions per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    kv_block: usize,
+    /// Most rows (tokens of all sessions together) in one batched base pass.
+    #[arg(long, default_value_t = 128)]
+    max_batch_rows: usize,
+    /// Most rows of one request in one pass: longer prompts run in chunks of this many, so
+    /// that they do not stall decoding sessions.
+    #[arg(long, default_value_t = 64)]
+    prefill_chunk: usize,
 }
 
 pub async fn run_serve(a: ServeArgs) -> Result<()> {
     use std::sync::Arc;
+    let kv_memory = match &a.kv_memory {
+        Some(m) => m.parse()?,
+        None => Default::default(),
+    };
     let gpu = Arc::new(Gpu::new(GpuOptions::default()).await?);
     let base = shadowpeft::remote::server::load_base(
         &gpu,
@@ -53,6 +72,10 @@ pub async fn run_serve(a: ServeArgs) -> Result<()> {
         max_sessions: a.max_sessions.max(1),
         session_ttl: std::time::Duration::from_secs(a.session_ttl.max(1)),
         max_body: a.max_body_mib.max(1) << 20,
+        kv_memory,
+        kv_block: a.kv_block,
+        max_batch_rows: a.max_batch_rows,
+        prefill_chunk: a.prefill_chunk,
         ..Default::default()
     };
     eprintln!(
