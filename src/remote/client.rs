@@ -185,9 +185,16 @@ impl RemoteBase {
         r.timeout(self.timeout)
     }
 
-    /// Sends `r`; a 429 (the server is full) is retried after its `Retry-After`, for as long
-    /// as the request's timeout allows.
+    /// Sends `r` and returns the status and body.
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
+        let (status, _, body) = self.send_once(r).await?;
+        Ok((status, body))
+    }
+
+    /// Sends a request on a session: a 429 (the server's KV memory is full for now) is retried
+    /// after its `Retry-After`, for as long as the request's timeout allows. (A 429 for a new
+    /// session, the server holding its most sessions, is not: sessions end slowly.)
+    async fn send_on_session(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
         let started = web_time::Instant::now();
         let mut r = r;
         loop {
@@ -382,7 +389,7 @@ impl RemoteBase {
             .ok_or_else(|| self.err(None, "no session"))?;
         st.bytes_sent += req.len() as u64;
         let (status, body) = self
-            .send(
+            .send_on_session(
                 self.req(reqwest::Method::POST, &format!("/sessions/{id}/{what}"))
                     .header("content-type", "application/octet-stream")
                     .body(req),
