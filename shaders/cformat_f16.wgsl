@@ -1,4 +1,4 @@
-// cformat_f16: the f16 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
+// cformat_f16: the f16 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu, cmatmul), prepended
 // to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 4 vec4<u32> words; word t
 // holds values 2t (low half) and 2t + 1 (high half), read with unpack2x16float (core WGSL, no
 // shader-f16 needed); no scale. cmatvec_common turns x into blocks
@@ -16,19 +16,13 @@ fn halves(lo: u32, hi: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
 }
 
-// sum_k x[k] * w[k] over block `blk` of matrix `mat`.
-fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+// The 32 values of block `blk` of matrix `mat`, in x's order.
+fn block_values(mat: u32, blk: u32) -> array<vec4<f32>, 8> {
     let u0 = wblock(mat, 4u * blk);
     let u1 = wblock(mat, 4u * blk + 1u);
     let u2 = wblock(mat, 4u * blk + 2u);
     let u3 = wblock(mat, 4u * blk + 3u);
-    var a = xb.v0 * halves(u0.x, u0.y);
-    a = fma(xb.v1, halves(u0.z, u0.w), a);
-    a = fma(xb.v2, halves(u1.x, u1.y), a);
-    a = fma(xb.v3, halves(u1.z, u1.w), a);
-    a = fma(xb.v4, halves(u2.x, u2.y), a);
-    a = fma(xb.v5, halves(u2.z, u2.w), a);
-    a = fma(xb.v6, halves(u3.x, u3.y), a);
-    a = fma(xb.v7, halves(u3.z, u3.w), a);
-    return (a.x + a.y) + (a.z + a.w);
+    return array<vec4<f32>, 8>(halves(u0.x, u0.y), halves(u0.z, u0.w), halves(u1.x, u1.y),
+                               halves(u1.z, u1.w), halves(u2.x, u2.y), halves(u2.z, u2.w),
+                               halves(u3.x, u3.y), halves(u3.z, u3.w));
 }

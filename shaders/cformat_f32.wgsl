@@ -1,4 +1,4 @@
-// cformat_f32: f32 weights for the CPU decode kernels (cmatvec, cmatvec_glu), prepended to them.
+// cformat_f32: f32 weights for the CPU decode kernels (cmatvec, cmatvec_glu, cmatmul), prepended to them.
 // The [N, K/4] vec4 rows are read as blocks of 32 values: BV = 8 vec4 words, bit patterns of
 // f32, no scale. cmatvec_common turns x into blocks
 // (XBlock: each vec4 times UNSHIFT, and OFFSET * sum(x)); the kernel defines wblock(mat, i) (vec4
@@ -10,20 +10,12 @@ const SCALED: bool = false;
 const OFFSET: f32 = 0.0;
 const UNSHIFT = vec4<f32>(1.0);
 
-fn wv(mat: u32, i: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(wblock(mat, i));
-}
-
-// sum_k x[k] * w[k] over block `blk` of matrix `mat`.
-fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+// The 32 values of block `blk` of matrix `mat`, in x's order.
+fn block_values(mat: u32, blk: u32) -> array<vec4<f32>, 8> {
     let i = blk * 8u;
-    var a = xb.v0 * wv(mat, i);
-    a = fma(xb.v1, wv(mat, i + 1u), a);
-    a = fma(xb.v2, wv(mat, i + 2u), a);
-    a = fma(xb.v3, wv(mat, i + 3u), a);
-    a = fma(xb.v4, wv(mat, i + 4u), a);
-    a = fma(xb.v5, wv(mat, i + 5u), a);
-    a = fma(xb.v6, wv(mat, i + 6u), a);
-    a = fma(xb.v7, wv(mat, i + 7u), a);
-    return (a.x + a.y) + (a.z + a.w);
+    return array<vec4<f32>, 8>(
+        bitcast<vec4<f32>>(wblock(mat, i)), bitcast<vec4<f32>>(wblock(mat, i + 1u)),
+        bitcast<vec4<f32>>(wblock(mat, i + 2u)), bitcast<vec4<f32>>(wblock(mat, i + 3u)),
+        bitcast<vec4<f32>>(wblock(mat, i + 4u)), bitcast<vec4<f32>>(wblock(mat, i + 5u)),
+        bitcast<vec4<f32>>(wblock(mat, i + 6u)), bitcast<vec4<f32>>(wblock(mat, i + 7u)));
 }

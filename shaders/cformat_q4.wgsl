@@ -1,4 +1,4 @@
-// cformat_q4: the int4 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
+// cformat_q4: the int4 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu, cmatmul), prepended
 // to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 1 vec4<u32>; u32 t holds
 // values 8t..8t + 7, value 8t + i in bits 4i..4i + 3, each as q + 8.
 // CPU compilers run one invocation per SIMD lane, so the decode keeps to whole-vector integer
@@ -21,16 +21,14 @@ fn nibbles(u: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u) & MASKS));
 }
 
-// sum_k x[k] * q[k] over block `blk` of matrix `mat`, before the block's scale.
-fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+// The 32 values of block `blk` of matrix `mat` as the products take them (q + 8, even values
+// of each run of 8 then the odd ones, times powers of 2 that UNSHIFT undoes on x), before the
+// block's scale.
+fn block_values(mat: u32, blk: u32) -> array<vec4<f32>, 8> {
     let u = wblock(mat, blk);
-    var a = xb.v0 * nibbles(u.x & 0x0F0F0F0Fu);
-    a = fma(xb.v1, nibbles((u.x >> 4u) & 0x0F0F0F0Fu), a);
-    a = fma(xb.v2, nibbles(u.y & 0x0F0F0F0Fu), a);
-    a = fma(xb.v3, nibbles((u.y >> 4u) & 0x0F0F0F0Fu), a);
-    a = fma(xb.v4, nibbles(u.z & 0x0F0F0F0Fu), a);
-    a = fma(xb.v5, nibbles((u.z >> 4u) & 0x0F0F0F0Fu), a);
-    a = fma(xb.v6, nibbles(u.w & 0x0F0F0F0Fu), a);
-    a = fma(xb.v7, nibbles((u.w >> 4u) & 0x0F0F0F0Fu), a);
-    return ((a.x + a.y) + (a.z + a.w)) - xb.offset;
+    return array<vec4<f32>, 8>(
+        nibbles(u.x & 0x0F0F0F0Fu), nibbles((u.x >> 4u) & 0x0F0F0F0Fu),
+        nibbles(u.y & 0x0F0F0F0Fu), nibbles((u.y >> 4u) & 0x0F0F0F0Fu),
+        nibbles(u.z & 0x0F0F0F0Fu), nibbles((u.z >> 4u) & 0x0F0F0F0Fu),
+        nibbles(u.w & 0x0F0F0F0Fu), nibbles((u.w >> 4u) & 0x0F0F0F0Fu));
 }

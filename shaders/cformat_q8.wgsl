@@ -1,4 +1,4 @@
-// cformat_q8: the int8 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu), prepended
+// cformat_q8: the int8 block decoder of the CPU decode kernels (cmatvec, cmatvec_glu, cmatmul), prepended
 // to them (layout: src/gpu/quant.rs). A block of 32 values is BV = 2 vec4<u32>; word t holds
 // values 4t..4t + 3 as signed bytes, low byte first.
 // As in cformat_q4, the decode keeps to whole-vector integer ops: `word ^ 0x80808080` turns
@@ -21,17 +21,11 @@ fn bytes4(w: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(m));
 }
 
-// sum_k x[k] * q[k] over block `blk` of matrix `mat`, before the block's scale.
-fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+// The 32 values of block `blk` of matrix `mat` as the products take them (q + 128, times
+// powers of 2 that UNSHIFT undoes on x), before the block's scale.
+fn block_values(mat: u32, blk: u32) -> array<vec4<f32>, 8> {
     let u = wblock(mat, 2u * blk);
     let v = wblock(mat, 2u * blk + 1u);
-    var a = xb.v0 * bytes4(u.x);
-    a = fma(xb.v1, bytes4(u.y), a);
-    a = fma(xb.v2, bytes4(u.z), a);
-    a = fma(xb.v3, bytes4(u.w), a);
-    a = fma(xb.v4, bytes4(v.x), a);
-    a = fma(xb.v5, bytes4(v.y), a);
-    a = fma(xb.v6, bytes4(v.z), a);
-    a = fma(xb.v7, bytes4(v.w), a);
-    return ((a.x + a.y) + (a.z + a.w)) - xb.offset;
+    return array<vec4<f32>, 8>(bytes4(u.x), bytes4(u.y), bytes4(u.z), bytes4(u.w),
+                               bytes4(v.x), bytes4(v.y), bytes4(v.z), bytes4(v.w));
 }

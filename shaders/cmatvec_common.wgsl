@@ -1,5 +1,5 @@
-// cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) share, prepended after the
-// cformat file (which defines BV, SCALED, EVEN_ODD, OFFSET, UNSHIFT and block_dot): the blocks of x and
+// cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) and cmatmul share, prepended after the
+// cformat file (which defines BV, SCALED, EVEN_ODD, OFFSET, UNSHIFT and block_values): the blocks of x and
 // the scales and dots of four rows at once. The kernel defines x and wblock(mat, i).
 
 // One block of x (32 values as 8 vec4), each vec4 times the format's UNSHIFT, and the format's
@@ -11,7 +11,11 @@ struct XBlock {
 }
 
 fn xblock(b: u32) -> XBlock {
-    let i = b * 8u;
+    return xblock_at(b * 8u);
+}
+
+// The block of x whose first vec4 is x[i].
+fn xblock_at(i: u32) -> XBlock {
     var a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
     if (EVEN_ODD) {
         // The format's words give the even values of each run of 8, then the odd ones.
@@ -50,4 +54,23 @@ fn scale4(mat: u32, scales: u32, i: vec4<u32>) -> vec4<f32> {
 fn dot4(mat: u32, i: vec4<u32>, xb: XBlock) -> vec4<f32> {
     return vec4<f32>(block_dot(mat, i.x, xb), block_dot(mat, i.y, xb),
                      block_dot(mat, i.z, xb), block_dot(mat, i.w, xb));
+}
+
+// sum_k x[k] * w[k] over one block: x block `xb` and weight values `w` (from block_values),
+// before the block's scale.
+fn wdot(w: array<vec4<f32>, 8>, xb: XBlock) -> f32 {
+    var a = xb.v0 * w[0];
+    a = fma(xb.v1, w[1], a);
+    a = fma(xb.v2, w[2], a);
+    a = fma(xb.v3, w[3], a);
+    a = fma(xb.v4, w[4], a);
+    a = fma(xb.v5, w[5], a);
+    a = fma(xb.v6, w[6], a);
+    a = fma(xb.v7, w[7], a);
+    return ((a.x + a.y) + (a.z + a.w)) - xb.offset;
+}
+
+// Block `blk` of matrix `mat` times x block `xb`, before the block's scale.
+fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
+    return wdot(block_values(mat, blk), xb);
 }

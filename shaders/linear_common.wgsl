@@ -1,5 +1,5 @@
 // linear_common: what the linear kernels (matvec, matvec_subgroup, matmul, matmul_cpu,
-// matvec_any, qlinear) share, prepended to each: the Params uniform (mirrors
+// matvec_any, qlinear, qmatmul, cmatvec, cmatmul) share, prepended to each: the Params uniform (mirrors
 // ops::linear::Params), the bias and output bindings, and store(). Each kernel declares its own
 // x (binding 1) and w (binding 2), whose element types differ.
 // Bindings: 0 Params (uniform; with accumulate, y += scale * result), 3 bias [>= col0 + N]
@@ -17,7 +17,8 @@ struct Params {
     // 1: y += scale * result (a fused residual add); 0: y = result.
     accumulate: u32,
     scale: f32,
-    _p0: u32,
+    // cmatmul: rows of the tile below this one are not written.
+    skip: u32,
     _p1: u32,
 }
 

@@ -612,7 +612,7 @@ fn sixteen_concurrent_mixed_sessions_are_all_exact() {
     }
     let name = "qwen2_gqa";
     let cfg = ServerConfig {
-        prefill_chunk: 3,
+        prefill_chunk: Some(3),
         max_batch_rows: 16,
         ..Default::default()
     };

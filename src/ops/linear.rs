@@ -1,7 +1,11 @@
 //! Linear layer `y = x W^T + b` (torch `nn.Linear` layout: `W` is `[out, in]`).
 //!
 //! Decode (M = 1) on CPU devices, K % 32 == 0: `cmatvec` for every weight format (x bound as a
-//! uniform array, 8 rows per invocation; see its header for why).
+//! uniform array, 8 rows per invocation; see its header for why). Several rows on CPU devices
+//! (batches, prompts, verifications), K % 32 == 0: `cmatmul`, in tiles of up to 8 rows of x
+//! bound as one uniform array, each weight block decoded once per tile; each row's result is
+//! cmatvec's, bit for bit, so a session's row gives the same numbers alone and in a batch.
+//! Elsewhere:
 //! f32 weights: prefill (M > 2) uses the tiled `matmul` kernel (`matmul_cpu` on CPU devices);
 //! decode (M <= 2, K % 4 == 0) uses the `matvec` kernel; widths that are not multiples of 4
 //! use the scalar `matvec_any` for decode (and for prefill on CPU devices). f16 and block-quantised weights use
@@ -23,6 +27,7 @@ const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATVEC_SUBGROUP: &str = include_str!("../../shaders/matvec_subgroup.wgsl");
 const MATMUL_CPU: &str = include_str!("../../shaders/matmul_cpu.wgsl");
+const CMATMUL: &str = include_str!("../../shaders/cmatmul.wgsl");
 const QLINEAR: &str = include_str!("../../shaders/qlinear.wgsl");
 const QMATMUL: &str = include_str!("../../shaders/qmatmul.wgsl");
 const MATVEC_ANY: &str = include_str!("../../shaders/matvec_any.wgsl");
@@ -39,6 +44,45 @@ pub(crate) fn cmatvec_spec(format: WeightFormat, k: usize) -> KernelSpec {
         .with("WG", CPU_WG)
         .with("XN", (k / 4) as u32);
     super::with_cpu_format(linear_kernel(spec), format)
+}
+
+/// Most rows of x in one `cmatmul` tile (a power of two).
+pub(crate) const CMATMUL_ROWS: usize = 8;
+
+/// The CPU multi-row kernel for `format` weights of `k` columns, `rows` rows a tile.
+pub(crate) fn cmatmul_spec(format: WeightFormat, k: usize, rows: usize) -> KernelSpec {
+    let spec = KernelSpec::new("cmatmul", CMATMUL)
+        .with("WG", CPU_WG)
+        .with("ROWS", rows as u32)
+        .with("XN", (rows * k / 4) as u32);
+    super::with_cpu_format(linear_kernel(spec), format)
+}
+
+/// The rows of a `cmatmul` tile for a product of `rows` rows of `k` values from `x_off` on
+/// CPU devices, where every tile's rows can be bound as one uniform array; `None` where
+/// another kernel runs it (one row, K % 32 != 0, an unaligned tile).
+pub(crate) fn cpu_tile(
+    gpu: &crate::gpu::Gpu,
+    rows: usize,
+    x_off: usize,
+    k: usize,
+) -> Option<usize> {
+    if !gpu.is_cpu() || rows < 2 || !k.is_multiple_of(32) {
+        return None;
+    }
+    let limit = gpu.limits.max_uniform_buffer_binding_size as usize / (4 * k.max(1));
+    // Tiles of 8, 4 or 2 rows (the largest that fits), so that few pipelines serve every row
+    // count: the last tile overlaps the one before.
+    let fit = CMATMUL_ROWS.min(rows).min(limit);
+    if fit < 2 {
+        return None;
+    }
+    let tile = 1 << fit.ilog2();
+    let starts = (0..rows).step_by(tile).map(|r| r.min(rows - tile));
+    starts
+        .into_iter()
+        .all(|r| gpu.uniform_range_ok(x_off + r * k, tile * k))
+        .then_some(tile)
 }
 
 /// Whether `x[x_off..x_off + k]` of a one-row product goes to the CPU decode kernels.
@@ -123,7 +167,9 @@ struct Params {
     has_bias: u32,
     accumulate: u32,
     scale: f32,
-    _p: [u32; 2],
+    /// cmatmul: rows of the tile below this one are not written.
+    skip: u32,
+    _p: u32,
 }
 
 /// The decode kernel this device runs, and its columns per workgroup.
@@ -196,7 +242,8 @@ fn record(
         has_bias: lin.b.is_some() as u32,
         accumulate: add.is_some() as u32,
         scale: add.unwrap_or(1.0),
-        _p: [0; 2],
+        skip: 0,
+        _p: 0,
     };
     if cpu_decode(step.gpu(), rows, x_off, k) {
         let kernel = step.gpu().kernel(&cmatvec_spec(lin.w.format, k));
@@ -209,6 +256,33 @@ fn record(
                 &[chunk, bias, y],
                 groups_for(n.div_ceil(8), CPU_WG),
             );
+        }
+        return;
+    }
+    if let Some(tile) = cpu_tile(step.gpu(), rows, x_off, k) {
+        let kernel = step.gpu().kernel(&cmatmul_spec(lin.w.format, k, tile));
+        let mut r0 = 0;
+        while r0 < rows {
+            // The last tile ends at the last row, overlapping the one before; its rows that
+            // the tile before wrote are skipped.
+            let start = r0.min(rows - tile);
+            for (chunk, row0, n) in &lin.w.chunks {
+                let bias = lin.b.as_ref().unwrap_or(chunk);
+                let p = Params {
+                    m: tile as u32,
+                    y_off: (y_off + start * ldy) as u32,
+                    skip: (r0 - start) as u32,
+                    ..params(*n, *row0)
+                };
+                step.dispatch_uniform_linear(
+                    &kernel,
+                    &p,
+                    (x, x_off + start * k, tile * k),
+                    &[chunk, bias, y],
+                    groups_for(n.div_ceil(4), CPU_WG),
+                );
+            }
+            r0 += tile;
         }
         return;
     }
@@ -358,6 +432,51 @@ mod tests {
             1e-4,
             1e-4,
         );
+    }
+
+    /// `cmatmul` (several rows on CPU devices) gives each row exactly what `cmatvec` gives it
+    /// alone, in every weight format, for row counts of one tile, of several, and with an
+    /// overlapping last tile; plain and with the fused residual add (whose overlapped rows
+    /// must not be added twice).
+    #[test]
+    fn cmatmul_rows_equal_cmatvec_bit_for_bit() {
+        if gpu().is_none() {
+            return;
+        }
+        let g = pollster::block_on(Gpu::new(GpuOptions {
+            cpu_kernels: Some(true),
+            ..Default::default()
+        }))
+        .unwrap();
+        let (n, k) = (44, 128);
+        for format in WeightFormat::ALL {
+            let w = rand_vec(7, n * k, 1.0);
+            let b = rand_vec(8, n, 1.0);
+            let lin = Linear {
+                w: g.upload_matrix_as("w", &w, n, k, format).unwrap(),
+                b: Some(g.upload_f32("b", &b)),
+            };
+            for m in [2, 3, 5, 8, 13] {
+                assert!(cpu_tile(&g, m, 0, k).is_some(), "{m} rows run cmatmul");
+                let x = rand_vec(9 + m as u64, m * k, 1.0);
+                let xt = g.upload_f32("x", &x);
+                for add in [None, Some(-0.7)] {
+                    let y0 = rand_vec(10, m * n, 1.0);
+                    let (all, one) = (g.upload_f32("y", &y0), g.upload_f32("y1", &y0));
+                    let mut step = Step::new(&g);
+                    record(&mut step, &xt, 0, m, &lin, &all, 0, n, add);
+                    for r in 0..m {
+                        assert!(cpu_decode(&g, 1, r * k, k));
+                        record(&mut step, &xt, r * k, 1, &lin, &one, r * n, n, add);
+                    }
+                    step.submit().unwrap();
+                    let got = pollster::block_on(g.read_f32(&all, 0, m * n)).unwrap();
+                    let want = pollster::block_on(g.read_f32(&one, 0, m * n)).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{format} m={m} add={add:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,20 +2,23 @@
 //!
 //! Every request that runs the base (a fused forward, a stepped layer, a stepped pass start)
 //! is queued. One thread owns the base's batch buffers and, pass after pass, takes requests
-//! from the head of the queue in arrival order until the pass holds `max_rows` rows, runs
-//! them as one batched base pass ([`crate::model::batch`]) and answers them. Requests that
-//! arrive during a pass join the next one. A request longer than `prefill_chunk` rows (a long
-//! prompt) runs a chunk per pass and goes back to the end of the queue in between, so it
-//! never stalls the sessions that are decoding. A stepped session's requests arrive layer by
-//! layer; each joins whatever pass comes next, and no pass waits for one.
+//! from the queue and runs them as one batched base pass ([`crate::model::batch`]), then
+//! answers them. Requests that arrive during a pass join the next one. Decoding goes first, as
+//! in vLLM's chunked prefill: a pass takes the short requests (decode steps, verifications) in
+//! arrival order, then chunks of prompts in arrival order, at most `prefill_chunk` prompt rows
+//! in all, up to `max_rows` rows; a prompt's remaining rows go back to the end of the queue.
+//! So a long prompt never makes the decoding sessions wait for a long pass, and it still
+//! advances every pass. A stepped session's requests arrive layer by layer; each joins
+//! whatever pass comes next, and no pass waits for one.
 //!
 //! A session's state (position, stepped pass, KV blocks) changes only here, in queue order:
 //! a request is checked against it when its first chunk is taken, and a request's KV blocks
 //! are all taken then (or it is refused with 429, the session unchanged).
 
 use std::collections::VecDeque;
+use std::sync::Weak;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use tokio::sync::oneshot;
@@ -97,13 +100,23 @@ struct Job {
     reply: oneshot::Sender<ApiResult<Vec<f32>>>,
 }
 
+/// Requests of at most this many rows left are short (decode steps, verifications of a few
+/// drafted tokens) and go first in a pass; longer ones are prompts, chunked.
+pub const SHORT_ROWS: usize = 8;
+
 /// Settings of the scheduler.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most rows in one pass.
     pub max_rows: usize,
-    /// Most rows of one request in one pass.
+    /// Most rows of prompts (requests of more than [`SHORT_ROWS`] rows) in one pass, all
+    /// together.
     pub prefill_chunk: usize,
+    /// How long a pass may wait, after the one before, for the sessions that pass answered:
+    /// each decode step is a round trip to its client, so the next pass waits this long at
+    /// most for the clients' next steps instead of running without them (a dynamic batcher's
+    /// queue delay, as in Triton's `max_queue_delay`).
+    pub wait: Duration,
 }
 
 /// The queue and the thread that runs it.
@@ -140,8 +153,10 @@ impl Scheduler {
         let limits = Limits {
             max_rows: limits.max_rows.max(1),
             prefill_chunk: limits.prefill_chunk.clamp(1, limits.max_rows.max(1)),
+            wait: limits.wait,
         };
-        let batch = Batch::new(&gpu, &base, limits.max_rows);
+        let mut batch = Batch::new(&gpu, &base, limits.max_rows);
+        warm_up(&gpu, &base, &pool, &mut batch);
         let s = Arc::new(Scheduler {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -191,29 +206,52 @@ impl Scheduler {
         })
     }
 
-    /// Takes the jobs of the next pass from `q`: in queue order, one per session, until
-    /// `max_rows` rows; each with the rows it runs now.
+    /// Takes the jobs of the next pass from `q`, one per session, each with the rows it runs
+    /// now: first, in queue order, the short requests (at most [`SHORT_ROWS`] rows left: decode
+    /// steps, verifications, a decode step's stepped layers), until `max_rows` rows less the
+    /// prompts' share; then, in queue order, chunks of the longer ones (prompts), at most
+    /// `prefill_chunk` rows in all. A pass thus never holds more than `prefill_chunk` prompt
+    /// rows, so decoding sessions wait for short passes, and every pass with prompts waiting
+    /// advances them.
     fn take(&self, q: &mut Queue) -> Vec<(Job, usize)> {
-        let mut budget = self.limits.max_rows;
+        let Limits {
+            max_rows,
+            prefill_chunk,
+            ..
+        } = self.limits;
+        let left = |job: &Job| job.req.rows(self.hidden) - job.done;
+        let prompts = q.jobs.iter().any(|j| left(j) > SHORT_ROWS);
+        let mut prompt_budget = if prompts { prefill_chunk } else { 0 };
+        let mut short_budget = max_rows - prompt_budget;
         let mut taken: Vec<(Job, usize)> = Vec::new();
-        let mut i = 0;
-        while i < q.jobs.len() && budget > 0 {
-            let job = &q.jobs[i];
-            let same = |t: &(Job, usize)| Arc::ptr_eq(&t.0.session, &job.session);
-            // One request per session and pass; a session's next request waits for the one
-            // it is running.
-            let busy =
-                taken.iter().any(same) || lock(&job.session).running.is_some_and(|r| r != job.id);
-            if busy {
-                i += 1;
-                continue;
+        for short in [true, false] {
+            let mut i = 0;
+            while i < q.jobs.len() {
+                let job = &q.jobs[i];
+                let budget = if short {
+                    &mut short_budget
+                } else {
+                    &mut prompt_budget
+                };
+                if *budget == 0 {
+                    break;
+                }
+                let same = |t: &(Job, usize)| Arc::ptr_eq(&t.0.session, &job.session);
+                // One request per session and pass; a session's next request waits for the
+                // one it is running.
+                let busy = taken.iter().any(same)
+                    || lock(&job.session).running.is_some_and(|r| r != job.id);
+                if busy || (left(job) <= SHORT_ROWS) != short {
+                    i += 1;
+                    continue;
+                }
+                let n = left(job).min(prefill_chunk).min(*budget);
+                *budget -= n;
+                if let Some(job) = q.jobs.remove(i) {
+                    taken.push((job, n));
+                }
             }
-            let left = job.req.rows(self.hidden) - job.done;
-            let n = left.min(self.limits.prefill_chunk).min(budget);
-            budget -= n;
-            if let Some(job) = q.jobs.remove(i) {
-                taken.push((job, n));
-            }
+            // Rows the prompts leave go to no one this pass; short requests may use them next.
         }
         taken
     }
@@ -323,37 +361,87 @@ impl Scheduler {
     }
 }
 
+/// Compiles the kernels of passes of 1 to 8 rows (one of each multi-row tile, see
+/// [`crate::ops::linear`]) before the first request, so that no request waits for a compile,
+/// with a throwaway session's blocks (given back; nothing is answered from them).
+fn warm_up(gpu: &Gpu, base: &BaseModel, pool: &Arc<KvPool>, batch: &mut Batch) {
+    let mut blocks = pool.session();
+    let m = 8.min(batch.rows()).min(base.decoder.max_seq());
+    if blocks.fit(m, 0).is_err() {
+        return;
+    }
+    let ids = vec![0u32; m];
+    let mut n = 1;
+    while n <= m {
+        let rows = [Rows {
+            input: Input::FirstLayer { ids: &ids[..n] },
+            pos: 0,
+            blocks: blocks.ids(),
+        }];
+        if let Err(e) = pollster::block_on(batch.run(gpu, base, pool, &rows)) {
+            log::warn!("warm-up pass of {n} rows failed: {e}");
+            return;
+        }
+        n *= 2;
+    }
+}
+
 /// The scheduler thread: pass after pass until the scheduler is dropped.
-fn run(weak: std::sync::Weak<Scheduler>, gpu: Arc<Gpu>, base: Arc<BaseModel>, mut batch: Batch) {
+fn run(weak: Weak<Scheduler>, gpu: Arc<Gpu>, base: Arc<BaseModel>, mut batch: Batch) {
+    // The sessions the last pass answered, and when it ended.
+    let mut answered: Vec<Weak<Mutex<Session>>> = Vec::new();
+    let mut ended = Instant::now();
     loop {
         let Some(sched) = weak.upgrade() else { return };
         let taken = {
             let mut q = lock(&sched.queue);
-            while q.jobs.is_empty() {
-                // Wake now and then to notice that the server is gone.
+            loop {
+                if q.jobs.is_empty() {
+                    // Wake now and then to notice that the server is gone.
+                    let (g, _) = sched
+                        .wake
+                        .wait_timeout(q, Duration::from_millis(500))
+                        .unwrap_or_else(|p| p.into_inner());
+                    q = g;
+                    if q.jobs.is_empty() && Arc::strong_count(&sched) == 1 {
+                        return;
+                    }
+                    continue;
+                }
+                // Wait a little for the sessions just answered that have not asked again.
+                let waited = ended.elapsed();
+                if waited >= sched.limits.wait || !missing(&answered, &q) {
+                    break;
+                }
                 let (g, _) = sched
                     .wake
-                    .wait_timeout(q, std::time::Duration::from_millis(500))
+                    .wait_timeout(q, sched.limits.wait - waited)
                     .unwrap_or_else(|p| p.into_inner());
                 q = g;
-                if q.jobs.is_empty() && Arc::strong_count(&sched) == 1 {
-                    return;
-                }
             }
             sched.take(&mut q)
         };
-        pass(&sched, &gpu, &base, &mut batch, taken);
+        answered = pass(&sched, &gpu, &base, &mut batch, taken);
+        ended = Instant::now();
     }
 }
 
-/// Admits, runs and answers one pass's jobs.
+/// Whether a session of `answered` is alive and has no request queued.
+fn missing(answered: &[Weak<Mutex<Session>>], q: &Queue) -> bool {
+    answered.iter().any(|w| {
+        w.upgrade()
+            .is_some_and(|s| !q.jobs.iter().any(|j| Arc::ptr_eq(&j.session, &s)))
+    })
+}
+
+/// Admits, runs and answers one pass's jobs; returns the sessions whose requests it finished.
 fn pass(
     sched: &Scheduler,
     gpu: &Gpu,
     base: &BaseModel,
     batch: &mut Batch,
     taken: Vec<(Job, usize)>,
-) {
+) -> Vec<Weak<Mutex<Session>>> {
     let d = sched.hidden;
     let mut jobs: Vec<(Job, usize)> = Vec::with_capacity(taken.len());
     for (job, n) in taken {
@@ -371,7 +459,7 @@ fn pass(
         }
     }
     if jobs.is_empty() {
-        return;
+        return Vec::new();
     }
     let started = Instant::now();
     // Each job's block list, copied out of its session for the pass.
@@ -435,10 +523,11 @@ fn pass(
                 sched.abandon(&job);
                 let _ = job.reply.send(Err(ApiError(err.0, err.1.clone())));
             }
-            return;
+            return Vec::new();
         }
     };
     let mut again = Vec::new();
+    let mut answered = Vec::new();
     for ((mut job, n), out) in jobs.into_iter().zip(outs) {
         let kind = match job.req.work {
             Work::Fused { .. } => "fused",
@@ -461,9 +550,11 @@ fn pass(
             continue;
         }
         sched.finish(&job);
+        answered.push(Arc::downgrade(&job.session));
         let _ = job.reply.send(Ok(std::mem::take(&mut job.out)));
     }
     if !again.is_empty() {
         lock(&sched.queue).jobs.extend(again);
     }
+    answered
 }

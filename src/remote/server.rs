@@ -56,9 +56,22 @@ pub struct ServerConfig {
     pub kv_block: usize,
     /// Most rows (tokens, all sessions together) in one batched base pass.
     pub max_batch_rows: usize,
-    /// Most rows of one request in one pass: longer prompts run in chunks of this many.
-    pub prefill_chunk: usize,
+    /// Most prompt rows (requests of more than 8 rows) in one pass, all together; decode
+    /// steps go first. `None`: [`DEFAULT_PREFILL_CHUNK_CPU`] on CPU devices, where a row costs
+    /// the most, else [`DEFAULT_PREFILL_CHUNK_GPU`].
+    pub prefill_chunk: Option<usize>,
+    /// How long a pass waits at most, after the one before, for the sessions that pass
+    /// answered to send their next requests.
+    pub batch_wait: Duration,
 }
+
+/// Prompt rows a pass takes by default on CPU devices (lavapipe, SwiftShader): a 16-row
+/// prompt chunk costs about as much as 16 decode rows there, so decoding sessions wait at most
+/// about twice as long as alone.
+pub const DEFAULT_PREFILL_CHUNK_CPU: usize = 16;
+/// Prompt rows a pass takes by default on GPUs, where rows up to a few hundred cost about as
+/// much as one.
+pub const DEFAULT_PREFILL_CHUNK_GPU: usize = 256;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -71,7 +84,8 @@ impl Default for ServerConfig {
             kv_memory: KvMemory::Auto,
             kv_block: 16,
             max_batch_rows: 128,
-            prefill_chunk: 64,
+            prefill_chunk: None,
+            batch_wait: Duration::from_millis(10),
         }
     }
 }
@@ -173,6 +187,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         },
         "max_batch_rows": limits.max_rows,
         "prefill_chunk": limits.prefill_chunk,
+        "batch_wait_ms": limits.wait.as_secs_f64() * 1e3,
     }))
 }
 
@@ -579,7 +594,12 @@ pub fn router(
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {
         max_rows: cfg.max_batch_rows,
-        prefill_chunk: cfg.prefill_chunk,
+        prefill_chunk: cfg.prefill_chunk.unwrap_or(if gpu.is_cpu() {
+            DEFAULT_PREFILL_CHUNK_CPU
+        } else {
+            DEFAULT_PREFILL_CHUNK_GPU
+        }),
+        wait: cfg.batch_wait,
     };
     let scheduler = Scheduler::start(gpu.clone(), base.clone(), pool, limits, metrics.clone())
         .map_err(|e| Error::InvalidRequest(format!("cannot start the scheduler thread: {e}")))?;

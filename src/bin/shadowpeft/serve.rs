@@ -44,10 +44,15 @@ pub struct ServeArgs {
     /// Most rows (tokens of all sessions together) in one batched base pass.
     #[arg(long, default_value_t = 128)]
     max_batch_rows: usize,
-    /// Most rows of one request in one pass: longer prompts run in chunks of this many, so
-    /// that they do not stall decoding sessions.
-    #[arg(long, default_value_t = 64)]
-    prefill_chunk: usize,
+    /// Most prompt rows in one pass, all prompts together: decode steps go first, and long
+    /// prompts run in chunks, so that they do not stall decoding sessions [default: 16 on CPU
+    /// devices, 256 on GPUs].
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
+    /// Milliseconds a pass waits at most for the sessions the pass before answered (each
+    /// decode step is a round trip to the client); 0 runs every pass at once.
+    #[arg(long, default_value_t = 10)]
+    batch_wait_ms: u64,
 }
 
 pub async fn run_serve(a: ServeArgs) -> Result<()> {
@@ -76,6 +81,7 @@ pub async fn run_serve(a: ServeArgs) -> Result<()> {
         kv_block: a.kv_block,
         max_batch_rows: a.max_batch_rows,
         prefill_chunk: a.prefill_chunk,
+        batch_wait: std::time::Duration::from_millis(a.batch_wait_ms),
         ..Default::default()
     };
     eprintln!(
