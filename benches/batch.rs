@@ -22,6 +22,7 @@ use shadowpeft::model::batch::{Batch, Input, Rows};
 use shadowpeft::model::config::ShadowConfig;
 use shadowpeft::model::kv_pool::{Blocks, KvBudget, KvPool};
 use shadowpeft::model::weights::Weights;
+use shadowpeft::ops::KvStore;
 use shadowpeft::remote::server::load_base;
 use shadowpeft::{Gpu, GpuOptions, WeightFormat};
 
@@ -81,6 +82,7 @@ fn setup(gpu: &Gpu, weights: WeightFormat) -> (Setup, Batch) {
     let budget = KvBudget {
         bytes: per_position * (SESSIONS * 3 * PROMPT) as u64,
         block: 16,
+        store: KvStore::F32,
     };
     let pool = KvPool::new(gpu, &base.decoder, budget).unwrap();
     let mut batch = Batch::new(gpu, &base, MAX_ROWS);

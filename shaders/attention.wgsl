@@ -1,9 +1,10 @@
 // attention: causal grouped-query attention of M new queries over a KV cache.
 //   out[m, h, :] = sum_j softmax_j(q[m, h, :] . k[j, g, :] * scale) v[j, g, :],
 //   j in [0, row_pos(m)], g = h / (heads / kv_heads), key j at cache row kv_slot(m, j) (prelude
-//   kv_seq or kv_paged); online (streaming) softmax in f32.
+//   kv_seq or kv_paged; values stored as the prelude kv_f32 or kv_f16 says); online (streaming)
+//   softmax in f32.
 // Bindings: 0 Params, 1 q [M, heads * HD], 2 k cache [S, kv_heads * HD],
-//           3 v cache [S, kv_heads * HD], 4 out [M, heads * HD].
+//           3 v cache [S, kv_heads * HD] (both in KvWords), 4 out [M, heads * HD].
 // Dispatch: (M, heads, 1) workgroups of WG invocations; a block of WG keys per iteration.
 // Constants: WG, HD (head dim), ACC = ceil(HD / WG) output dims owned per invocation.
 
@@ -20,8 +21,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<KvWord>;
+@group(0) @binding(3) var<storage, read> vc: array<KvWord>;
+
+fn k_at(i: u32) -> f32 {
+    return kv_value(kc[i / KV_PER_WORD], i);
+}
+
+fn v_at(i: u32) -> f32 {
+    return kv_value(vc[i / KV_PER_WORD], i);
+}
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 var<workgroup> qs: array<f32, HD>;
@@ -55,7 +64,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             let kb = kv_slot(m, j) * kv_stride + g * HD;
             var dot = 0.0;
             for (var d = 0u; d < HD; d++) {
-                dot = fma(qs[d], kc[kb + d], dot);
+                dot = fma(qs[d], k_at(kb + d), dot);
             }
             s = dot * p.scale;
         }
@@ -85,7 +94,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             if (d < HD) {
                 var v = acc[a] * rescale;
                 for (var i = 0u; i < n; i++) {
-                    v = fma(sc[i], vc[kv_slot(m, j0 + i) * kv_stride + g * HD + d], v);
+                    v = fma(sc[i], v_at(kv_slot(m, j0 + i) * kv_stride + g * HD + d), v);
                 }
                 acc[a] = v;
             }

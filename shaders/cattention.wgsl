@@ -2,7 +2,7 @@
 // (lavapipe, SwiftShader): for query row m at position P = row_pos(m),
 //   out[m, h, :] = sum_j softmax_j(q[m, h, :] . k[j, g, :] * scale) v[j, g, :],
 //   j in [0, P], g = h / GROUP, key j at cache row kv_slot(m, j) (prelude kv_seq or kv_paged).
-// f32 throughout.
+// f32 throughout; the cache's values are stored as the prelude kv_f32 or kv_f16 says.
 // CPU compilers run invocations as SIMD lanes and load storage buffers lane by lane, so each
 // cached row is loaded once, as vec4s, for all the query heads of its group: one workgroup per
 // (KV head, query row) copies the group's queries into workgroup memory, then runs two phases
@@ -11,7 +11,7 @@
 //   2. lanes over vec4 slices of the head dimension: the weighted values with the softmax
 //      taken online (running max and rescaled sums), two heads per pass.
 // Bindings: 0 Params, 1 q [M, heads * HD / 4] vec4, 2 k cache [S, kv_heads * HD],
-//           3 v cache [S, kv_heads * HD] (both vec4), 4 scores [R, heads, cap] (scratch),
+//           3 v cache [S, kv_heads * HD] (both as KvWord4, four values each), 4 scores [R, heads, cap] (scratch),
 //           5 out [M, heads * HD / 4] vec4.
 // Dispatch: (kv_heads, rows, 1) workgroups for query rows row0 .. row0 + rows (rows <= R).
 // Requires HD % 4 == 0 and every row's position below cap.
@@ -30,8 +30,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> kc: array<KvWord4>;
+@group(0) @binding(3) var<storage, read> vc: array<KvWord4>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
@@ -66,7 +66,7 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             var s0 = vec4<f32>(0.0);
             var s1 = vec4<f32>(0.0);
             for (var d = 0u; d < HD4; d++) {
-                let kv = kc[kb + d];
+                let kv = kv_vec4(kc[kb + d]);
                 s0 = fma(kv, qs[q0 + d], s0);
                 s1 = fma(kv, qs[q1 + d], s1);
             }
@@ -90,7 +90,7 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             var o1 = vec4<f32>(0.0);
             for (var j = 0u; j < ctx; j++) {
                 let s = vec2<f32>(scores[b0 + j], scores[b1 + j]);
-                let vv = vc[kv_slot(m, j) * kv_row + g * HD4 + d];
+                let vv = kv_vec4(vc[kv_slot(m, j) * kv_row + g * HD4 + d]);
                 let mn = max(mx, s);
                 // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing
                 // next to e^0 = 1): CPU exp underflows to subnormals, which are slow there.

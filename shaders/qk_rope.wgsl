@@ -9,7 +9,8 @@
 // Bindings: 0 Params, 1 cos [S, D/2], 2 sin [S, D/2], 3 qkv [M, (heads + 2 kv_heads) D] (each
 // row q, then k, then v), 4 qw [D], 5 kw [D], 6 q [M, heads, D], 7 k and 8 v
 // [.., kv_heads * D] (the caches: row m goes to cache row kv_slot(m, row_pos(m)) of the prelude,
-// kv_seq or kv_paged, which also gives its position).
+// kv_seq or kv_paged, which also gives its position; values stored as the prelude kv_f32 or
+// kv_f16 says, the latter with head_dim % 4 == 0).
 // Dispatch: one workgroup per (row, head), q heads, then k heads, then v heads, linear.
 // Constants: WG, NORM_Q, NORM_K.
 
@@ -31,8 +32,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> qw: array<f32>;
 @group(0) @binding(5) var<storage, read> kw: array<f32>;
 @group(0) @binding(6) var<storage, read_write> q: array<f32>;
-@group(0) @binding(7) var<storage, read_write> k: array<f32>;
-@group(0) @binding(8) var<storage, read_write> v: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k: array<KvWord>;
+@group(0) @binding(8) var<storage, read_write> v: array<KvWord>;
 
 var<workgroup> part: array<f32, WG>;
 
@@ -63,8 +64,12 @@ fn qk_rope(
     let kv_off = kv_slot(m, pos) * p.kv_heads * d;
     if (hh >= p.heads + p.kv_heads) {
         let dst = kv_off + (hh - p.heads - p.kv_heads) * d;
-        for (var i = lid.x; i < d; i += WG) {
-            v[dst + i] = qkv[src + i];
+        for (var i = lid.x * KV_PER_WORD; i < d; i += WG * KV_PER_WORD) {
+            var a: array<f32, KV_PER_WORD>;
+            for (var t = 0u; t < KV_PER_WORD; t++) {
+                a[t] = qkv[src + i + t];
+            }
+            v[(dst + i) / KV_PER_WORD] = kv_pack(a);
         }
         return;
     }
@@ -93,24 +98,32 @@ fn qk_rope(
         inv = inverseSqrt(part[0] / f32(d) + p.eps);
     }
     let half = d / 2u;
-    for (var i = lid.x; i < half; i += WG) {
-        var a = qkv[src + i];
-        var b = qkv[src + i + half];
-        if (norm) {
-            a = weight(is_k, i) * (a * inv);
-            b = weight(is_k, i + half) * (b * inv);
+    // KV_PER_WORD values of each half a lane (one cache word each).
+    for (var i = lid.x * KV_PER_WORD; i < half; i += WG * KV_PER_WORD) {
+        var ya: array<f32, KV_PER_WORD>;
+        var yb: array<f32, KV_PER_WORD>;
+        for (var e = 0u; e < KV_PER_WORD; e++) {
+            let ie = i + e;
+            var a = qkv[src + ie];
+            var b = qkv[src + ie + half];
+            if (norm) {
+                a = weight(is_k, ie) * (a * inv);
+                b = weight(is_k, ie + half) * (b * inv);
+            }
+            let t = pos * half + ie;
+            let c = cos_t[t];
+            let s = sin_t[t];
+            ya[e] = a * c - b * s;
+            yb[e] = b * c + a * s;
         }
-        let t = pos * half + i;
-        let c = cos_t[t];
-        let s = sin_t[t];
-        let ya = a * c - b * s;
-        let yb = b * c + a * s;
         if (is_k) {
-            k[base + i] = ya;
-            k[base + i + half] = yb;
+            k[(base + i) / KV_PER_WORD] = kv_pack(ya);
+            k[(base + i + half) / KV_PER_WORD] = kv_pack(yb);
         } else {
-            q[base + i] = ya;
-            q[base + i + half] = yb;
+            for (var e = 0u; e < KV_PER_WORD; e++) {
+                q[base + i + e] = ya[e];
+                q[base + i + e + half] = yb[e];
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use shadowpeft::model::batch::{Batch, Input, Rows};
 use shadowpeft::model::config::{PeftShadowConfig, ShadowConfig};
 use shadowpeft::model::kv_pool::{Blocks, KvBudget, KvPool};
 use shadowpeft::model::weights::Weights;
+use shadowpeft::ops::KvStore;
 use shadowpeft::remote::server::load_base;
 use shadowpeft::{DirSource, Gpu, WeightFormat};
 
@@ -351,6 +352,7 @@ fn mixed_batches_equal_single_sessions_in_every_weight_format() {
         let budget = KvBudget {
             bytes: 1 << 20,
             block: 4,
+            store: KvStore::F32,
         };
         let pool = KvPool::new(gpu, &base.decoder, budget).unwrap();
         let scripts = scripts();
@@ -390,6 +392,64 @@ fn mixed_batches_equal_single_sessions_in_every_weight_format() {
     }
 }
 
+/// Greatest relative error of the f16 KV cache against the f32 one, in final hidden states
+/// (of max |value|). Keys and values rounded to f16 (11 significant bits, relative error at
+/// most 2^-11 = 4.9e-4 each) move this fixture's outputs by 1.6e-3 of their scale at worst;
+/// the bound leaves a margin of 6.
+const F16_KV_TOL: f32 = 1e-2;
+
+/// `--kv f16`: the same mixed batches with keys and values stored in f16 (half the pool's
+/// memory a position) stay within F16_KV_TOL of the f32 cache, with the same greedy tokens.
+#[test]
+fn f16_kv_cache_stays_close_to_f32() {
+    let Some(gpu) = gpu() else { return };
+    let dir = fixture(BASE).join("base");
+    let hw = pollster::block_on(Weights::load_hf(&DirSource::open(&dir).unwrap())).unwrap();
+    let vocab = 512;
+    let head = hw.get("model.embed_tokens.weight", &[vocab, D]).unwrap();
+    let src = DirSource::open(&dir).unwrap();
+    let base = pollster::block_on(load_base(gpu, &src, 64, WeightFormat::F32)).unwrap();
+    let layers = base.decoder.num_layers();
+    let (official, peft) = adapters(gpu, layers);
+    let ads = [&official, &peft];
+    let pool = |store| {
+        let budget = KvBudget {
+            bytes: 1 << 20,
+            block: 4,
+            store,
+        };
+        KvPool::new(gpu, &base.decoder, budget).unwrap()
+    };
+    let (p32, p16) = (pool(KvStore::F32), pool(KvStore::F16));
+    assert_eq!(p16.bytes_per_block() * 2, p32.bytes_per_block());
+    let scripts = scripts();
+    let cut: Vec<Vec<Chunk>> = scripts.iter().map(|s| chunks(s, layers, 4)).collect();
+    let want = run_all(gpu, &base, &ads, &p32, &cut, true);
+    let got = run_all(gpu, &base, &ads, &p16, &cut, true);
+    let mut worst = 0.0f32;
+    for (s, script) in scripts.iter().enumerate() {
+        let (want, got) = (per_step(&cut[s], &want[s]), per_step(&cut[s], &got[s]));
+        for i in 0..script.len() {
+            let (e, m) = max_err(&got[i], &want[i]);
+            worst = worst.max(e / m);
+            assert!(
+                e <= F16_KV_TOL * m,
+                "session {s} step {i}: max abs error {e} > {F16_KV_TOL} x {m}"
+            );
+            assert_eq!(
+                argmax_rows(&got[i], &head, vocab),
+                argmax_rows(&want[i], &head, vocab),
+                "session {s} step {i}: greedy tokens"
+            );
+        }
+    }
+    eprintln!("f16 KV cache against f32: worst error {worst:.2e} of max |value|");
+    assert!(
+        worst > 0.0,
+        "the f16 pool rounds: its outputs differ from f32's"
+    );
+}
+
 /// Errors, never panics, for work a pass cannot run: too many rows, blocks that do not hold
 /// the positions, a layer past the last, rows of the wrong width.
 #[test]
@@ -403,6 +463,7 @@ fn bad_batches_are_refused_clearly() {
         KvBudget {
             bytes: 1 << 20,
             block: 4,
+            store: KvStore::F32,
         },
     )
     .unwrap();
@@ -469,7 +530,11 @@ fn kv_blocks_are_a_budget() {
     let src = DirSource::open(fixture(BASE).join("base")).unwrap();
     let base = pollster::block_on(load_base(gpu, &src, 64, WeightFormat::F32)).unwrap();
     // 3 layers x (k, v) x 2 heads x 16 = 768 bytes a position; blocks of 4: 3072 bytes.
-    let budget = |bytes| KvBudget { bytes, block: 4 };
+    let budget = |bytes| KvBudget {
+        bytes,
+        block: 4,
+        store: KvStore::F32,
+    };
     let pool = KvPool::new(gpu, &base.decoder, budget(10 * 3072 + 100)).unwrap();
     assert_eq!(
         (pool.blocks(), pool.bytes_per_block(), pool.bytes()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use shadowpeft::generate::Escalate;
+use shadowpeft::ops::KvStore;
 use shadowpeft::remote::client::{Connect, Protocol};
 use shadowpeft::remote::frame::Wire;
 use shadowpeft::remote::server::ServerConfig;
@@ -601,6 +602,12 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
         .to_string()
 }
 
+/// The value of the sample `key` (name and labels) in a Prometheus text exposition.
+fn metric(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse().unwrap()))
+}
+
 /// 16 clients at once on one server, fused and stepped, f32 and f16 on the wire: the
 /// scheduler batches their rows (prompts in chunks of 3, at most 16 rows a pass) and every
 /// client gets the official greedy tokens. The server's metrics show passes that held
@@ -655,11 +662,7 @@ fn sixteen_concurrent_mixed_sessions_are_all_exact() {
     let rt = rt();
     let (status, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
     assert_eq!(status, 200, "{text}");
-    let value = |key: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse().unwrap()))
-            .unwrap_or_else(|| panic!("no `{key}` in\n{text}"))
-    };
+    let value = |key: &str| metric(&text, key).unwrap_or_else(|| panic!("no `{key}` in\n{text}"));
     let passes = value("shadowpeft_batch_sessions_count");
     let alone = value("shadowpeft_batch_sessions_bucket{le=\"1.0\"}");
     assert!(
@@ -757,17 +760,47 @@ fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
         assert_eq!(h.join().unwrap(), want);
     }
     let (_, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
-    let refused = text
-        .lines()
-        .find_map(|l| l.strip_prefix("shadowpeft_refused_total{reason=\"kv_blocks\"}"))
-        .map(|v| v.trim().parse::<f64>().unwrap())
-        .unwrap_or(0.0);
+    let refused = metric(&text, "shadowpeft_refused_total{reason=\"kv_blocks\"}").unwrap_or(0.0);
     assert!(refused >= 2.0, "the budget never refused anything:\n{text}");
     assert!(
         text.contains("shadowpeft_kv_blocks{state=\"free\"}"),
         "{text}"
     );
     eprintln!("{refused} requests refused for KV memory and retried");
+}
+
+/// `--kv f16`: a pool that stores keys and values in f16 takes half the bytes a position,
+/// says so in `/v1/info`, and fused and stepped clients still get the official greedy tokens.
+#[test]
+fn f16_kv_pool_serves_the_official_tokens() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen3_implicit";
+    let cfg = ServerConfig {
+        kv_store: KvStore::F16,
+        ..Default::default()
+    };
+    let url = start_server(name, cfg);
+    let rt = rt();
+    let (status, info) = http(&rt, reqwest::Client::new().get(format!("{url}/v1/info")));
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["kv"]["dtype"], "f16", "{info}");
+    // 3 layers x (k, v) x 2 heads x 16 values x 2 bytes.
+    assert_eq!(info["kv"]["bytes_per_position"], 384, "{info}");
+    let g = Golden::load(&fixture(name));
+    let gpu = gpu().unwrap();
+    for protocol in [Protocol::Fused, Protocol::Stepped] {
+        let c = Connect {
+            protocol,
+            ..Connect::new(&url)
+        };
+        let model = client_with(&rt, gpu, name, &c).unwrap();
+        let mut s = model.new_session(gpu);
+        let got = greedy(&rt, gpu, &model, &mut s, &g.ids("input_ids"), 12);
+        assert_eq!(got, g.ids("greedy_attached"), "{protocol:?}");
+    }
 }
 
 /// The server is killed mid-generation: without fallback the next token is a clear error (no

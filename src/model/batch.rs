@@ -347,6 +347,7 @@ impl Batch {
                     table: &self.table,
                     tab0: p.segments[l],
                     block: pool.block(),
+                    store: pool.store(),
                     max_ctx: base.decoder.max_seq(),
                 };
                 let cache = (&pool.k[l], &pool.v[l]);

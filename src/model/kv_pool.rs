@@ -5,7 +5,7 @@
 //! their actual lengths fit in the budget.
 //!
 //! Layout: per layer one key and one value buffer of `[blocks * block, kv_heads * head_dim]`
-//! f32; position `j` of a session is row `list[j / block] * block + j % block`
+//! values, f32 or f16 ([`KvStore`]); position `j` of a session is row `list[j / block] * block + j % block`
 //! ([`crate::ops::KvLayout::Paged`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::ops::KvStore;
 
 use super::decoder::Decoder;
 
@@ -22,6 +23,7 @@ pub struct KvPool {
     pub(crate) v: Vec<Tensor>,
     block: usize,
     blocks: usize,
+    store: KvStore,
     bytes_per_block: u64,
     free: Mutex<Vec<u32>>,
     /// Block lists holding at least one block.
@@ -35,6 +37,8 @@ pub struct KvBudget {
     pub bytes: u64,
     /// Positions per block.
     pub block: usize,
+    /// How the values are stored.
+    pub store: KvStore,
 }
 
 /// The blocks one session holds, in position order; they go back to the pool when dropped.
@@ -63,7 +67,15 @@ impl KvPool {
                 budget.block
             )));
         }
-        let block_bytes = budget.block as u64 * kv_width * 4;
+        if budget.store == KvStore::F16 && !c.head_dim.is_multiple_of(4) {
+            return Err(Error::InvalidRequest(format!(
+                "KV cache in f16: expected a head dimension that is a multiple of 4, this \
+                 model's is {}",
+                c.head_dim
+            )));
+        }
+        let row_words = budget.store.words(kv_width as usize) as u64;
+        let block_bytes = budget.block as u64 * row_words * 4;
         let bytes_per_block = 2 * layers * block_bytes;
         let mut blocks = budget.bytes / bytes_per_block.max(1);
         let per_binding = gpu.max_binding() / block_bytes.max(1);
@@ -85,12 +97,13 @@ impl KvPool {
                 budget.bytes, budget.block, bytes_per_block, layers
             )));
         }
-        let n = blocks * budget.block * kv_width as usize;
+        let n = blocks * budget.block * row_words as usize;
         Ok(Arc::new(KvPool {
             k: (0..layers).map(|_| gpu.zeros("k pool", n)).collect(),
             v: (0..layers).map(|_| gpu.zeros("v pool", n)).collect(),
             block: budget.block,
             blocks,
+            store: budget.store,
             bytes_per_block,
             // Popped from the end: the lowest ids go first.
             free: Mutex::new((0..blocks as u32).rev().collect()),
@@ -101,6 +114,11 @@ impl KvPool {
     /// Positions per block.
     pub fn block(&self) -> usize {
         self.block
+    }
+
+    /// How the values are stored.
+    pub fn store(&self) -> KvStore {
+        self.store
     }
 
     /// Blocks in the pool.

@@ -248,4 +248,73 @@ mod tests {
             );
         }
     }
+
+    /// A paged pool in f16 (two values a word, blocks out of order) gives the attention of the
+    /// f16-rounded keys and values, in the CPU kernel and in the tiled one.
+    #[test]
+    fn paged_f16_cache_matches_cpu_on_rounded_values() {
+        use super::super::KvStore;
+        let Some(gpu) = gpu() else { return };
+        let (m, h, kvh, d, block) = (3, 4, 2, 16, 4);
+        // Rows at positions 5, 6, 7 of one session whose blocks are 2, 0, 3 of 4.
+        let (pos0, blocks) = (5usize, [2u32, 0, 3]);
+        let s = pos0 + m;
+        let w = kvh * d;
+        let q = rand_vec(11, m * h * d, 1.0);
+        let kc = rand_vec(12, s * w, 1.0);
+        let vc = rand_vec(13, s * w, 1.0);
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+        };
+        // Position j is pool row blocks[j / block] * block + j % block, as f16 pairs.
+        let pool_words = |v: &[f32]| -> Vec<u32> {
+            let mut words = vec![0u32; 4 * block * w / 2];
+            for j in 0..s {
+                let row = blocks[j / block] as usize * block + j % block;
+                for i in (0..w).step_by(2) {
+                    let lo = half::f16::from_f32(v[j * w + i]).to_bits() as u32;
+                    let hi = half::f16::from_f32(v[j * w + i + 1]).to_bits() as u32;
+                    words[(row * w + i) / 2] = lo | (hi << 16);
+                }
+            }
+            words
+        };
+        // The table: per row its position and where the block list starts, then the list.
+        let mut table = Vec::new();
+        for i in 0..m {
+            table.extend([(pos0 + i) as u32, 2 * m as u32]);
+        }
+        table.extend(blocks);
+        let tt = gpu.upload_u32("table", &table);
+        let (qt, kt, vt) = (
+            gpu.upload_f32("q", &q),
+            gpu.upload_u32("k", &pool_words(&kc)),
+            gpu.upload_u32("v", &pool_words(&vc)),
+        );
+        let want = cpu_attention(&q, &round(&kc), &round(&vc), m, pos0, h, kvh, d);
+        let max_ctx = 16;
+        // A scores scratch for the CPU kernel, and none (the tiled kernel).
+        for scratch in [h * max_ctx * 4, 0] {
+            let ot = gpu.zeros("o", m * h * d);
+            let scores = gpu.zeros("scores", scratch.max(1));
+            let at = KvLayout::Paged {
+                table: &tt,
+                tab0: 0,
+                block,
+                max_ctx: if scratch == 0 { 1 << 20 } else { max_ctx },
+                store: KvStore::F16,
+            };
+            let mut st = Step::new(gpu);
+            attention(&mut st, &qt, &kt, &vt, &ot, m, &at, h, kvh, d, &scores);
+            st.submit().unwrap();
+            let got = pollster::block_on(gpu.read_f32(&ot, 0, m * h * d)).unwrap();
+            assert_close(
+                &format!("paged f16 attention, scratch {scratch}"),
+                &got,
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub use argmax::{argmax, argmax_rows, cpu_argmax};
 pub use attention::{attention, cpu_attention, CPU_SCORE_ROWS};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
-pub use kv::KvLayout;
+pub use kv::{KvLayout, KvStore};
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};

@@ -29,6 +29,7 @@ use crate::model::base::BaseModel;
 use crate::model::config::{PeftAdapterSpec, ShadowConfig};
 use crate::model::kv_pool::{KvBudget, KvPool};
 use crate::model::weights::Weights;
+use crate::ops::KvStore;
 
 use super::api_error::{bad_request, ApiError, ApiResult};
 use super::budget::KvMemory;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub kv_memory: KvMemory,
     /// Positions per KV block.
     pub kv_block: usize,
+    /// How the KV pool stores keys and values.
+    pub kv_store: KvStore,
     /// Most rows (tokens, all sessions together) in one batched base pass.
     pub max_batch_rows: usize,
     /// Most prompt rows (requests of more than 8 rows) in one pass, all together; decode
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             max_adapters: 16,
             kv_memory: KvMemory::Auto,
             kv_block: 16,
+            kv_store: KvStore::F32,
             max_batch_rows: 128,
             prefill_chunk: None,
             batch_wait: Duration::from_millis(10),
@@ -178,7 +182,10 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "max_body": app.cfg.max_body,
         "features": ["rows-count", "batching"],
         "kv": {
-            "dtype": "f32",
+            "dtype": match pool.store() {
+                KvStore::F32 => "f32",
+                KvStore::F16 => "f16",
+            },
             "block_positions": pool.block(),
             "blocks": pool.blocks(),
             "blocks_free": pool.free_blocks(),
@@ -576,13 +583,14 @@ pub fn router(
     if cfg.kv_memory == KvMemory::Auto {
         // Never more than every session at its longest.
         let c = base.cfg();
-        let per_position = 2 * c.layers * c.kv_heads * c.head_dim * 4;
+        let per_position = 2 * c.layers * cfg.kv_store.words(c.kv_heads * c.head_dim) * 4;
         let most = cfg.max_sessions * base.decoder.max_seq().next_multiple_of(cfg.kv_block.max(1));
         bytes = bytes.min((most * per_position) as u64);
     }
     let budget = KvBudget {
         bytes,
         block: cfg.kv_block,
+        store: cfg.kv_store,
     };
     let pool = KvPool::new(&gpu, &base.decoder, budget)?;
     log::info!(

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Positions per KV cache block.
     #[arg(long, default_value_t = 16)]
     kv_block: usize,
+    /// Storage of the KV cache: f32, or f16 (half the memory per position; the kernels still
+    /// compute in f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv: String,
     /// Most rows (tokens of all sessions together) in one batched base pass.
     #[arg(long, default_value_t = 128)]
     max_batch_rows: usize,
@@ -79,6 +83,7 @@ pub async fn run_serve(a: ServeArgs) -> Result<()> {
         max_body: a.max_body_mib.max(1) << 20,
         kv_memory,
         kv_block: a.kv_block,
+        kv_store: a.kv.parse()?,
         max_batch_rows: a.max_batch_rows,
         prefill_chunk: a.prefill_chunk,
         batch_wait: std::time::Duration::from_millis(a.batch_wait_ms),
