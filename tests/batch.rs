@@ -331,13 +331,21 @@ fn argmax_rows(h: &[f32], head: &[f32], vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The base's (tied) LM head `[vocab, D]` and its vocabulary, for greedy tokens.
+fn lm_head(dir: &std::path::Path) -> (Vec<f32>, usize) {
+    let hw = pollster::block_on(Weights::load_hf(&DirSource::open(dir).unwrap())).unwrap();
+    let vocab = 512;
+    (
+        hw.get("model.embed_tokens.weight", &[vocab, D]).unwrap(),
+        vocab,
+    )
+}
+
 #[test]
 fn mixed_batches_equal_single_sessions_in_every_weight_format() {
     let Some(gpu) = gpu() else { return };
     let dir = fixture(BASE).join("base");
-    let hw = pollster::block_on(Weights::load_hf(&DirSource::open(&dir).unwrap())).unwrap();
-    let vocab = 512;
-    let head = hw.get("model.embed_tokens.weight", &[vocab, D]).unwrap();
+    let (head, vocab) = lm_head(&dir);
     for format in [
         WeightFormat::F32,
         WeightFormat::F16,
@@ -404,9 +412,7 @@ const F16_KV_TOL: f32 = 1e-2;
 fn f16_kv_cache_stays_close_to_f32() {
     let Some(gpu) = gpu() else { return };
     let dir = fixture(BASE).join("base");
-    let hw = pollster::block_on(Weights::load_hf(&DirSource::open(&dir).unwrap())).unwrap();
-    let vocab = 512;
-    let head = hw.get("model.embed_tokens.weight", &[vocab, D]).unwrap();
+    let (head, vocab) = lm_head(&dir);
     let src = DirSource::open(&dir).unwrap();
     let base = pollster::block_on(load_base(gpu, &src, 64, WeightFormat::F32)).unwrap();
     let layers = base.decoder.num_layers();

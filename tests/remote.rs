@@ -602,6 +602,13 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
         .to_string()
 }
 
+/// The server's `GET /v1/info` (which must answer 200).
+fn server_info(rt: &tokio::runtime::Runtime, url: &str) -> serde_json::Value {
+    let (status, info) = http(rt, reqwest::Client::new().get(format!("{url}/v1/info")));
+    assert_eq!(status, 200, "{info}");
+    serde_json::from_str(&info).unwrap()
+}
+
 /// The value of the sample `key` (name and labels) in a Prometheus text exposition.
 fn metric(text: &str, key: &str) -> Option<f64> {
     text.lines()
@@ -696,9 +703,7 @@ fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
     };
     let url = start_server(name, cfg);
     let rt = rt();
-    let (status, info) = http(&rt, reqwest::Client::new().get(format!("{url}/v1/info")));
-    assert_eq!(status, 200);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info = server_info(&rt, &url);
     assert_eq!(info["kv"]["blocks"], 2 * per_session + 1, "{info}");
     assert_eq!(info["kv"]["block_positions"], 4);
     assert_eq!(info["kv"]["bytes_per_position"], 768);
@@ -783,9 +788,7 @@ fn f16_kv_pool_serves_the_official_tokens() {
     };
     let url = start_server(name, cfg);
     let rt = rt();
-    let (status, info) = http(&rt, reqwest::Client::new().get(format!("{url}/v1/info")));
-    assert_eq!(status, 200);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info = server_info(&rt, &url);
     assert_eq!(info["kv"]["dtype"], "f16", "{info}");
     // 3 layers x (k, v) x 2 heads x 16 values x 2 bytes.
     assert_eq!(info["kv"]["bytes_per_position"], 384, "{info}");
