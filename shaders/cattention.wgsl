@@ -5,11 +5,15 @@
 // f32 throughout; the cache's values are stored as the prelude kv_f32 or kv_f16 says.
 // CPU compilers run invocations as SIMD lanes and load storage buffers lane by lane, so each
 // cached row is loaded once, as vec4s, for all the query heads of its group: one workgroup per
-// (KV head, query row) copies the group's queries into workgroup memory, then runs two phases
-// separated by a barrier:
+// (KV head, query row) copies the group's queries into workgroup memory, then runs three phases
+// separated by barriers:
 //   1. lanes over keys: the group's scaled scores, two heads per pass, into `scores`;
-//   2. lanes over vec4 slices of the head dimension: the weighted values with the softmax
-//      taken online (running max and rescaled sums), two heads per pass.
+//   2. lanes over keys: each head's largest score (every lane scans them all), then the
+//      softmax weights exp(score - largest) of this lane's keys, in place of their scores
+//      (one exp per key and head, where an online softmax over the value slices takes two per
+//      key, head and slice);
+//   3. lanes over vec4 slices of the head dimension: the weighted values and the weights' sum,
+//      two heads per pass.
 // Bindings: 0 Params, 1 q [M, heads * HD / 4] vec4, 2 k cache [S, kv_heads * HD],
 //           3 v cache [S, kv_heads * HD] (both as KvWord4, four values each), 4 scores [R, heads, cap] (scratch),
 //           5 out [M, heads * HD / 4] vec4.
@@ -77,29 +81,36 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         }
     }
     storageBarrier();
-    // 2. Weighted values, with the softmax taken online (running max, rescaled sums): this
-    // lane's vec4 slices of the head dimension, two heads per pass.
+    // 2. Softmax weights of this lane's keys, each head's largest score subtracted.
+    for (var h = 0u; h < group; h++) {
+        let b = sb + (h0 + h) * p.cap;
+        var mx = -3.0e38;
+        for (var j = 0u; j < ctx; j++) {
+            mx = max(mx, scores[b + j]);
+        }
+        for (var j = t; j < ctx; j += WG) {
+            // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing next to
+            // e^0 = 1): CPU exp underflows to subnormals, which are slow there.
+            scores[b + j] = exp(max(scores[b + j] - mx, -80.0));
+        }
+    }
+    storageBarrier();
+    // 3. Weighted values and the weights' sum: this lane's vec4 slices of the head dimension,
+    // two heads per pass.
     for (var d = t; d < HD4; d += WG) {
         for (var h = 0u; h < group; h += 2u) {
             let two = h + 1u < group;
             let b0 = sb + (h0 + h) * p.cap;
             let b1 = sb + (h0 + min(h + 1u, group - 1u)) * p.cap;
-            var mx = vec2<f32>(-3.0e38);
             var l = vec2<f32>(0.0);
             var o0 = vec4<f32>(0.0);
             var o1 = vec4<f32>(0.0);
             for (var j = 0u; j < ctx; j++) {
-                let s = vec2<f32>(scores[b0 + j], scores[b1 + j]);
+                let e = vec2<f32>(scores[b0 + j], scores[b1 + j]);
                 let vv = kv_vec4(vc[kv_slot(m, j) * kv_row + g * HD4 + d]);
-                let mn = max(mx, s);
-                // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing
-                // next to e^0 = 1): CPU exp underflows to subnormals, which are slow there.
-                let c = exp(max(mx - mn, vec2<f32>(-80.0)));
-                let e = exp(max(s - mn, vec2<f32>(-80.0)));
-                l = fma(l, c, e);
-                o0 = fma(o0, vec4<f32>(c.x), e.x * vv);
-                o1 = fma(o1, vec4<f32>(c.y), e.y * vv);
-                mx = mn;
+                l += e;
+                o0 = fma(vec4<f32>(e.x), vv, o0);
+                o1 = fma(vec4<f32>(e.y), vv, o1);
             }
             out[row + (h0 + h) * HD4 + d] = o0 / l.x;
             if (two) {
