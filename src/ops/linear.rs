@@ -2,7 +2,7 @@
 //!
 //! Decode (M = 1) on CPU devices, K % 32 == 0: `cmatvec` for every weight format (x bound as a
 //! uniform array, 8 rows per invocation; see its header for why). Several rows on CPU devices
-//! (batches, prompts, verifications), K % 32 == 0: `cmatmul`, in tiles of up to 8 rows of x
+//! (batches, prompts, verifications), K % 32 == 0: `cmatmul`, in tiles of up to 16 rows of x
 //! bound as one uniform array, each weight block decoded once per tile; each row's result is
 //! cmatvec's, bit for bit, so a session's row gives the same numbers alone and in a batch.
 //! Elsewhere:
@@ -46,8 +46,9 @@ pub(crate) fn cmatvec_spec(format: WeightFormat, k: usize) -> KernelSpec {
     super::with_cpu_format(linear_kernel(spec), format)
 }
 
-/// Most rows of x in one `cmatmul` tile (a power of two).
-pub(crate) const CMATMUL_ROWS: usize = 8;
+/// Most rows of x in one `cmatmul` tile (a power of two; fewer where K is too wide for the rows
+/// to fit one uniform binding).
+pub(crate) const CMATMUL_ROWS: usize = 16;
 
 /// The CPU multi-row kernel for `format` weights of `k` columns, `rows` rows a tile.
 pub(crate) fn cmatmul_spec(format: WeightFormat, k: usize, rows: usize) -> KernelSpec {
@@ -71,7 +72,7 @@ pub(crate) fn cpu_tile(
         return None;
     }
     let limit = gpu.limits.max_uniform_buffer_binding_size as usize / (4 * k.max(1));
-    // Tiles of 8, 4 or 2 rows (the largest that fits), so that few pipelines serve every row
+    // Tiles of 16, 8, 4 or 2 rows (the largest that fits), so that few pipelines serve every row
     // count: the last tile overlaps the one before.
     let fit = CMATMUL_ROWS.min(rows).min(limit);
     if fit < 2 {
@@ -456,7 +457,7 @@ mod tests {
                 w: g.upload_matrix_as("w", &w, n, k, format).unwrap(),
                 b: Some(g.upload_f32("b", &b)),
             };
-            for m in [2, 3, 5, 8, 13] {
+            for m in [2, 3, 5, 8, 13, 16, 21] {
                 assert!(cpu_tile(&g, m, 0, k).is_some(), "{m} rows run cmatmul");
                 let x = rand_vec(9 + m as u64, m * k, 1.0);
                 let xt = g.upload_f32("x", &x);

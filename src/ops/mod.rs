@@ -28,6 +28,9 @@ pub use attention::{attention, cpu_attention, CPU_SCORE_ROWS};
 pub use embedding::{cpu_embedding, embedding};
 pub use glu::glu;
 pub use kv::{KvLayout, KvStore};
+/// The server warms up every multi-row tile.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use linear::CMATMUL_ROWS;
 pub use linear::{cpu_linear, linear, linear_add, Linear};
 pub use rms_norm::{cpu_rms_norm, rms_norm};
 pub use rope::{cpu_rope, qk_rope, QkRope, RopeTable};

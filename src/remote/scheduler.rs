@@ -361,12 +361,14 @@ impl Scheduler {
     }
 }
 
-/// Compiles the kernels of passes of 1 to 8 rows (one of each multi-row tile, see
+/// Compiles the kernels of passes of 1 to 16 rows (one of each multi-row tile, see
 /// [`crate::ops::linear`]) before the first request, so that no request waits for a compile,
 /// with a throwaway session's blocks (given back; nothing is answered from them).
 fn warm_up(gpu: &Gpu, base: &BaseModel, pool: &Arc<KvPool>, batch: &mut Batch) {
     let mut blocks = pool.session();
-    let m = 8.min(batch.rows()).min(base.decoder.max_seq());
+    let m = crate::ops::CMATMUL_ROWS
+        .min(batch.rows())
+        .min(base.decoder.max_seq());
     if blocks.fit(m, 0).is_err() {
         return;
     }
