@@ -121,7 +121,7 @@ pub fn glu(
                     &p,
                     (x, start * k, tile * k),
                     &[&gate.w.chunks[0].0, &up.w.chunks[0].0, y],
-                    groups_for(inter.div_ceil(4), super::linear::CPU_WG),
+                    groups_for(inter.div_ceil(8), super::linear::CPU_WG),
                 );
                 r0 += tile;
             }

@@ -280,7 +280,7 @@ fn record(
                     &p,
                     (x, x_off + start * k, tile * k),
                     &[chunk, bias, y],
-                    groups_for(n.div_ceil(4), CPU_WG),
+                    groups_for(n.div_ceil(8), CPU_WG),
                 );
             }
             r0 += tile;
