@@ -774,6 +774,134 @@ fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
     eprintln!("{refused} requests refused for KV memory and retried");
 }
 
+/// When the pool runs dry, a session that holds blocks takes the next one from the youngest
+/// idle session (preemption by recomputation, as in vLLM): that session answers 404 with a
+/// reason, and is gone; a new session takes no one's blocks and is refused with 429. Then two
+/// real clients on a budget smaller than their two generations both end with the official
+/// tokens, rebuilding whatever was evicted.
+#[test]
+fn a_dry_pool_evicts_the_youngest_session_and_its_client_rebuilds_it() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "qwen3_implicit";
+    let g = Golden::load(&fixture(name));
+    let ids = g.ids("input_ids");
+    let want = g.ids("greedy_attached");
+    // Blocks of 4 positions, 3072 bytes each (see the test above): 6 blocks in all.
+    let cfg = ServerConfig {
+        kv_memory: shadowpeft::remote::budget::KvMemory::Bytes(3072 * 6),
+        kv_block: 4,
+        ..Default::default()
+    };
+    let url = start_server(name, cfg);
+    let rt = rt();
+    let hidden = server_info(&rt, &url)["hidden_size"].as_u64().unwrap() as usize;
+    let c = reqwest::Client::new();
+    let forward = |sid: &str, pos: usize, m: usize| {
+        let ids: Vec<u32> = (0..m).map(|i| (7 * (pos + i) % 300) as u32).collect();
+        let s0 = vec![0.25f32; m * hidden];
+        let req = shadowpeft::remote::frame::forward_request(pos, &ids, &s0, hidden, 1, Wire::F32);
+        http(
+            &rt,
+            c.post(format!("{url}/v1/sessions/{sid}/forward")).body(req),
+        )
+    };
+    // The older session and the younger one take 2 blocks each; 2 are left.
+    let (old, young) = (
+        open_session_like_client(&rt, &url),
+        open_session_like_client(&rt, &url),
+    );
+    assert_eq!(forward(&old, 0, 8).0, 200);
+    assert_eq!(forward(&young, 0, 8).0, 200);
+    assert_eq!(server_info(&rt, &url)["kv"]["blocks_free"], 2);
+    // A new session must leave a block for each of the two: refused, taking no one's blocks.
+    let new = open_session_like_client(&rt, &url);
+    let (status, body) = forward(&new, 0, 4);
+    assert_eq!(status, 429, "{body}");
+    // The older session grows to 5 blocks: the younger one's cache is dropped for it.
+    let (status, body) = forward(&old, 8, 9);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server_info(&rt, &url)["kv"]["blocks_free"], 1);
+    let (status, body) = forward(&young, 8, 1);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("evicted"), "{body}");
+    // It is gone: its id answers the plain 404 now.
+    let (status, body) = forward(&young, 0, 1);
+    assert_eq!(status, 404, "{body}");
+    let (_, text) = http(&rt, c.get(format!("{url}/metrics")));
+    assert_eq!(
+        metric(&text, "shadowpeft_kv_evictions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    for sid in [&old, &new] {
+        let (status, _) = http(&rt, c.delete(format!("{url}/v1/sessions/{sid}")));
+        assert_eq!(status, 204);
+    }
+    assert_eq!(server_info(&rt, &url)["kv"]["blocks_free"], 6);
+
+    // Two clients whose generations (the prompt and 11 fed-back tokens) need more blocks than
+    // there are, together, on a pool of 7: both prompts fit at once (3 blocks each, and the
+    // younger leaves one for the older to grow), and once both have their first token (a
+    // barrier) neither can finish without the other's blocks: the younger is evicted as the
+    // older grows, and rebuilt once the older is done.
+    let need = (ids.len() + 11).div_ceil(4);
+    assert!(
+        ids.len().div_ceil(4) == 3 && need <= 7 && 2 * need > 7,
+        "the fixture no longer overflows the pool"
+    );
+    let url = start_server(
+        name,
+        ServerConfig {
+            kv_memory: shadowpeft::remote::budget::KvMemory::Bytes(3072 * 7),
+            kv_block: 4,
+            ..Default::default()
+        },
+    );
+    let first = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let (ids, url, first) = (ids.clone(), url.clone(), first.clone());
+            std::thread::spawn(move || {
+                let rt = crate::rt();
+                let gpu = common::gpu().unwrap();
+                let c = Connect {
+                    protocol: [Protocol::Fused, Protocol::Stepped][i % 2],
+                    ..Connect::new(&url)
+                };
+                let model = client_with(&rt, gpu, name, &c).unwrap();
+                let mut s = model.new_session(gpu);
+                let o = GenerateOptions {
+                    max_new_tokens: 12,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                let mut n = 0;
+                let out = rt
+                    .block_on(generate(gpu, &model, &mut s, &ids, &o, |_| {
+                        n += 1;
+                        if n == 1 {
+                            first.wait();
+                        }
+                        Ok(true)
+                    }))
+                    .unwrap()
+                    .tokens;
+                rt.block_on(model.end_conversation(&mut s));
+                out
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+    let (_, text) = http(&rt, c.get(format!("{url}/metrics")));
+    let evictions = metric(&text, "shadowpeft_kv_evictions_total").unwrap_or(0.0);
+    assert!(evictions >= 1.0, "no session was evicted:\n{text}");
+    assert_eq!(server_info(&rt, &url)["kv"]["blocks_free"], 7);
+}
+
 /// `--kv f16`: a pool that stores keys and values in f16 takes half the bytes a position,
 /// says so in `/v1/info`, and fused and stepped clients still get the official greedy tokens.
 #[test]

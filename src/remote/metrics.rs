@@ -1,7 +1,7 @@
 //! The backbone server's metrics, served at `GET /metrics` in the Prometheus (OpenMetrics)
 //! text format by the `prometheus-client` crate: sessions, KV blocks used and free, rows and
 //! sessions per batched pass, time queued before a pass, pass time, rows run (their rate is
-//! the server's tokens per second) and refusals.
+//! the server's tokens per second), refusals and KV cache evictions.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,7 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     pub rows: Family<Vec<(String, String)>, Counter>,
     pub refused: Family<Vec<(String, String)>, Counter>,
+    pub evictions: Counter,
 }
 
 /// The content type of [`Metrics::render`].
@@ -44,6 +45,7 @@ impl Metrics {
         let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let rows = Family::<Vec<(String, String)>, Counter>::default();
         let refused = Family::<Vec<(String, String)>, Counter>::default();
+        let evictions = Counter::default();
         registry.register("sessions", "Sessions alive", sessions.clone());
         registry.register(
             "kv_blocks",
@@ -80,6 +82,11 @@ impl Metrics {
             "Requests refused with 429 by reason (kv_blocks, sessions)",
             refused.clone(),
         );
+        registry.register(
+            "kv_evictions",
+            "Sessions whose KV cache was dropped for an older session's (the client rebuilds them)",
+            evictions.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -90,6 +97,7 @@ impl Metrics {
             pass_seconds,
             rows,
             refused,
+            evictions,
         }
     }
 

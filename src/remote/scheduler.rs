@@ -14,6 +14,15 @@
 //! A session's state (position, stepped pass, KV blocks) changes only here, in queue order:
 //! a request is checked against it when its first chunk is taken, and a request's KV blocks
 //! are all taken then (or it is refused with 429, the session unchanged).
+//!
+//! When the pool runs dry, sessions that already hold blocks could each wait for a block
+//! that another holds, and none would ever finish. So, as vLLM preempts by recomputation, a
+//! session that holds blocks and needs more takes them from the youngest sessions that are
+//! between requests (created after it): their caches are dropped, and their next request is
+//! answered 404, after which the client rebuilds the session by re-sending its tokens (the
+//! protocol's recovery from an expiry, giving the same results). The oldest session thus
+//! always advances. A new session takes no one's blocks: it is refused with 429 until blocks
+//! are free.
 
 use std::collections::VecDeque;
 use std::sync::Weak;
@@ -44,6 +53,10 @@ pub struct Session {
     pub last_used: Instant,
     /// The request of this session being run (several passes when chunked).
     running: Option<u64>,
+    /// Creation order (older sessions are never evicted for younger ones).
+    seq: u64,
+    /// Its KV cache was dropped for an older session: every request now answers 404.
+    evicted: bool,
 }
 
 impl Session {
@@ -56,7 +69,14 @@ impl Session {
             blocks,
             last_used: Instant::now(),
             running: None,
+            seq: 0,
+            evicted: false,
         }
+    }
+
+    /// Whether its KV cache was dropped for an older session (the client must rebuild it).
+    pub fn evicted(&self) -> bool {
+        self.evicted
     }
 }
 
@@ -129,6 +149,19 @@ pub struct Scheduler {
     layers: usize,
     max_seq: usize,
     limits: Limits,
+    /// Every session, in creation order (those gone are pruned as new ones come).
+    sessions: Mutex<Vec<Weak<Mutex<Session>>>>,
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+/// The answer to a request of a session whose KV cache was evicted.
+pub fn evicted_error() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "the session's KV cache was evicted to make room for older sessions (KV memory is \
+         full): open a new session and re-send its tokens"
+            .into(),
+    )
 }
 
 #[derive(Default)]
@@ -166,6 +199,8 @@ impl Scheduler {
             layers: base.decoder.num_layers(),
             max_seq: base.decoder.max_seq(),
             limits,
+            sessions: Mutex::new(Vec::new()),
+            next_seq: std::sync::atomic::AtomicU64::new(0),
         });
         // The thread holds the scheduler weakly: it ends once the server is gone.
         let weak = Arc::downgrade(&s);
@@ -178,6 +213,46 @@ impl Scheduler {
     /// The settings in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Makes `session` (new) known to the scheduler, as the youngest.
+    pub fn register(&self, session: &Arc<Mutex<Session>>) {
+        lock(session).seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all = lock(&self.sessions);
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(session));
+    }
+
+    /// Drops the KV caches of sessions younger than `s` (of `job`) that are between requests,
+    /// youngest first, until `s` has blocks for `positions`; whether it has them.
+    fn evict_for(&self, job: &Job, s: &mut Session, positions: usize) -> bool {
+        let younger: Vec<Arc<Mutex<Session>>> = lock(&self.sessions)
+            .iter()
+            .rev()
+            .filter_map(Weak::upgrade)
+            .filter(|o| !Arc::ptr_eq(o, &job.session))
+            .collect();
+        for other in younger {
+            // Another thread holding it (a handler) means it is busy: skip it.
+            let Ok(mut o) = other.try_lock() else {
+                continue;
+            };
+            if o.seq < s.seq || o.running.is_some() || o.blocks.ids().is_empty() {
+                continue;
+            }
+            let _ = o.blocks.fit(0, 0);
+            o.evicted = true;
+            o.pos = 0;
+            o.pass = None;
+            drop(o);
+            self.metrics.evictions.inc();
+            if s.blocks.fit(positions, 0).is_ok() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Queues `req` for `session` and waits for its answer rows.
@@ -264,6 +339,9 @@ impl Scheduler {
         if job.done > 0 {
             return Ok(());
         }
+        if s.evicted {
+            return Err(evicted_error());
+        }
         if s.adapter.is_some() != matches!(job.req.work, Work::Fused { .. }) {
             return Err(super::api_error::bad_request(
                 "the request does not match the session's mode (fused or stepped)",
@@ -292,7 +370,15 @@ impl Scheduler {
             } else {
                 0
             };
-            if let Err(e) = s.blocks.fit(pos + m, reserve) {
+            let fits = s.blocks.fit(pos + m, reserve);
+            // A session that holds blocks takes the rest from younger ones.
+            let fits = match fits {
+                Err(_) if !s.blocks.ids().is_empty() && self.evict_for(job, &mut s, pos + m) => {
+                    Ok(())
+                }
+                r => r,
+            };
+            if let Err(e) = fits {
                 self.metrics.refuse("kv_blocks");
                 return Err(ApiError(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -391,10 +391,14 @@ async fn new_session(
     };
     let id = new_session_id()?;
     // A session holds no KV blocks until it runs: they come from the pool as it grows.
-    let s = Session::new(adapter, app.scheduler.pool.session());
+    let s = Arc::new(Mutex::new(Session::new(
+        adapter,
+        app.scheduler.pool.session(),
+    )));
     let mut sessions = lock(&app.sessions);
     app.check_room(&sessions)?;
-    sessions.insert(id.clone(), Arc::new(Mutex::new(s)));
+    app.scheduler.register(&s);
+    sessions.insert(id.clone(), s);
     app.metrics.sessions.set(sessions.len() as i64);
     Ok((
         StatusCode::CREATED,
@@ -421,12 +425,19 @@ async fn scrape(State(app): State<Arc<App>>) -> Response {
     (StatusCode::OK, ct, body).into_response()
 }
 
-/// The session `id`, or 404.
+/// The session `id`, or 404 (one whose KV cache was evicted is removed then).
 fn session(app: &App, id: &str) -> ApiResult<Arc<Mutex<Session>>> {
-    lock(&app.sessions)
+    let mut sessions = lock(&app.sessions);
+    let s = sessions
         .get(id)
         .cloned()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "unknown or expired session".into()))?;
+    if lock(&s).evicted() {
+        sessions.remove(id);
+        app.metrics.sessions.set(sessions.len() as i64);
+        return Err(super::scheduler::evicted_error());
+    }
+    Ok(s)
 }
 
 /// An answer frame of `rows` hidden rows.
