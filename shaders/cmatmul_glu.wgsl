@@ -6,8 +6,8 @@
 // As in cmatmul, x comes through a uniform binding and each invocation decodes a block of each
 // of its 8 rows of each matrix once for the ROWS rows of x (and prepares each block of x once
 // for 8 weight rows). Each row's sums, and its activation, are those cmatvec_glu computes (the
-// same block dots, scales and order), so a row gives cmatvec_glu's result bit for bit. Rows below p.skip are not written (the host's last
-// tile overlaps the one before it).
+// same block dots, scales and order), so a row gives cmatvec_glu's result bit for bit. Rows
+// below p.skip are not written (the host's last tile overlaps the one before it).
 // Bindings: 0 Params (uniform), 1 x [ROWS, K/4] vec4 (uniform, bound from the tile's first
 //           row), 2 wg, 3 wu (each [N, K/32, BV] vec4<u32> block data, then (int formats)
 //           [N, K/32] f16 scales (two a u32)), 4 y [ROWS, N] (from y_off).
