@@ -8,10 +8,10 @@
 // (KV head, query row) copies the group's queries into workgroup memory, then runs three phases
 // separated by barriers:
 //   1. lanes over keys: the group's scaled scores, two heads per pass, into `scores`;
-//   2. lanes over keys: each head's largest score (every lane scans them all), then the
-//      softmax weights exp(score - largest) of this lane's keys, in place of their scores
-//      (one exp per key and head, where an online softmax over the value slices takes two per
-//      key, head and slice);
+//   2. lanes over keys: each head's largest score (every lane scans them all), then, after a
+//      barrier, the softmax weights exp(score - largest) of this lane's keys, in place of
+//      their scores (one exp per key and head, where an online softmax over the value slices
+//      takes two per key, head and slice);
 //   3. lanes over vec4 slices of the head dimension: the weighted values and the weights' sum,
 //      two heads per pass.
 // Bindings: 0 Params, 1 q [M, heads * HD / 4] vec4, 2 k cache [S, kv_heads * HD],
@@ -81,17 +81,24 @@ fn cattention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         }
     }
     storageBarrier();
-    // 2. Softmax weights of this lane's keys, each head's largest score subtracted.
+    // 2. Softmax weights of this lane's keys, each head's largest score subtracted. Every
+    // lane reads every score for the largest before any lane overwrites its own (lanes need
+    // not run in step: SwiftShader's do not).
+    var mx: array<f32, GROUP>;
     for (var h = 0u; h < group; h++) {
         let b = sb + (h0 + h) * p.cap;
-        var mx = -3.0e38;
+        mx[h] = -3.0e38;
         for (var j = 0u; j < ctx; j++) {
-            mx = max(mx, scores[b + j]);
+            mx[h] = max(mx[h], scores[b + j]);
         }
+    }
+    storageBarrier();
+    for (var h = 0u; h < group; h++) {
+        let b = sb + (h0 + h) * p.cap;
         for (var j = t; j < ctx; j += WG) {
             // Exponents below -80 are clamped (e^-80 ~ 1.8e-35 still counts as nothing next to
             // e^0 = 1): CPU exp underflows to subnormals, which are slow there.
-            scores[b + j] = exp(max(scores[b + j] - mx, -80.0));
+            scores[b + j] = exp(max(scores[b + j] - mx[h], -80.0));
         }
     }
     storageBarrier();
