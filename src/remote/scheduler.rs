@@ -120,6 +120,16 @@ struct Job {
     reply: oneshot::Sender<ApiResult<Vec<f32>>>,
 }
 
+impl Job {
+    /// Sends the answer, after letting go of the session: a client that deletes the session
+    /// as soon as it has the answer finds its KV blocks back in the pool.
+    fn answer(self, answer: ApiResult<Vec<f32>>) {
+        let Job { session, reply, .. } = self;
+        drop(session);
+        let _ = reply.send(answer);
+    }
+}
+
 /// Requests of at most this many rows left are short (decode steps, verifications of a few
 /// drafted tokens) and go first in a pass; longer ones are prompts, chunked.
 pub const SHORT_ROWS: usize = 8;
@@ -542,7 +552,7 @@ fn pass(
         match sched.admit(&job) {
             Ok(()) => jobs.push((job, n)),
             Err(e) => {
-                let _ = job.reply.send(Err(e));
+                job.answer(Err(e));
             }
         }
     }
@@ -609,7 +619,7 @@ fn pass(
             let err = ApiError::from(e);
             for (job, _) in jobs {
                 sched.abandon(&job);
-                let _ = job.reply.send(Err(ApiError(err.0, err.1.clone())));
+                job.answer(Err(ApiError(err.0, err.1.clone())));
             }
             return Vec::new();
         }
@@ -639,7 +649,8 @@ fn pass(
         }
         sched.finish(&job);
         answered.push(Arc::downgrade(&job.session));
-        let _ = job.reply.send(Ok(std::mem::take(&mut job.out)));
+        let out = std::mem::take(&mut job.out);
+        job.answer(Ok(out));
     }
     if !again.is_empty() {
         lock(&sched.queue).jobs.extend(again);
