@@ -1,7 +1,9 @@
 //! The client side of a remote backbone: adapter upload, sessions, and the fused or stepped
 //! forward. A session the server lost (expiry, restart) is rebuilt by re-sending the prefix,
 //! which gives the same result because every position's state depends only on the tokens
-//! before it.
+//! before it. So is one whose server stopped answering behind a load balancer (a 502, 503 or
+//! 504, or a dropped connection): the rebuild goes wherever the balancer now routes the
+//! conversation's key ([`super::ROUTE_HEADER`]).
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 use super::frame::{self, Frame, Wire};
-use super::PROTOCOL;
+use super::{PROTOCOL, ROUTE_HEADER};
 
 /// Where and how to reach a backbone server.
 #[derive(Debug, Clone)]
@@ -115,11 +117,14 @@ pub struct RemoteBase {
     pub max_seq: usize,
 }
 
-/// One conversation with the server: its session id and the prefix sent so far (to rebuild a
-/// lost session).
+/// One conversation with the server: its session id, its routing key, and the prefix sent so
+/// far (to rebuild a lost session).
 #[derive(Debug, Default)]
 pub struct RemoteState {
     session: Option<String>,
+    /// Sent with every request of the conversation ([`ROUTE_HEADER`]); drawn at its first
+    /// request and kept for its life, rebuilds included.
+    route: String,
     ids: Vec<u32>,
     s0: Vec<f32>,
     /// Requests and bytes, for reporting.
@@ -132,6 +137,23 @@ impl RemoteState {
     /// Positions the server acknowledged, in order (what a lost session is rebuilt from).
     pub fn held(&self) -> usize {
         self.ids.len()
+    }
+
+    /// The conversation's routing key (drawn on first use: 16 random hex digits).
+    fn route(&mut self) -> &str {
+        if self.route.is_empty() {
+            let mut b = [0u8; 8];
+            if getrandom::fill(&mut b).is_err() {
+                // No entropy source: the clock still spreads conversations over replicas.
+                let t = web_time::SystemTime::now()
+                    .duration_since(web_time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                b = t.to_le_bytes();
+            }
+            self.route = b.iter().map(|x| format!("{x:02x}")).collect();
+        }
+        &self.route
     }
 
     /// Forgets the positions from `pos` on; the next request names `pos`, which rewinds the
@@ -158,8 +180,35 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 enum Failure {
+    /// The session is gone: expired, evicted, restarted, or its server stopped answering.
     Gone,
     Other(Error),
+}
+
+/// How a request failed to get an answer.
+enum Sent {
+    /// No answer within the timeout (the server may still be working on it).
+    Timeout(Error),
+    /// The connection could not be made or broke.
+    Dropped(Error),
+}
+
+impl Sent {
+    fn error(self) -> Error {
+        match self {
+            Sent::Timeout(e) | Sent::Dropped(e) => e,
+        }
+    }
+}
+
+/// Retries of a session open that a load balancer answers 502, 503 or 504 (0.1 s, then
+/// twice as long each time: 6.3 s in all).
+const OPEN_RETRIES: u32 = 6;
+
+/// Statuses a load balancer answers when the replica behind it failed or is restarting: the
+/// session it held is lost, and another replica takes the conversation.
+fn replica_lost(status: u16) -> bool {
+    matches!(status, 502..=504)
 }
 
 impl From<Error> for Failure {
@@ -185,21 +234,40 @@ impl RemoteBase {
         r.timeout(self.timeout)
     }
 
+    /// A request of the conversation `st`, with its routing key.
+    fn req_on(
+        &self,
+        st: &mut RemoteState,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.req(method, path).header(ROUTE_HEADER, st.route())
+    }
+
     /// Sends `r` and returns the status and body.
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
-        let (status, _, body) = self.send_once(r).await?;
+        let (status, _, body) = self.send_once(r).await.map_err(Sent::error)?;
         Ok((status, body))
     }
 
     /// Sends a request on a session: a 429 (the server's KV memory is full for now) is retried
     /// after its `Retry-After`, for as long as the request's timeout allows. (A 429 for a new
     /// session, the server holding its most sessions, is not: sessions end slowly.)
-    async fn send_on_session(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>)> {
+    /// A connection that fails other than by a timeout (refused, reset: the server or its
+    /// replica went away) is a lost session.
+    async fn send_on_session(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> std::result::Result<(u16, Vec<u8>), Failure> {
         let started = web_time::Instant::now();
         let mut r = r;
         loop {
             let again = r.try_clone();
-            let (status, retry, body) = self.send_once(r).await?;
+            let (status, retry, body) = match self.send_once(r).await {
+                Ok(v) => v,
+                Err(Sent::Timeout(e)) => return Err(Failure::Other(e)),
+                Err(Sent::Dropped(_)) => return Err(Failure::Gone),
+            };
             match (status, retry, again) {
                 (429, Some(after), Some(next)) if started.elapsed() + after < self.timeout => {
                     sleep(after).await;
@@ -213,14 +281,13 @@ impl RemoteBase {
     async fn send_once(
         &self,
         r: reqwest::RequestBuilder,
-    ) -> Result<(u16, Option<std::time::Duration>, Vec<u8>)> {
+    ) -> std::result::Result<(u16, Option<std::time::Duration>, Vec<u8>), Sent> {
         let resp = r.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                "no answer in time"
+            if e.is_timeout() {
+                Sent::Timeout(self.err(None, format!("no answer in time: {}", chain(&e))))
             } else {
-                "unreachable"
-            };
-            self.err(None, format!("{why}: {}", chain(&e)))
+                Sent::Dropped(self.err(None, format!("unreachable: {}", chain(&e))))
+            }
         })?;
         let status = resp.status().as_u16();
         let retry = resp
@@ -229,10 +296,14 @@ impl RemoteBase {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| std::time::Duration::from_secs(s.min(60)));
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.err(Some(status), format!("reply cut off: {}", chain(&e))))?;
+        let body = resp.bytes().await.map_err(|e| {
+            let e2 = self.err(Some(status), format!("reply cut off: {}", chain(&e)));
+            if e.is_timeout() {
+                Sent::Timeout(e2)
+            } else {
+                Sent::Dropped(e2)
+            }
+        })?;
         Ok((status, retry, body.to_vec()))
     }
 
@@ -314,14 +385,16 @@ impl RemoteBase {
     /// Uploads the adapter unless the server already has these exact bytes.
     async fn ensure_adapter(&self, st: &mut RemoteState) -> Result<()> {
         let path = format!("/adapters/{}", self.sha);
-        let (status, _) = self.send(self.req(reqwest::Method::HEAD, &path)).await?;
+        let (status, _) = self
+            .send(self.req_on(st, reqwest::Method::HEAD, &path))
+            .await?;
         st.round_trips += 1;
         if status == 200 {
             return Ok(());
         }
         let (status, body) = self
             .send(
-                self.req(reqwest::Method::PUT, &path)
+                self.req_on(st, reqwest::Method::PUT, &path)
                     .body(self.upload.to_vec()),
             )
             .await?;
@@ -333,9 +406,14 @@ impl RemoteBase {
         Ok(())
     }
 
+    /// Opens a session (uploading the adapter first where the server lacks it). A load
+    /// balancer's 502, 503 or 504 (its replica failed or restarts) is retried, 0.1 s later,
+    /// then twice as long each time, for about 6 s, while it routes the conversation to another
+    /// replica or the replica returns.
     async fn open(&self, st: &mut RemoteState) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        for _ in 0..2 {
+        let (mut uploads, mut waits) = (0, 0);
+        loop {
             let body = match self.protocol {
                 Protocol::Fused => {
                     if !self.adapter_seen.load(Relaxed) {
@@ -348,12 +426,16 @@ impl RemoteBase {
             }
             .to_string();
             let r = self
-                .req(reqwest::Method::POST, "/sessions")
+                .req_on(st, reqwest::Method::POST, "/sessions")
                 .header("content-type", "application/json")
                 .body(body);
             let (status, body) = self.send(r).await?;
             st.round_trips += 1;
             match status {
+                s if replica_lost(s) && waits < OPEN_RETRIES => {
+                    sleep(std::time::Duration::from_millis(100 << waits)).await;
+                    waits += 1;
+                }
                 201 => {
                     let v: serde_json::Value = serde_json::from_slice(&body)
                         .map_err(|e| self.err(Some(status), e.to_string()))?;
@@ -364,15 +446,16 @@ impl RemoteBase {
                     st.session = Some(id.to_string());
                     return Ok(());
                 }
-                // The adapter was evicted since it was last seen: upload again.
-                404 => {
+                // The adapter was evicted since it was last seen, or this replica never had
+                // it: upload again.
+                404 if uploads < 2 => {
                     self.adapter_seen.store(false, Relaxed);
-                    continue;
+                    uploads += 1;
                 }
+                404 => return Err(self.err(Some(404), "the server keeps dropping the adapter")),
                 _ => return Err(self.fail(status, &body)),
             }
         }
-        Err(self.err(Some(404), "the server keeps dropping the adapter"))
     }
 
     /// Posts one frame to `/sessions/{id}/{what}` and returns the `hidden` rows of the answer.
@@ -390,7 +473,7 @@ impl RemoteBase {
         st.bytes_sent += req.len() as u64;
         let (status, body) = self
             .send_on_session(
-                self.req(reqwest::Method::POST, &format!("/sessions/{id}/{what}"))
+                self.req_on(st, reqwest::Method::POST, &format!("/sessions/{id}/{what}"))
                     .header("content-type", "application/octet-stream")
                     .body(req),
             )
@@ -399,8 +482,9 @@ impl RemoteBase {
         st.bytes_received += body.len() as u64;
         match status {
             200 => {}
-            // Expired, restarted, or out of step: rebuild from the prefix.
+            // Expired, restarted, out of step, or its replica failed: rebuild from the prefix.
             404 | 409 => return Err(Failure::Gone),
+            s if replica_lost(s) => return Err(Failure::Gone),
             _ => return Err(Failure::Other(self.fail(status, &body))),
         }
         let garbage =
@@ -524,7 +608,7 @@ impl RemoteBase {
     pub async fn close(&self, st: &mut RemoteState) {
         if let Some(id) = st.session.take() {
             let _ = self
-                .send(self.req(reqwest::Method::DELETE, &format!("/sessions/{id}")))
+                .send(self.req_on(st, reqwest::Method::DELETE, &format!("/sessions/{id}")))
                 .await;
         }
     }

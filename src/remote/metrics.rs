@@ -1,5 +1,5 @@
 //! The backbone server's metrics, served at `GET /metrics` in the Prometheus (OpenMetrics)
-//! text format by the `prometheus-client` crate: sessions, KV blocks used and free, rows and
+//! text format by the `prometheus-client` crate: sessions alive and opened, KV blocks used and free, rows and
 //! sessions per batched pass, time queued before a pass, pass time, rows run (their rate is
 //! the server's tokens per second), refusals and KV cache evictions.
 
@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 pub struct Metrics {
     registry: Registry,
     pub sessions: Gauge,
+    pub sessions_opened: Counter,
     pub kv_blocks: Family<Vec<(String, String)>, Gauge>,
     pub batch_rows: Histogram,
     pub batch_sessions: Histogram,
@@ -38,6 +39,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("shadowpeft");
         let sessions = Gauge::default();
+        let sessions_opened = Counter::default();
         let kv_blocks = Family::<Vec<(String, String)>, Gauge>::default();
         let batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let batch_sessions = Histogram::new(exponential_buckets(1.0, 2.0, 8));
@@ -47,6 +49,11 @@ impl Metrics {
         let refused = Family::<Vec<(String, String)>, Counter>::default();
         let evictions = Counter::default();
         registry.register("sessions", "Sessions alive", sessions.clone());
+        registry.register(
+            "sessions_opened",
+            "Sessions opened (clients rebuilding lost sessions open new ones)",
+            sessions_opened.clone(),
+        );
         registry.register(
             "kv_blocks",
             "KV cache blocks by state (used, free)",
@@ -90,6 +97,7 @@ impl Metrics {
         Metrics {
             registry,
             sessions,
+            sessions_opened,
             kv_blocks,
             batch_rows,
             batch_sessions,

@@ -24,6 +24,11 @@ pub mod server;
 /// The protocol version spoken (URL prefix `/v1`, frame metadata `protocol`).
 pub const PROTOCOL: &str = "1";
 
+/// The header that carries a conversation's routing key, the same on every request the
+/// conversation makes (its adapter upload and session open included): a load balancer that
+/// hashes on it sends them all to one replica (docs/deploy.md). Servers ignore it.
+pub const ROUTE_HEADER: &str = "shadowpeft-route";
+
 /// Adapter tensors that travel to the server: the injection and update weights only
 /// (official shadow-peft names).
 pub fn is_adapter_tensor(name: &str) -> bool {

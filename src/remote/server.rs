@@ -400,6 +400,7 @@ async fn new_session(
     app.scheduler.register(&s);
     sessions.insert(id.clone(), s);
     app.metrics.sessions.set(sessions.len() as i64);
+    app.metrics.sessions_opened.inc();
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "session": id, "max_seq": app.base.decoder.max_seq() })),
@@ -670,9 +671,17 @@ pub fn router(
             axum::http::Method::POST,
             axum::http::Method::DELETE,
         ])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(super::ROUTE_HEADER),
+        ])
         .max_age(Duration::from_secs(3600));
-    let routes = Router::new().nest("/v1", api).merge(scrape).layer(cors);
+    let routes = Router::new()
+        .nest("/v1", api)
+        .merge(scrape)
+        .layer(middleware::from_fn(super::api_error::json_errors))
+        .layer(cors);
     Ok((routes, sweeper))
 }
 
@@ -683,14 +692,32 @@ pub async fn serve(
     base: Arc<BaseModel>,
     cfg: ServerConfig,
 ) -> Result<()> {
+    serve_until(listener, gpu, base, cfg, std::future::pending()).await
+}
+
+/// Serves `base` on `listener` until `stop` completes, then closes the listener and idle
+/// connections and returns once the requests in flight are answered (a graceful stop: a load
+/// balancer sends new requests to another replica meanwhile).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    gpu: Arc<Gpu>,
+    base: Arc<BaseModel>,
+    cfg: ServerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (app, sweeper) = router(gpu, base, cfg)?;
-    tokio::spawn(sweeper);
+    let sweeper = tokio::spawn(sweeper);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     log::info!("backbone server listening on {addr:?}");
-    axum::serve(listener, app).await.map_err(|e| Error::Io {
-        path: format!("{addr:?}"),
-        msg: e.to_string(),
-    })
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| Error::Io {
+            path: format!("{addr:?}"),
+            msg: e.to_string(),
+        });
+    sweeper.abort();
+    r
 }
 
 /// Loads the frozen base a server holds (`config.json` + weights of a Hugging Face model dir),

@@ -97,9 +97,42 @@ pub async fn run_serve(a: ServeArgs) -> Result<()> {
         listener.local_addr()?,
         gpu.adapter_name()
     );
-    tokio::select! {
-        r = shadowpeft::remote::server::serve(listener, gpu.clone(), Arc::new(base), cfg) => r?,
-        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
-    }
+    let stop = async {
+        signal().await;
+        eprintln!(
+            "shutting down: answering the requests in flight (a second signal stops at once)"
+        );
+        tokio::spawn(async {
+            signal().await;
+            eprintln!("stopped");
+            std::process::exit(130);
+        });
+    };
+    shadowpeft::remote::server::serve_until(listener, gpu.clone(), Arc::new(base), cfg, stop)
+        .await?;
+    eprintln!("stopped");
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what orchestrators and `systemctl stop` send) on Unix.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
