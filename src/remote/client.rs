@@ -168,6 +168,21 @@ impl RemoteState {
 }
 
 /// An error with its causes, e.g. "error sending request: connection refused".
+/// The HTTP client: natively with TLS through rustls (ring) and the platform's trust store
+/// (`SSL_CERT_FILE` adds a private CA), so that `https://` reaches a backbone behind a TLS
+/// proxy; in the browser, fetch.
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        // Err when a provider is already installed: that one serves as well. ring has no
+        // post-quantum key exchange (rustls 0.23.48 deprecates it for that) but builds without
+        // cmake and in seconds; the classical groups (X25519, P-256) remain.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    reqwest::Client::builder().build()
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -319,7 +334,11 @@ impl RemoteBase {
     /// fused client then sets its adapter upload ([`RemoteBase::set_adapter_upload`]).
     pub async fn connect(c: &Connect) -> Result<Self> {
         let mut rb = RemoteBase {
-            http: reqwest::Client::new(),
+            http: http_client().map_err(|e| Error::Remote {
+                url: c.url.clone(),
+                status: None,
+                msg: format!("cannot set up an HTTP client: {}", chain(&e)),
+            })?,
             url: c.url.trim_end_matches('/').to_string(),
             token: c.token.clone(),
             wire: c.wire,
