@@ -352,7 +352,7 @@ fn auth_limits_and_garbage_are_refused_clearly() {
             ..Default::default()
         },
     );
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     // No token, wrong token: 401, and the client says so.
     assert_eq!(http(&rt, c.get(format!("{url}/v1/info"))).0, 401);
     assert_eq!(
@@ -413,7 +413,7 @@ fn auth_limits_and_garbage_are_refused_clearly() {
         "{st} {body}"
     );
     // (A fresh connection: the server closed the previous one after the 413.)
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     let (st, body) = http(
         &rt,
         auth(
@@ -433,7 +433,7 @@ fn garbage_frames_get_400_with_a_reason() {
     let rt = rt();
     let name = "qwen3_implicit";
     let url = start_server(name, ServerConfig::default());
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     let (st, body) = http(&rt, c.get(format!("{url}/v1/info")));
     assert_eq!(st, 200, "{body}");
     let hidden = serde_json::from_str::<serde_json::Value>(&body).unwrap()["hidden_size"]
@@ -586,7 +586,7 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect();
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     let (st, body) = http(rt, c.put(format!("{url}/v1/adapters/{sha}")).body(up));
     assert!(st == 200 || st == 201, "{st} {body}");
     let (st, body) = http(
@@ -604,7 +604,12 @@ fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
 
 /// The server's `GET /v1/info` (which must answer 200).
 fn server_info(rt: &tokio::runtime::Runtime, url: &str) -> serde_json::Value {
-    let (status, info) = http(rt, reqwest::Client::new().get(format!("{url}/v1/info")));
+    let (status, info) = http(
+        rt,
+        shadowpeft::remote::client::http_client()
+            .unwrap()
+            .get(format!("{url}/v1/info")),
+    );
     assert_eq!(status, 200, "{info}");
     serde_json::from_str(&info).unwrap()
 }
@@ -667,7 +672,12 @@ fn sixteen_concurrent_mixed_sessions_are_all_exact() {
         16.0 * 12.0 / secs
     );
     let rt = rt();
-    let (status, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
+    let (status, text) = http(
+        &rt,
+        shadowpeft::remote::client::http_client()
+            .unwrap()
+            .get(format!("{url}/metrics")),
+    );
     assert_eq!(status, 200, "{text}");
     let value = |key: &str| metric(&text, key).unwrap_or_else(|| panic!("no `{key}` in\n{text}"));
     let passes = value("shadowpeft_batch_sessions_count");
@@ -710,7 +720,7 @@ fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
 
     // A raw request that cannot get blocks: 429 with Retry-After and a reason.
     let (status, headers, body) = {
-        let c = reqwest::Client::new();
+        let c = shadowpeft::remote::client::http_client().unwrap();
         let open = |mode: &str| {
             let r = rt.block_on(
                 c.post(format!("{url}/v1/sessions"))
@@ -764,7 +774,12 @@ fn a_full_kv_budget_refuses_cleanly_and_loses_nothing() {
     for h in handles {
         assert_eq!(h.join().unwrap(), want);
     }
-    let (_, text) = http(&rt, reqwest::Client::new().get(format!("{url}/metrics")));
+    let (_, text) = http(
+        &rt,
+        shadowpeft::remote::client::http_client()
+            .unwrap()
+            .get(format!("{url}/metrics")),
+    );
     let refused = metric(&text, "shadowpeft_refused_total{reason=\"kv_blocks\"}").unwrap_or(0.0);
     assert!(refused >= 2.0, "the budget never refused anything:\n{text}");
     assert!(
@@ -797,7 +812,7 @@ fn a_dry_pool_evicts_the_youngest_session_and_its_client_rebuilds_it() {
     let url = start_server(name, cfg);
     let rt = rt();
     let hidden = server_info(&rt, &url)["hidden_size"].as_u64().unwrap() as usize;
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     let forward = |sid: &str, pos: usize, m: usize| {
         let ids: Vec<u32> = (0..m).map(|i| (7 * (pos + i) % 300) as u32).collect();
         let s0 = vec![0.25f32; m * hidden];

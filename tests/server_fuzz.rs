@@ -317,7 +317,7 @@ fn random_and_mutated_requests_never_crash_the_server() {
     };
     let url = start_server("qwen3_implicit", cfg);
     let addr = url.trim_start_matches("http://").to_string();
-    let c = reqwest::Client::new();
+    let c = shadowpeft::remote::client::http_client().unwrap();
     let (st, info) = send(&rt, c.get(format!("{url}/v1/info")));
     assert_eq!(st, 200, "{info}");
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();

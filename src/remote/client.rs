@@ -167,11 +167,12 @@ impl RemoteState {
     }
 }
 
-/// An error with its causes, e.g. "error sending request: connection refused".
-/// The HTTP client: natively with TLS through rustls (ring) and the platform's trust store
-/// (`SSL_CERT_FILE` adds a private CA), so that `https://` reaches a backbone behind a TLS
-/// proxy; in the browser, fetch.
-fn http_client() -> reqwest::Result<reqwest::Client> {
+/// The HTTP client the remote base uses: natively with TLS through rustls (ring) and the
+/// platform's trust store (`SSL_CERT_FILE` names a private CA), so that `https://` reaches a
+/// backbone behind a TLS proxy; in the browser, fetch. Natively, reqwest needs a crypto
+/// provider installed before it builds a client (`reqwest::Client::new()` panics without one);
+/// this installs ring's, so other clients of the process can be built after it.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         // Err when a provider is already installed: that one serves as well. ring has no
@@ -183,6 +184,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder().build()
 }
 
+/// An error with its causes, e.g. "error sending request: connection refused".
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

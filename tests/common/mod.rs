@@ -156,7 +156,7 @@ pub fn start_info_rewriting_proxy(upstream: &str, edit: fn(&mut serde_json::Valu
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
-            let client = reqwest::Client::new();
+            let client = shadowpeft::remote::client::http_client().unwrap();
             let app = axum::Router::new().fallback(
                 move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                     let (client, upstream) = (client.clone(), upstream.clone());
