@@ -559,29 +559,7 @@ fn garbage_frames_get_400_with_a_reason() {
 /// Uploads the qwen3_implicit adapter the way the client does and opens a session by hand.
 fn open_session_like_client(rt: &tokio::runtime::Runtime, url: &str) -> String {
     use sha2::Digest;
-    let d = fixture("qwen3_implicit").join("adapter");
-    let bytes = std::fs::read(d.join("shadow_adapter.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| shadowpeft::remote::is_adapter_tensor(n))
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.join("shadow_config.json")).unwrap()).unwrap();
-    let meta = std::collections::HashMap::from([
-        ("alpha".to_string(), cfg["alpha"].to_string()),
-        (
-            "injection_hidden_size".to_string(),
-            cfg["injection_hidden_size"].to_string(),
-        ),
-        (
-            "gate_hidden_size".to_string(),
-            cfg["gate_hidden_size"].to_string(),
-        ),
-    ]);
-    let up = shadowpeft::remote::frame::adapter_upload(tensors, meta);
+    let up = fixture_adapter_upload("qwen3_implicit");
     let sha: String = sha2::Sha256::digest(&up)
         .iter()
         .map(|x| format!("{x:02x}"))

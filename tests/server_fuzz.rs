@@ -267,26 +267,6 @@ fn send(rt: &tokio::runtime::Runtime, req: reqwest::RequestBuilder) -> (u16, Str
     })
 }
 
-/// The adapter upload of the `qwen3_implicit` fixture, as the client sends it.
-fn adapter_upload() -> Vec<u8> {
-    let d = fixture("qwen3_implicit").join("adapter");
-    let bytes = std::fs::read(d.join("shadow_adapter.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| shadowpeft::remote::is_adapter_tensor(n))
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.join("shadow_config.json")).unwrap()).unwrap();
-    let meta = ["alpha", "injection_hidden_size", "gate_hidden_size"]
-        .iter()
-        .map(|k| (k.to_string(), cfg[*k].to_string()))
-        .collect();
-    frame::adapter_upload(tensors, meta)
-}
-
 /// Raw HTTP/1.1 on a socket: a request line, headers and body, mutated as text. The server
 /// must answer or close; it must not hang (the socket's timeout) or die (checked after).
 fn raw(addr: &str, bytes: &[u8]) -> String {
@@ -325,7 +305,7 @@ fn random_and_mutated_requests_never_crash_the_server() {
         info["hidden_size"].as_u64().unwrap() as usize,
         info["vocab_size"].as_u64().unwrap() as usize,
     );
-    let up = adapter_upload();
+    let up = fixture_adapter_upload("qwen3_implicit");
     let asha = sha(&up);
     let (st, body) = send(
         &rt,

@@ -362,3 +362,23 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// The adapter upload of fixture `name` (its `adapter` folder), as the client sends it.
+pub fn fixture_adapter_upload(name: &str) -> Vec<u8> {
+    let d = fixture(name).join("adapter");
+    let bytes = std::fs::read(d.join("shadow_adapter.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| shadowpeft::remote::is_adapter_tensor(n))
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("shadow_config.json")).unwrap()).unwrap();
+    let meta = ["alpha", "injection_hidden_size", "gate_hidden_size"]
+        .iter()
+        .map(|k| (k.to_string(), cfg[*k].to_string()))
+        .collect();
+    shadowpeft::remote::frame::adapter_upload(tensors, meta)
+}
