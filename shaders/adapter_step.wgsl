@@ -1,6 +1,6 @@
 // adapter_step: what the shadow adapter does between two base layers, in one dispatch: the
 // state update after the first (UPDATE, weights pu) and the injection before the second
-// (INJECT, weights pi), for one token row per workgroup.
+// (INJECT, weights pi), for RB token rows per workgroup.
 //   update: u = LayerNorm(h) (NORM 1, official shadow-peft; eps in Params) or h (NORM 0, peft)
 //           th = act(t0 u + bt0);  gh = act(g0 u + bg0)                   (biases when BIAS 1)
 //           s <- s + sigmoid(g1 gh + bg1) * (t1 th + bt1 - s)
@@ -12,11 +12,17 @@
 // hidden biases [2G], t1 [dim, G], g1 [dim, G], output biases [2 dim], Wd [R, dim], Wu [dim, R].
 // Bindings: 0 Params, 1 pu (the update's slot), 2 pi (the injection's slot), 3 h [.., dim]
 // (read_write), 4 s [.., dim] (read_write): rows row0 .. row0 + rows of both.
-// Dispatch: one workgroup per row, linear. Constants: WG, UPDATE, INJECT, NORM, BIAS, ACT,
-// G2 (= 2G, at least 1), R (the rank, at least 1).
+// Dispatch: one workgroup per RB rows, linear. Constants: WG, RB, UPDATE, INJECT, NORM, BIAS,
+// ACT, G2 (= 2G, at least 1), R (the rank, at least 1).
 // The two products over dim (the hidden layers, and Wd) run with the invocations over dim, each
 // keeping partial sums of up to CH outputs at a time, which then add up across the workgroup:
 // every value an invocation loads is its own (CPU devices load storage buffers lane by lane).
+// Each weight an invocation loads serves the workgroup's RB rows; every row's sums are taken in
+// the same order whatever RB is, so a row's result does not depend on the rows beside it. Rows
+// past the last (in the last workgroup) repeat it and write nothing.
+// Accumulators declared in a loop are zeroed by an explicit initializer (`= array<...>()`):
+// Chromium on SwiftShader does not zero a `var` without one at each pass of the loop, as WGSL
+// says it must (the sums then ran on from the last pass).
 
 struct Params {
     rows: u32,
@@ -44,11 +50,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> s: array<f32>;
 
 var<workgroup> part: array<f32, WG>;
-var<workgroup> hid: array<f32, G2>;
-var<workgroup> a: array<f32, R>;
-// Outputs of a product over dim summed per pass, and the passes' partial sums [WG, CH].
+var<workgroup> hid: array<f32, RB * G2>;
+var<workgroup> a: array<f32, RB * R>;
+// Outputs of a product over dim summed per pass, and the passes' partial sums [RB, WG, CH].
 const CH: u32 = 32u;
-var<workgroup> partials: array<f32, WG * CH>;
+var<workgroup> partials: array<f32, RB * WG * CH>;
 
 // erf(z) for z >= 0 (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7).
 fn erf_pos(z: f32) -> f32 {
@@ -66,11 +72,11 @@ fn act(v: f32) -> f32 {
     return 0.5 * v * select(1.0 - e, 1.0 + e, v >= 0.0);
 }
 
-// The total of output j of a pass over every invocation's partial sums.
-fn total(j: u32) -> f32 {
+// The total of output j of a pass for row r over every invocation's partial sums.
+fn total(r: u32, j: u32) -> f32 {
     var v = 0.0;
     for (var k = 0u; k < WG; k++) {
-        v += partials[k * CH + j];
+        v += partials[(r * WG + k) * CH + j];
     }
     return v;
 }
@@ -95,70 +101,98 @@ fn adapter_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let r = wg.x + wg.y * nwg.x;
-    if (r >= p.rows) {
+    let r0 = (wg.x + wg.y * nwg.x) * RB;
+    if (r0 >= p.rows) {
         return;
     }
     let t = lid.x;
-    let base = (p.row0 + r) * p.dim;
+    // Each row's start; rows past the last repeat it (and write nothing).
+    var base: array<u32, RB>;
+    for (var r = 0u; r < RB; r++) {
+        base[r] = (p.row0 + min(r0 + r, p.rows - 1u)) * p.dim;
+    }
+    // Rows of this workgroup that are real (compared, never a loop bound: lavapipe recompiles
+    // a shader for small loop bounds that come from uniforms).
+    let live = min(RB, p.rows - r0);
     if (UPDATE == 1u) {
         // 1. The LayerNorm's statistics (official form).
-        var mean = 0.0;
-        var inv = 1.0;
-        if (NORM == 1u) {
-            var sum = 0.0;
-            for (var i = t; i < p.dim; i += WG) {
-                sum += h[base + i];
+        var mean: array<f32, RB>;
+        var inv: array<f32, RB>;
+        for (var r = 0u; r < RB; r++) {
+            inv[r] = 1.0;
+            if (NORM == 1u) {
+                var sum = 0.0;
+                for (var i = t; i < p.dim; i += WG) {
+                    sum += h[base[r] + i];
+                }
+                mean[r] = reduce_sum(sum, t) / f32(p.dim);
+                var ss = 0.0;
+                for (var i = t; i < p.dim; i += WG) {
+                    let d = h[base[r] + i] - mean[r];
+                    ss = fma(d, d, ss);
+                }
+                inv[r] = inverseSqrt(reduce_sum(ss, t) / f32(p.dim) + p.eps);
             }
-            mean = reduce_sum(sum, t) / f32(p.dim);
-            var ss = 0.0;
-            for (var i = t; i < p.dim; i += WG) {
-                let d = h[base + i] - mean;
-                ss = fma(d, d, ss);
-            }
-            inv = inverseSqrt(reduce_sum(ss, t) / f32(p.dim) + p.eps);
         }
         // 2. Hidden layers of T (j < G) and G (j >= G), CH at a time: partial sums over this
         // invocation's values of u, then their total.
         for (var j0 = 0u; j0 < G2; j0 += CH) {
             let nj = min(CH, G2 - j0);
-            var acc: array<f32, CH>;
+            var acc = array<array<f32, CH>, RB>();
             for (var i = t; i < p.dim; i += WG) {
-                var u = h[base + i];
-                if (NORM == 1u) {
-                    u = (u - mean) * inv * pu[p.ln + i] + pu[p.ln + p.dim + i];
+                var u: array<f32, RB>;
+                for (var r = 0u; r < RB; r++) {
+                    u[r] = h[base[r] + i];
+                    if (NORM == 1u) {
+                        u[r] = (u[r] - mean[r]) * inv[r] * pu[p.ln + i] + pu[p.ln + p.dim + i];
+                    }
                 }
                 for (var j = 0u; j < nj; j++) {
-                    acc[j] = fma(u, pu[p.hidden + (j0 + j) * p.dim + i], acc[j]);
+                    let w = pu[p.hidden + (j0 + j) * p.dim + i];
+                    for (var r = 0u; r < RB; r++) {
+                        acc[r][j] = fma(u[r], w, acc[r][j]);
+                    }
                 }
             }
-            for (var j = 0u; j < nj; j++) {
-                partials[t * CH + j] = acc[j];
+            for (var r = 0u; r < RB; r++) {
+                for (var j = 0u; j < nj; j++) {
+                    partials[(r * WG + t) * CH + j] = acc[r][j];
+                }
             }
             workgroupBarrier();
-            for (var j = t; j < nj; j += WG) {
-                var v = total(j);
+            for (var q = t; q < RB * nj; q += WG) {
+                let r = q / nj;
+                let j = q - r * nj;
+                var v = total(r, j);
                 if (BIAS == 1u) {
                     v += pu[p.hidden_bias + j0 + j];
                 }
-                hid[j0 + j] = act(v);
+                hid[r * G2 + j0 + j] = act(v);
             }
             workgroupBarrier();
         }
         // 3. Output layers and the gated update.
         for (var i = t; i < p.dim; i += WG) {
-            var tv = 0.0;
-            var z = 0.0;
+            var tv = array<f32, RB>();
+            var z = array<f32, RB>();
             for (var j = 0u; j < G2 / 2u; j++) {
-                tv = fma(pu[p.t1 + i * p.g + j], hid[j], tv);
-                z = fma(pu[p.g1 + i * p.g + j], hid[p.g + j], z);
+                let wt = pu[p.t1 + i * p.g + j];
+                let wz = pu[p.g1 + i * p.g + j];
+                for (var r = 0u; r < RB; r++) {
+                    tv[r] = fma(wt, hid[r * G2 + j], tv[r]);
+                    z[r] = fma(wz, hid[r * G2 + p.g + j], z[r]);
+                }
             }
-            if (BIAS == 1u) {
-                tv += pu[p.out_bias + i];
-                z += pu[p.out_bias + p.dim + i];
+            for (var r = 0u; r < RB; r++) {
+                if (r < live) {
+                    if (BIAS == 1u) {
+                        tv[r] += pu[p.out_bias + i];
+                        z[r] += pu[p.out_bias + p.dim + i];
+                    }
+                    let sv = s[base[r] + i];
+                    s[base[r] + i] = sv + (tv[r] - sv) / (1.0 + exp(-z[r]));
+                }
             }
-            let sv = s[base + i];
-            s[base + i] = sv + (tv - sv) / (1.0 + exp(-z));
         }
         storageBarrier();
     }
@@ -166,30 +200,47 @@ fn adapter_step(
         // 4. a = (h - s) Wd^T, CH outputs at a time: partial sums, then their total.
         for (var j0 = 0u; j0 < R; j0 += CH) {
             let nj = min(CH, R - j0);
-            var acc: array<f32, CH>;
+            var acc = array<array<f32, CH>, RB>();
             for (var i = t; i < p.dim; i += WG) {
-                let d = h[base + i] - s[base + i];
+                var d: array<f32, RB>;
+                for (var r = 0u; r < RB; r++) {
+                    d[r] = h[base[r] + i] - s[base[r] + i];
+                }
                 for (var j = 0u; j < nj; j++) {
-                    acc[j] = fma(d, pi[p.down + (j0 + j) * p.dim + i], acc[j]);
+                    let w = pi[p.down + (j0 + j) * p.dim + i];
+                    for (var r = 0u; r < RB; r++) {
+                        acc[r][j] = fma(d[r], w, acc[r][j]);
+                    }
                 }
             }
-            for (var j = 0u; j < nj; j++) {
-                partials[t * CH + j] = acc[j];
+            for (var r = 0u; r < RB; r++) {
+                for (var j = 0u; j < nj; j++) {
+                    partials[(r * WG + t) * CH + j] = acc[r][j];
+                }
             }
             workgroupBarrier();
-            for (var j = t; j < nj; j += WG) {
-                a[j0 + j] = total(j);
+            for (var q = t; q < RB * nj; q += WG) {
+                let r = q / nj;
+                let j = q - r * nj;
+                a[r * R + j0 + j] = total(r, j);
             }
             workgroupBarrier();
         }
         // 5. h += alpha * a Wu^T.
         for (var i = t; i < p.dim; i += WG) {
             let row = p.up + i * p.rank;
-            var acc = 0.0;
+            var acc = array<f32, RB>();
             for (var j = 0u; j < R; j++) {
-                acc = fma(pi[row + j], a[j], acc);
+                let w = pi[row + j];
+                for (var r = 0u; r < RB; r++) {
+                    acc[r] = fma(w, a[r * R + j], acc[r]);
+                }
             }
-            h[base + i] += p.alpha * acc;
+            for (var r = 0u; r < RB; r++) {
+                if (r < live) {
+                    h[base[r] + i] += p.alpha * acc[r];
+                }
+            }
         }
     }
 }

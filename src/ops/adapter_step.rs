@@ -147,10 +147,33 @@ struct Params {
     _p: u32,
 }
 
-/// The kernel for an adapter of `shape`, running the update and/or the injection.
-pub(crate) fn spec(gpu: &Gpu, shape: &AdapterShape, update: bool, inject: bool) -> KernelSpec {
+/// Most rows per workgroup on CPU devices, where each weight an invocation loads (lane by
+/// lane) then serves that many rows.
+const CPU_ROWS: usize = 4;
+
+/// Rows per workgroup for a dispatch of `rows` rows: 1 on GPUs; on CPU devices the largest
+/// power of two up to [`CPU_ROWS`] that `rows` fills. A row's result is the same whatever
+/// this is.
+pub(crate) fn rows_per_group(gpu: &Gpu, rows: usize) -> usize {
+    if gpu.is_cpu() {
+        1 << rows.clamp(1, CPU_ROWS).ilog2()
+    } else {
+        1
+    }
+}
+
+/// The kernel for an adapter of `shape`, running the update and/or the injection, `rb` rows
+/// per workgroup.
+pub(crate) fn spec(
+    gpu: &Gpu,
+    shape: &AdapterShape,
+    update: bool,
+    inject: bool,
+    rb: usize,
+) -> KernelSpec {
     KernelSpec::new("adapter_step", SRC)
         .with("WG", super::reduce_wg(gpu, WG))
+        .with("RB", rb as u32)
         .with("UPDATE", update as u32)
         .with("INJECT", inject as u32)
         .with("NORM", shape.norm as u32)
@@ -178,9 +201,14 @@ pub fn adapter_step(
     let Some(any) = update.or(inject) else {
         return;
     };
-    let k = step
-        .gpu()
-        .kernel(&spec(step.gpu(), shape, update.is_some(), inject.is_some()));
+    let rb = rows_per_group(step.gpu(), rows);
+    let k = step.gpu().kernel(&spec(
+        step.gpu(),
+        shape,
+        update.is_some(),
+        inject.is_some(),
+        rb,
+    ));
     let (u, i) = (update.unwrap_or(any), inject.unwrap_or(any));
     let p = Params {
         rows: rows as u32,
@@ -197,7 +225,7 @@ pub fn adapter_step(
         row0: row0 as u32,
         _p: 0,
     };
-    step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], rows as u32);
+    step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], rows.div_ceil(rb) as u32);
 }
 
 pub(crate) fn silu_f32(v: f32) -> f32 {
@@ -311,6 +339,7 @@ mod tests {
                 (3, 200, 16, 5),
                 (2, 13, 3, 1),
                 (5, 1000, 64, 70),
+                (9, 64, 10, 16),
             ] {
                 let mut h = rand_vec(rows as u64, rows * dim, 4.0);
                 h[0] = 1e-4;
@@ -394,6 +423,29 @@ mod tests {
                     // that both sums stay of order 1 to 10, as trained adapters' are).
                     assert_close(&format!("{what} s"), &got_s, &want_s, 1e-4, 1e-4);
                     assert_close(&format!("{what} h"), &got_h, &want_h, 1e-4, 1e-4);
+                    // Each row alone (one row a workgroup) gives the rows' result bit for bit
+                    // (CPU devices put up to 4 rows in a workgroup).
+                    let (ht, st) = (up("h", &h), up("s", &s));
+                    let mut step = Step::new(gpu);
+                    for r in 0..rows {
+                        adapter_step(
+                            &mut step,
+                            &shape,
+                            do_update.then_some(&slot_u),
+                            do_inject.then_some(&slot_i),
+                            0.3,
+                            &ht,
+                            &st,
+                            (r, 1),
+                            dim,
+                        );
+                    }
+                    step.submit().unwrap();
+                    let one_h = pollster::block_on(gpu.read_f32(&ht, 0, rows * dim)).unwrap();
+                    let one_s = pollster::block_on(gpu.read_f32(&st, 0, rows * dim)).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got_s), bits(&one_s), "{what}: s of rows alone");
+                    assert_eq!(bits(&got_h), bits(&one_h), "{what}: h of rows alone");
                 }
             }
         }

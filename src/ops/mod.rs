@@ -102,8 +102,8 @@ pub fn precompile(
     }
     if let Some(shape) = adapter {
         specs.extend([
-            adapter_step::spec(gpu, &shape, true, true),
-            adapter_step::spec(gpu, &shape, false, true),
+            adapter_step::spec(gpu, &shape, true, true, 1),
+            adapter_step::spec(gpu, &shape, false, true, 1),
         ]);
     }
     for s in &specs {
