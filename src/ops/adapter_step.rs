@@ -386,22 +386,31 @@ mod tests {
                 };
                 let nc = norm.then_some((&nw[..], &nb[..]));
                 for (do_update, do_inject) in [(true, false), (false, true), (true, true)] {
-                    let (ht, st) = (up("h", &h), up("s", &s));
-                    let mut step = Step::new(gpu);
-                    adapter_step(
-                        &mut step,
-                        &shape,
-                        do_update.then_some(&slot_u),
-                        do_inject.then_some(&slot_i),
-                        0.3,
-                        &ht,
-                        &st,
-                        (0, rows),
-                        dim,
-                    );
-                    step.submit().unwrap();
-                    let got_h = pollster::block_on(gpu.read_f32(&ht, 0, rows * dim)).unwrap();
-                    let got_s = pollster::block_on(gpu.read_f32(&st, 0, rows * dim)).unwrap();
+                    // The kernel over fresh copies of h and s, one dispatch per (row0, rows)
+                    // range; the rows' (h, s) after it.
+                    let run = |ranges: &[(usize, usize)]| {
+                        let (ht, st) = (up("h", &h), up("s", &s));
+                        let mut step = Step::new(gpu);
+                        for &range in ranges {
+                            adapter_step(
+                                &mut step,
+                                &shape,
+                                do_update.then_some(&slot_u),
+                                do_inject.then_some(&slot_i),
+                                0.3,
+                                &ht,
+                                &st,
+                                range,
+                                dim,
+                            );
+                        }
+                        step.submit().unwrap();
+                        (
+                            pollster::block_on(gpu.read_f32(&ht, 0, rows * dim)).unwrap(),
+                            pollster::block_on(gpu.read_f32(&st, 0, rows * dim)).unwrap(),
+                        )
+                    };
+                    let (got_h, got_s) = run(&[(0, rows)]);
                     let want_s = if do_update {
                         cpu_shadow_update(&h, &s, nc, &cpu, dim, act, libm::erf)
                     } else {
@@ -425,24 +434,8 @@ mod tests {
                     assert_close(&format!("{what} h"), &got_h, &want_h, 1e-4, 1e-4);
                     // Each row alone (one row a workgroup) gives the rows' result bit for bit
                     // (CPU devices put up to 4 rows in a workgroup).
-                    let (ht, st) = (up("h", &h), up("s", &s));
-                    let mut step = Step::new(gpu);
-                    for r in 0..rows {
-                        adapter_step(
-                            &mut step,
-                            &shape,
-                            do_update.then_some(&slot_u),
-                            do_inject.then_some(&slot_i),
-                            0.3,
-                            &ht,
-                            &st,
-                            (r, 1),
-                            dim,
-                        );
-                    }
-                    step.submit().unwrap();
-                    let one_h = pollster::block_on(gpu.read_f32(&ht, 0, rows * dim)).unwrap();
-                    let one_s = pollster::block_on(gpu.read_f32(&st, 0, rows * dim)).unwrap();
+                    let singles: Vec<_> = (0..rows).map(|r| (r, 1)).collect();
+                    let (one_h, one_s) = run(&singles);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got_s), bits(&one_s), "{what}: s of rows alone");
                     assert_eq!(bits(&got_h), bits(&one_h), "{what}: h of rows alone");
