@@ -2,16 +2,17 @@
 // rows of x on CPU devices: the multi-row form of cmatvec_glu (the SwiGLU gate and up
 // projections and their activation in one dispatch), with the weights in any format (the
 // cformat file prepended to this one defines BV, SCALED, OFFSET, UNSHIFT and block_values;
-// cmatvec_common XBlock, xblock_at, scale4 and wdot).
-// As in cmatmul, x comes through a uniform binding and each invocation decodes a block of each
-// of its 8 rows of each matrix once for the ROWS rows of x (and prepares each block of x once
-// for 8 weight rows). Each row's sums, and its activation, are those cmatvec_glu computes (the
-// same block dots, scales and order), so a row gives cmatvec_glu's result bit for bit. Rows
-// below p.skip are not written (the host's last tile overlaps the one before it).
+// cmatvec_common XBlock, xblock_at, Quad, quad and quad_acc).
+// As in cmatmul, x comes through a uniform binding and each invocation computes 16 outputs: it
+// decodes a block of each of its 16 rows of each matrix once for the ROWS rows of x (and
+// prepares each block of x once for 16 weight rows). Each row's sums, and its activation, are
+// those cmatvec_glu computes (the same block dots, scales and order), so a row gives
+// cmatvec_glu's result bit for bit. Rows below p.skip are not written (the host's last tile
+// overlaps the one before it).
 // Bindings: 0 Params (uniform), 1 x [ROWS, K/4] vec4 (uniform, bound from the tile's first
 //           row), 2 wg, 3 wu (each [N, K/32, BV] vec4<u32> block data, then (int formats)
 //           [N, K/32] f16 scales (two a u32)), 4 y [ROWS, N] (from y_off).
-// Dispatch: linear over ceil(N / 8 / WG) workgroups. Constants: WG, ROWS, XN = ROWS * K/4.
+// Dispatch: linear over ceil(N / 16 / WG) workgroups. Constants: WG, ROWS, XN = ROWS * K/4.
 // Requires K % 32 == 0.
 
 struct Params {
@@ -41,76 +42,72 @@ fn cmatmul_glu(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let g = ((wgid.x + wgid.y * nwg.x) * WG + lid.x) * 8u;
+    let g = ((wgid.x + wgid.y * nwg.x) * WG + lid.x) * 16u;
     if (g >= p.n) {
         return;
     }
     let nb = p.k / 32u;
     let k4 = p.k / 4u;
     let scales = p.n * nb * BV;
-    // First blocks of the 8 rows; rows past the end repeat the last (and are not written).
+    // First blocks of the 16 rows, four at a time; rows past the end repeat the last (and are
+    // not written).
     let last = vec4<u32>(p.n - 1u);
-    let ra = min(vec4<u32>(g) + vec4<u32>(0u, 1u, 2u, 3u), last) * nb;
-    let rb = min(vec4<u32>(g) + vec4<u32>(4u, 5u, 6u, 7u), last) * nb;
-    // Outputs g .. g + 4 (a) and g + 4 .. g + 8 (b) of each row of x.
-    var gate_a: array<vec4<f32>, ROWS>;
-    var gate_b: array<vec4<f32>, ROWS>;
-    var up_a: array<vec4<f32>, ROWS>;
-    var up_b: array<vec4<f32>, ROWS>;
+    let r0 = min(vec4<u32>(g) + vec4<u32>(0u, 1u, 2u, 3u), last) * nb;
+    let r1 = min(vec4<u32>(g) + vec4<u32>(4u, 5u, 6u, 7u), last) * nb;
+    let r2 = min(vec4<u32>(g) + vec4<u32>(8u, 9u, 10u, 11u), last) * nb;
+    let r3 = min(vec4<u32>(g) + vec4<u32>(12u, 13u, 14u, 15u), last) * nb;
+    // Outputs g + 4q .. g + 4q + 4 of each row of x: the gate's in gq, the up projection's in uq.
+    var g0: array<vec4<f32>, ROWS>;
+    var g1: array<vec4<f32>, ROWS>;
+    var g2: array<vec4<f32>, ROWS>;
+    var g3: array<vec4<f32>, ROWS>;
+    var u0: array<vec4<f32>, ROWS>;
+    var u1: array<vec4<f32>, ROWS>;
+    var u2: array<vec4<f32>, ROWS>;
+    var u3: array<vec4<f32>, ROWS>;
     for (var b = 0u; b < nb; b++) {
-        let i = ra + vec4<u32>(b);
-        let j = rb + vec4<u32>(b);
+        let bb = vec4<u32>(b);
         // The gate's blocks for every row of x, then the up projection's.
         {
-            let w0 = block_values(0u, i.x);
-            let w1 = block_values(0u, i.y);
-            let w2 = block_values(0u, i.z);
-            let w3 = block_values(0u, i.w);
-            let w4 = block_values(0u, j.x);
-            let w5 = block_values(0u, j.y);
-            let w6 = block_values(0u, j.z);
-            let w7 = block_values(0u, j.w);
-            let sa = scale4(0u, scales, i);
-            let sb = scale4(0u, scales, j);
+            let q0 = quad(0u, scales, r0 + bb);
+            let q1 = quad(0u, scales, r1 + bb);
+            let q2 = quad(0u, scales, r2 + bb);
+            let q3 = quad(0u, scales, r3 + bb);
             for (var m = 0u; m < ROWS; m++) {
                 let xb = xblock_at(m * k4 + b * 8u);
-                let da = vec4<f32>(wdot(w0, xb), wdot(w1, xb), wdot(w2, xb), wdot(w3, xb));
-                let db = vec4<f32>(wdot(w4, xb), wdot(w5, xb), wdot(w6, xb), wdot(w7, xb));
-                gate_a[m] = fma(sa, da, gate_a[m]);
-                gate_b[m] = fma(sb, db, gate_b[m]);
+                g0[m] = quad_acc(q0, xb, g0[m]);
+                g1[m] = quad_acc(q1, xb, g1[m]);
+                g2[m] = quad_acc(q2, xb, g2[m]);
+                g3[m] = quad_acc(q3, xb, g3[m]);
             }
         }
         {
-            let w0 = block_values(1u, i.x);
-            let w1 = block_values(1u, i.y);
-            let w2 = block_values(1u, i.z);
-            let w3 = block_values(1u, i.w);
-            let w4 = block_values(1u, j.x);
-            let w5 = block_values(1u, j.y);
-            let w6 = block_values(1u, j.z);
-            let w7 = block_values(1u, j.w);
-            let sa = scale4(1u, scales, i);
-            let sb = scale4(1u, scales, j);
+            let q0 = quad(1u, scales, r0 + bb);
+            let q1 = quad(1u, scales, r1 + bb);
+            let q2 = quad(1u, scales, r2 + bb);
+            let q3 = quad(1u, scales, r3 + bb);
             for (var m = 0u; m < ROWS; m++) {
                 let xb = xblock_at(m * k4 + b * 8u);
-                let da = vec4<f32>(wdot(w0, xb), wdot(w1, xb), wdot(w2, xb), wdot(w3, xb));
-                let db = vec4<f32>(wdot(w4, xb), wdot(w5, xb), wdot(w6, xb), wdot(w7, xb));
-                up_a[m] = fma(sa, da, up_a[m]);
-                up_b[m] = fma(sb, db, up_b[m]);
+                u0[m] = quad_acc(q0, xb, u0[m]);
+                u1[m] = quad_acc(q1, xb, u1[m]);
+                u2[m] = quad_acc(q2, xb, u2[m]);
+                u3[m] = quad_acc(q3, xb, u3[m]);
             }
         }
     }
     for (var m = p.skip; m < ROWS; m++) {
-        let act_a = gate_a[m] / (1.0 + exp(-gate_a[m])) * up_a[m];
-        let act_b = gate_b[m] / (1.0 + exp(-gate_b[m])) * up_b[m];
+        let act = array<vec4<f32>, 4>(silu_mul(g0[m], u0[m]), silu_mul(g1[m], u1[m]),
+                                      silu_mul(g2[m], u2[m]), silu_mul(g3[m], u3[m]));
         let y0 = p.y_off + m * p.n + g;
-        for (var c = 0u; c < 4u; c++) {
+        for (var c = 0u; c < 16u; c++) {
             if (g + c < p.n) {
-                y[y0 + c] = act_a[c];
-            }
-            if (g + 4u + c < p.n) {
-                y[y0 + 4u + c] = act_b[c];
+                y[y0 + c] = act[c / 4u][c % 4u];
             }
         }
     }
+}
+
+// silu(gate) * up, as cmatvec_glu computes it.
+fn silu_mul(gate: vec4<f32>, up: vec4<f32>) -> vec4<f32> {
+    return gate / (1.0 + exp(-gate)) * up;
 }

@@ -1,6 +1,7 @@
-// cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) and cmatmul share, prepended after the
-// cformat file (which defines BV, SCALED, EVEN_ODD, OFFSET, UNSHIFT and block_values): the blocks of x and
-// the scales and dots of four rows at once. The kernel defines x and wblock(mat, i).
+// cmatvec_common: what the CPU decode kernels (cmatvec, cmatvec_glu) and the multi-row ones (cmatmul,
+// cmatmul_glu) share, prepended after the cformat file (which defines BV, SCALED, EVEN_ODD, OFFSET,
+// UNSHIFT and block_values): the blocks of x and the scales and dots of four rows at once. The
+// kernel defines x and wblock(mat, i).
 
 // One block of x (32 values as 8 vec4), each vec4 times the format's UNSHIFT, and the format's
 // offset correction OFFSET * sum(x) (none where OFFSET is 0).
@@ -73,4 +74,28 @@ fn wdot(w: array<vec4<f32>, 8>, xb: XBlock) -> f32 {
 // Block `blk` of matrix `mat` times x block `xb`, before the block's scale.
 fn block_dot(mat: u32, blk: u32, xb: XBlock) -> f32 {
     return wdot(block_values(mat, blk), xb);
+}
+
+// Four weight rows' blocks of one matrix, decoded, and their scales: what the multi-row kernels
+// keep for all the rows of x. A struct of named fields (not an array indexed in a loop) so that
+// CPU compilers keep each value where it is, instead of indexing a local array lane by lane.
+struct Quad {
+    w0: array<vec4<f32>, 8>,
+    w1: array<vec4<f32>, 8>,
+    w2: array<vec4<f32>, 8>,
+    w3: array<vec4<f32>, 8>,
+    s: vec4<f32>,
+}
+
+// Blocks `i` (of four rows) of matrix `mat`, whose scales start at vec4 word `scales`.
+fn quad(mat: u32, scales: u32, i: vec4<u32>) -> Quad {
+    return Quad(block_values(mat, i.x), block_values(mat, i.y), block_values(mat, i.z),
+                block_values(mat, i.w), scale4(mat, scales, i));
+}
+
+// acc + the four rows' scaled dots with x block `xb`: one block's step of four sums, in the
+// order cmatvec takes it.
+fn quad_acc(q: Quad, xb: XBlock, acc: vec4<f32>) -> vec4<f32> {
+    let d = vec4<f32>(wdot(q.w0, xb), wdot(q.w1, xb), wdot(q.w2, xb), wdot(q.w3, xb));
+    return fma(q.s, d, acc);
 }

@@ -121,7 +121,10 @@ pub fn glu(
                     &p,
                     (x, start * k, tile * k),
                     &[&gate.w.chunks[0].0, &up.w.chunks[0].0, y],
-                    groups_for(inter.div_ceil(8), super::linear::CPU_WG),
+                    groups_for(
+                        inter.div_ceil(super::linear::CMATMUL_OUTPUTS),
+                        super::linear::CPU_WG,
+                    ),
                 );
                 r0 += tile;
             }
@@ -248,7 +251,8 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        let (inter, k) = (44, 128);
+        // Several workgroups of 16-output invocations, the last one partial.
+        let (inter, k) = (300, 128);
         for format in WeightFormat::ALL {
             let lin = |seed| Linear {
                 w: g.upload_matrix_as("w", &rand_vec(seed, inter * k, 1.0), inter, k, format)

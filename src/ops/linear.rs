@@ -50,6 +50,9 @@ pub(crate) fn cmatvec_spec(format: WeightFormat, k: usize) -> KernelSpec {
 /// to fit one uniform binding).
 pub(crate) const CMATMUL_ROWS: usize = 16;
 
+/// Outputs (weight rows) of one `cmatmul` or `cmatmul_glu` invocation.
+pub(crate) const CMATMUL_OUTPUTS: usize = 16;
+
 /// The CPU multi-row kernel for `format` weights of `k` columns, `rows` rows a tile.
 pub(crate) fn cmatmul_spec(format: WeightFormat, k: usize, rows: usize) -> KernelSpec {
     let spec = KernelSpec::new("cmatmul", CMATMUL)
@@ -280,7 +283,7 @@ fn record(
                     &p,
                     (x, x_off + start * k, tile * k),
                     &[chunk, bias, y],
-                    groups_for(n.div_ceil(8), CPU_WG),
+                    groups_for(n.div_ceil(CMATMUL_OUTPUTS), CPU_WG),
                 );
             }
             r0 += tile;
@@ -449,7 +452,8 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        let (n, k) = (44, 128);
+        // 300 outputs: several workgroups of 16-output invocations, the last one partial.
+        let (n, k) = (300, 128);
         for format in WeightFormat::ALL {
             let w = rand_vec(7, n * k, 1.0);
             let b = rand_vec(8, n, 1.0);
