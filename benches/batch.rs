@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench batch` (f32 and q4). Run as a test (`cargo test --benches`): f32 only,
 //! each case once. With `SHADOWPEFT_PROFILE=1` it skips criterion and prints, per case, the
-//! time of each kernel over 5 passes (see `shadowpeft::gpu::profile`).
+//! time of each kernel over 5 passes (see `shadowpeft::gpu::profile`), for the cases whose
+//! "weights name" contains the filter argument if one is given (`... --bench "q4 decode_16"`).
 
 mod common;
 
@@ -169,6 +170,7 @@ fn bench(c: &mut Criterion) {
     };
     let full = std::env::args().any(|a| a == "--bench");
     let profile = shadowpeft::gpu::profile::enabled();
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let (formats, sizes): (&[WeightFormat], &[usize]) = if full || profile {
         (&[WeightFormat::F32, WeightFormat::Q4], &[1, 4, 16, 64])
     } else {
@@ -186,6 +188,12 @@ fn bench(c: &mut Criterion) {
                 pollster::block_on(batch.run(&gpu, &s.base, &s.pool, rows)).unwrap();
             };
             if profile {
+                if filter
+                    .as_ref()
+                    .is_some_and(|f| !format!("{weights} {name}").contains(f.as_str()))
+                {
+                    continue;
+                }
                 pass(&mut batch);
                 let _ = shadowpeft::gpu::profile::report();
                 for _ in 0..5 {

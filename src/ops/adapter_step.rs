@@ -149,7 +149,7 @@ struct Params {
 
 /// Most rows per workgroup on CPU devices, where each weight an invocation loads (lane by
 /// lane) then serves that many rows.
-const CPU_ROWS: usize = 4;
+const CPU_ROWS: usize = 8;
 
 /// Rows per workgroup for a dispatch of `rows` rows: 1 on GPUs; on CPU devices the largest
 /// power of two up to [`CPU_ROWS`] that `rows` fills. A row's result is the same whatever
@@ -325,8 +325,9 @@ mod tests {
 
     /// Both forms (LayerNorm + SiLU without biases; GELU with biases, no norm), each of update
     /// alone, injection alone and both (with different slots), over row counts and widths
-    /// that leave partial workgroups; inputs large enough to reach the activations' tails and
-    /// small ones around zero, where GELU's erf is least forgiving.
+    /// that leave partial workgroups (9 rows: a full group of 8 on CPU devices, then one row);
+    /// inputs large enough to reach the activations' tails and small ones around zero, where
+    /// GELU's erf is least forgiving.
     #[test]
     fn adapter_step_matches_cpu() {
         let Some(gpu) = gpu() else { return };
