@@ -18,7 +18,7 @@ use shadowpeft::model::kv_pool::{Blocks, KvBudget, KvPool};
 use shadowpeft::model::weights::Weights;
 use shadowpeft::ops::KvStore;
 use shadowpeft::remote::server::load_base;
-use shadowpeft::{DirSource, Gpu, WeightFormat};
+use shadowpeft::{DirSource, Gpu, GpuOptions, WeightFormat};
 
 const BASE: &str = "qwen3_implicit";
 const D: usize = 64;
@@ -571,4 +571,67 @@ fn kv_blocks_are_a_budget() {
     assert_eq!((pool.free_blocks(), pool.holders()), (10, 0));
     let e = KvPool::new(gpu, &base.decoder, budget(3000)).err().unwrap();
     assert!(e.to_string().contains("holds no block"), "{e}");
+}
+
+/// An adapter's kernels are compiled for every row count before its first pass
+/// (`Adapter::precompile`, which the server runs when an adapter is uploaded): passes of 1 to
+/// 16 fused rows, with both adapters, then with a prompt, compile no adapter kernel.
+#[test]
+fn adapter_kernels_compile_before_the_first_pass() {
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own, whose kernel cache sees no other test's compiles.
+    let gpu = &pollster::block_on(Gpu::new(GpuOptions::default())).unwrap();
+    let src = DirSource::open(fixture(BASE).join("base")).unwrap();
+    let base = pollster::block_on(load_base(gpu, &src, 64, WeightFormat::F32)).unwrap();
+    let (official, peft) = adapters(gpu, base.decoder.num_layers());
+    official.precompile(gpu);
+    peft.precompile(gpu);
+    let compiled = gpu.compiled("adapter_step");
+    assert!(compiled > 0, "precompile compiled nothing");
+    let budget = KvBudget {
+        bytes: 1 << 22,
+        block: 4,
+        store: KvStore::F32,
+    };
+    let pool = KvPool::new(gpu, &base.decoder, budget).unwrap();
+    let mut batch = Batch::new(gpu, &base, 64);
+    let prompt = ids(7, 16);
+    let s0 = values(8, 16 * D, 1.0);
+    for n in [1, 2, 3, 5, 8, 13, 16] {
+        let mut blocks: Vec<Blocks> = (0..=n).map(|_| pool.session()).collect();
+        for b in &mut blocks {
+            b.fit(16, 0).unwrap();
+        }
+        // n one-row sessions, alternately with each adapter, and (from 8 on) a 16-row prompt.
+        let mut rows: Vec<Rows> = (0..n)
+            .map(|i| Rows {
+                input: Input::Fused {
+                    adapter: if i % 2 == 0 { &official } else { &peft },
+                    ids: &prompt[i..i + 1],
+                    s0: &s0[i * D..(i + 1) * D],
+                },
+                pos: 0,
+                blocks: blocks[i].ids(),
+            })
+            .collect();
+        if n >= 8 {
+            rows.push(Rows {
+                input: Input::Fused {
+                    adapter: &official,
+                    ids: &prompt,
+                    s0: &s0,
+                },
+                pos: 0,
+                blocks: blocks[n].ids(),
+            });
+        }
+        pollster::block_on(batch.run(gpu, &base, &pool, &rows)).unwrap();
+        assert_eq!(
+            gpu.compiled("adapter_step"),
+            compiled,
+            "a pass of {n} sessions compiled an adapter kernel"
+        );
+    }
 }

@@ -78,6 +78,16 @@ pub struct Kernel {
 }
 
 impl Gpu {
+    /// How many pipelines of the kernel `name` (with any constants and preludes) are compiled:
+    /// how a test tells that a path compiles nothing new.
+    pub fn compiled(&self, name: &str) -> usize {
+        let cache = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .keys()
+            .filter(|k| k.split(['<', ':']).next() == Some(name))
+            .count()
+    }
+
     /// Returns the cached pipeline for `spec`, compiling it on first use.
     pub fn kernel(&self, spec: &KernelSpec) -> Arc<Kernel> {
         let key = spec.key();

@@ -286,6 +286,31 @@ impl Adapter {
         self.slots.iter().skip(l + 1).any(Option::is_some)
     }
 
+    /// The slots of what runs between base layers `next - 1` and `next`: the update after
+    /// `next - 1` when a later injection reads it, and the injection before `next`.
+    fn steps_before(&self, next: usize) -> (Option<&PackedSlot>, Option<&PackedSlot>) {
+        let update = next
+            .checked_sub(1)
+            .filter(|&l| self.update_is_read(l))
+            .and_then(|l| self.slots.get(l))
+            .and_then(Option::as_ref);
+        (update, self.slots.get(next).and_then(Option::as_ref))
+    }
+
+    /// Compiles the adapter-step kernels this adapter's passes run, for every row count, so
+    /// that the first passes with it (a server's first requests after the upload) do not wait
+    /// for compiles.
+    pub fn precompile(&self, gpu: &Gpu) {
+        let mut steps: Vec<(bool, bool)> = (0..self.slots.len())
+            .map(|next| self.steps_before(next))
+            .filter(|(u, i)| u.is_some() || i.is_some())
+            .map(|(u, i)| (u.is_some(), i.is_some()))
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
+        ops::precompile_steps(gpu, &self.shape, &steps);
+    }
+
     /// Records what runs between base layers `next - 1` and `next` (`next` 0: before the
     /// first): the update after `next - 1` when a later injection reads it, then the
     /// injection before `next`, `h += alpha * up(down(h - s))`; the update is
@@ -303,12 +328,7 @@ impl Adapter {
         s: &Tensor,
         rows: (usize, usize),
     ) {
-        let update = next
-            .checked_sub(1)
-            .filter(|&l| self.update_is_read(l))
-            .and_then(|l| self.slots.get(l))
-            .and_then(Option::as_ref);
-        let inject = self.slots.get(next).and_then(Option::as_ref);
+        let (update, inject) = self.steps_before(next);
         ops::adapter_step(
             step,
             &self.shape,

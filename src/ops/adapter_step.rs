@@ -162,6 +162,20 @@ pub(crate) fn rows_per_group(gpu: &Gpu, rows: usize) -> usize {
     }
 }
 
+/// Compiles the kernels of an adapter of `shape` for what runs between two base layers of
+/// its (`steps`: update, inject), at every rows-per-workgroup a dispatch can take here, so
+/// that no pass waits for a compile.
+pub fn precompile_steps(gpu: &Gpu, shape: &AdapterShape, steps: &[(bool, bool)]) {
+    let most = if gpu.is_cpu() { CPU_ROWS } else { 1 };
+    for &(update, inject) in steps {
+        let mut rb = 1;
+        while rb <= most {
+            gpu.kernel(&spec(gpu, shape, update, inject, rb));
+            rb *= 2;
+        }
+    }
+}
+
 /// The kernel for an adapter of `shape`, running the update and/or the injection, `rb` rows
 /// per workgroup.
 pub(crate) fn spec(

@@ -20,7 +20,8 @@ mod silu_mul;
 pub(crate) mod testing;
 
 pub use adapter_step::{
-    adapter_step, cpu_inject, cpu_shadow_update, Act, AdapterShape, CpuNets, PackedSlot, UpdateNets,
+    adapter_step, cpu_inject, cpu_shadow_update, precompile_steps, Act, AdapterShape, CpuNets,
+    PackedSlot, UpdateNets,
 };
 pub use add::{add, cpu_add};
 pub use argmax::{argmax, argmax_rows, cpu_argmax};

@@ -241,9 +241,15 @@ async fn put_adapter(
         ));
     }
     let app2 = app.clone();
-    let adapter = tokio::task::spawn_blocking(move || load_adapter(&app2, &body))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // Loaded, and its kernels compiled for every row count, before it is answered: no pass
+    // of a session with it waits for a compile.
+    let adapter = tokio::task::spawn_blocking(move || {
+        let adapter = load_adapter(&app2, &body)?;
+        adapter.precompile(&app2.gpu);
+        Ok::<_, ApiError>(adapter)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let mut ads = lock(&app.adapters);
     while ads.len() >= app.cfg.max_adapters {
         let oldest = ads
