@@ -166,12 +166,12 @@ pub(crate) fn rows_per_group(gpu: &Gpu, rows: usize) -> usize {
 /// its (`steps`: update, inject), at every rows-per-workgroup a dispatch can take here, so
 /// that no pass waits for a compile.
 pub fn precompile_steps(gpu: &Gpu, shape: &AdapterShape, steps: &[(bool, bool)]) {
-    let most = if gpu.is_cpu() { CPU_ROWS } else { 1 };
+    // Every dispatch of more than CPU_ROWS rows takes what CPU_ROWS rows take.
+    let mut rbs: Vec<usize> = (1..=CPU_ROWS).map(|n| rows_per_group(gpu, n)).collect();
+    rbs.dedup();
     for &(update, inject) in steps {
-        let mut rb = 1;
-        while rb <= most {
+        for &rb in &rbs {
             gpu.kernel(&spec(gpu, shape, update, inject, rb));
-            rb *= 2;
         }
     }
 }

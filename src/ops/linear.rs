@@ -3,8 +3,9 @@
 //! Decode (M = 1) on CPU devices, K % 32 == 0: `cmatvec` for every weight format (x bound as a
 //! uniform array, 8 rows per invocation; see its header for why). Several rows on CPU devices
 //! (batches, prompts, verifications), K % 32 == 0: `cmatmul`, in tiles of up to 16 rows of x
-//! bound as one uniform array, each weight block decoded once per tile; each row's result is
-//! cmatvec's, bit for bit, so a session's row gives the same numbers alone and in a batch.
+//! bound as one uniform array, 16 outputs per invocation, each weight block decoded once per
+//! tile; each row's result is cmatvec's, bit for bit, so a session's row gives the same
+//! numbers alone and in a batch.
 //! Elsewhere:
 //! f32 weights: prefill (M > 2) uses the tiled `matmul` kernel (`matmul_cpu` on CPU devices);
 //! decode (M <= 2, K % 4 == 0) uses the `matvec` kernel; widths that are not multiples of 4
