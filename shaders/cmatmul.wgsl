@@ -2,7 +2,7 @@
 // of x on CPU devices (lavapipe, SwiftShader): the multi-row form of cmatvec, for batches,
 // prompts and verifications, with w in any format (the cformat file prepended to this one
 // defines BV, SCALED, OFFSET, UNSHIFT and block_values; cmatvec_common XBlock, xblock_at,
-// Quad, quad and quad_acc).
+// rows16, quads and quad_acc).
 // As in cmatvec, x comes through a uniform binding (CPU compilers load storage buffers lane by
 // lane; a uniform value is one load for all lanes). Each invocation computes 16 outputs: it
 // decodes a block of each of its 16 weight rows once and uses it for the ROWS rows of x, where
@@ -41,31 +41,21 @@ fn cmatmul(
     let k4 = p.k / 4u;
     // Scales follow the block data (vec4 words).
     let scales = p.n * nb * BV;
-    // First blocks of the 16 rows, four at a time; rows past the end repeat the last (and are
-    // not written).
-    let last = vec4<u32>(p.n - 1u);
-    let r0 = min(vec4<u32>(g) + vec4<u32>(0u, 1u, 2u, 3u), last) * nb;
-    let r1 = min(vec4<u32>(g) + vec4<u32>(4u, 5u, 6u, 7u), last) * nb;
-    let r2 = min(vec4<u32>(g) + vec4<u32>(8u, 9u, 10u, 11u), last) * nb;
-    let r3 = min(vec4<u32>(g) + vec4<u32>(12u, 13u, 14u, 15u), last) * nb;
+    let first = rows16(g, p.n, nb);
     // Outputs g + 4q .. g + 4q + 4 of each row of x in aq.
     var a0: array<vec4<f32>, ROWS>;
     var a1: array<vec4<f32>, ROWS>;
     var a2: array<vec4<f32>, ROWS>;
     var a3: array<vec4<f32>, ROWS>;
     for (var b = 0u; b < nb; b++) {
-        let bb = vec4<u32>(b);
-        let q0 = quad(0u, scales, r0 + bb);
-        let q1 = quad(0u, scales, r1 + bb);
-        let q2 = quad(0u, scales, r2 + bb);
-        let q3 = quad(0u, scales, r3 + bb);
+        let w = quads(0u, scales, first, b);
         for (var m = 0u; m < ROWS; m++) {
             // One block of x (prepared once) for the 16 weight rows.
             let xb = xblock_at(m * k4 + b * 8u);
-            a0[m] = quad_acc(q0, xb, a0[m]);
-            a1[m] = quad_acc(q1, xb, a1[m]);
-            a2[m] = quad_acc(q2, xb, a2[m]);
-            a3[m] = quad_acc(q3, xb, a3[m]);
+            a0[m] = quad_acc(w.q0, xb, a0[m]);
+            a1[m] = quad_acc(w.q1, xb, a1[m]);
+            a2[m] = quad_acc(w.q2, xb, a2[m]);
+            a3[m] = quad_acc(w.q3, xb, a3[m]);
         }
     }
     var bv = array<f32, 16>();

@@ -2,7 +2,7 @@
 // rows of x on CPU devices: the multi-row form of cmatvec_glu (the SwiGLU gate and up
 // projections and their activation in one dispatch), with the weights in any format (the
 // cformat file prepended to this one defines BV, SCALED, OFFSET, UNSHIFT and block_values;
-// cmatvec_common XBlock, xblock_at, Quad, quad and quad_acc).
+// cmatvec_common XBlock, xblock_at, rows16, quads and quad_acc).
 // As in cmatmul, x comes through a uniform binding and each invocation computes 16 outputs: it
 // decodes a block of each of its 16 rows of each matrix once for the ROWS rows of x (and
 // prepares each block of x once for 16 weight rows). Each row's sums, and its activation, are
@@ -49,13 +49,7 @@ fn cmatmul_glu(
     let nb = p.k / 32u;
     let k4 = p.k / 4u;
     let scales = p.n * nb * BV;
-    // First blocks of the 16 rows, four at a time; rows past the end repeat the last (and are
-    // not written).
-    let last = vec4<u32>(p.n - 1u);
-    let r0 = min(vec4<u32>(g) + vec4<u32>(0u, 1u, 2u, 3u), last) * nb;
-    let r1 = min(vec4<u32>(g) + vec4<u32>(4u, 5u, 6u, 7u), last) * nb;
-    let r2 = min(vec4<u32>(g) + vec4<u32>(8u, 9u, 10u, 11u), last) * nb;
-    let r3 = min(vec4<u32>(g) + vec4<u32>(12u, 13u, 14u, 15u), last) * nb;
+    let first = rows16(g, p.n, nb);
     // Outputs g + 4q .. g + 4q + 4 of each row of x: the gate's in gq, the up projection's in uq.
     var g0: array<vec4<f32>, ROWS>;
     var g1: array<vec4<f32>, ROWS>;
@@ -66,32 +60,25 @@ fn cmatmul_glu(
     var u2: array<vec4<f32>, ROWS>;
     var u3: array<vec4<f32>, ROWS>;
     for (var b = 0u; b < nb; b++) {
-        let bb = vec4<u32>(b);
         // The gate's blocks for every row of x, then the up projection's.
         {
-            let q0 = quad(0u, scales, r0 + bb);
-            let q1 = quad(0u, scales, r1 + bb);
-            let q2 = quad(0u, scales, r2 + bb);
-            let q3 = quad(0u, scales, r3 + bb);
+            let w = quads(0u, scales, first, b);
             for (var m = 0u; m < ROWS; m++) {
                 let xb = xblock_at(m * k4 + b * 8u);
-                g0[m] = quad_acc(q0, xb, g0[m]);
-                g1[m] = quad_acc(q1, xb, g1[m]);
-                g2[m] = quad_acc(q2, xb, g2[m]);
-                g3[m] = quad_acc(q3, xb, g3[m]);
+                g0[m] = quad_acc(w.q0, xb, g0[m]);
+                g1[m] = quad_acc(w.q1, xb, g1[m]);
+                g2[m] = quad_acc(w.q2, xb, g2[m]);
+                g3[m] = quad_acc(w.q3, xb, g3[m]);
             }
         }
         {
-            let q0 = quad(1u, scales, r0 + bb);
-            let q1 = quad(1u, scales, r1 + bb);
-            let q2 = quad(1u, scales, r2 + bb);
-            let q3 = quad(1u, scales, r3 + bb);
+            let w = quads(1u, scales, first, b);
             for (var m = 0u; m < ROWS; m++) {
                 let xb = xblock_at(m * k4 + b * 8u);
-                u0[m] = quad_acc(q0, xb, u0[m]);
-                u1[m] = quad_acc(q1, xb, u1[m]);
-                u2[m] = quad_acc(q2, xb, u2[m]);
-                u3[m] = quad_acc(q3, xb, u3[m]);
+                u0[m] = quad_acc(w.q0, xb, u0[m]);
+                u1[m] = quad_acc(w.q1, xb, u1[m]);
+                u2[m] = quad_acc(w.q2, xb, u2[m]);
+                u3[m] = quad_acc(w.q3, xb, u3[m]);
             }
         }
     }

@@ -93,6 +93,36 @@ fn quad(mat: u32, scales: u32, i: vec4<u32>) -> Quad {
                 block_values(mat, i.w), scale4(mat, scales, i));
 }
 
+// The first blocks (block indices) of the 16 weight rows g .. g + 16 of a matrix of n rows of
+// nb blocks, four rows a vec4; rows past the end repeat the last (the kernels do not write them).
+struct Rows16 {
+    r0: vec4<u32>,
+    r1: vec4<u32>,
+    r2: vec4<u32>,
+    r3: vec4<u32>,
+}
+
+fn rows16(g: u32, n: u32, nb: u32) -> Rows16 {
+    let last = vec4<u32>(n - 1u);
+    let r = vec4<u32>(g) + vec4<u32>(0u, 1u, 2u, 3u);
+    return Rows16(min(r, last) * nb, min(r + 4u, last) * nb, min(r + 8u, last) * nb,
+                  min(r + 12u, last) * nb);
+}
+
+// Block b of each of the 16 rows `rows` of matrix `mat`, decoded, with their scales.
+struct Quads {
+    q0: Quad,
+    q1: Quad,
+    q2: Quad,
+    q3: Quad,
+}
+
+fn quads(mat: u32, scales: u32, rows: Rows16, b: u32) -> Quads {
+    let bb = vec4<u32>(b);
+    return Quads(quad(mat, scales, rows.r0 + bb), quad(mat, scales, rows.r1 + bb),
+                 quad(mat, scales, rows.r2 + bb), quad(mat, scales, rows.r3 + bb));
+}
+
 // acc + the four rows' scaled dots with x block `xb`: one block's step of four sums, in the
 // order cmatvec takes it.
 fn quad_acc(q: Quad, xb: XBlock, acc: vec4<f32>) -> vec4<f32> {
