@@ -17,6 +17,10 @@
 // The two products over dim (the hidden layers, and Wd) run with the invocations over dim, each
 // keeping partial sums of up to CH outputs at a time, which then add up across the workgroup:
 // every value an invocation loads is its own (CPU devices load storage buffers lane by lane).
+// Their chunks are a constant JG or JR outputs wide (a partial chunk's extra outputs are
+// computed and dropped), so that CPU compilers keep the sums in registers. The two products
+// to dim outputs (T/G's output layers, and Wu) take IC outputs per invocation per pass, so
+// that each hidden value or `a` read from workgroup memory serves IC outputs.
 // Each weight an invocation loads serves the workgroup's RB rows; every row's sums are taken in
 // the same order whatever RB is, so a row's result does not depend on the rows beside it. Rows
 // past the last (in the last workgroup) repeat it and write nothing.
@@ -52,9 +56,13 @@ struct Params {
 var<workgroup> part: array<f32, WG>;
 var<workgroup> hid: array<f32, RB * G2>;
 var<workgroup> a: array<f32, RB * R>;
-// Outputs of a product over dim summed per pass, and the passes' partial sums [RB, WG, CH].
+// Most outputs of a product over dim summed per pass, and the passes' partial sums [RB, WG, CH].
 const CH: u32 = 32u;
 var<workgroup> partials: array<f32, RB * WG * CH>;
+// Outputs per pass of the hidden layers and of Wd; outputs per invocation of the products to dim.
+const JG: u32 = min(G2, CH);
+const JR: u32 = min(R, CH);
+const IC: u32 = 4u;
 
 // erf(z) for z >= 0 (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7).
 fn erf_pos(z: f32) -> f32 {
@@ -134,11 +142,11 @@ fn adapter_step(
                 inv[r] = inverseSqrt(reduce_sum(ss, t) / f32(p.dim) + p.eps);
             }
         }
-        // 2. Hidden layers of T (j < G) and G (j >= G), CH at a time: partial sums over this
-        // invocation's values of u, then their total.
-        for (var j0 = 0u; j0 < G2; j0 += CH) {
-            let nj = min(CH, G2 - j0);
-            var acc = array<array<f32, CH>, RB>();
+        // 2. Hidden layers of T (j < G) and G (j >= G), JG at a time: partial sums over this
+        // invocation's values of u, then their total. Past the last output, a partial chunk
+        // repeats the last weight row and stores nothing.
+        for (var j0 = 0u; j0 < G2; j0 += JG) {
+            var acc = array<array<f32, JG>, RB>();
             for (var i = t; i < p.dim; i += WG) {
                 var u: array<f32, RB>;
                 for (var r = 0u; r < RB; r++) {
@@ -147,19 +155,20 @@ fn adapter_step(
                         u[r] = (u[r] - mean[r]) * inv[r] * pu[p.ln + i] + pu[p.ln + p.dim + i];
                     }
                 }
-                for (var j = 0u; j < nj; j++) {
-                    let w = pu[p.hidden + (j0 + j) * p.dim + i];
+                for (var j = 0u; j < JG; j++) {
+                    let w = pu[p.hidden + min(j0 + j, G2 - 1u) * p.dim + i];
                     for (var r = 0u; r < RB; r++) {
                         acc[r][j] = fma(u[r], w, acc[r][j]);
                     }
                 }
             }
             for (var r = 0u; r < RB; r++) {
-                for (var j = 0u; j < nj; j++) {
+                for (var j = 0u; j < JG; j++) {
                     partials[(r * WG + t) * CH + j] = acc[r][j];
                 }
             }
             workgroupBarrier();
+            let nj = min(JG, G2 - j0);
             for (var q = t; q < RB * nj; q += WG) {
                 let r = q / nj;
                 let j = q - r * nj;
@@ -171,54 +180,68 @@ fn adapter_step(
             }
             workgroupBarrier();
         }
-        // 3. Output layers and the gated update.
-        for (var i = t; i < p.dim; i += WG) {
-            var tv = array<f32, RB>();
-            var z = array<f32, RB>();
+        // 3. Output layers and the gated update, IC outputs per invocation per pass.
+        for (var i0 = t; i0 < p.dim; i0 += WG * IC) {
+            var tv = array<array<f32, IC>, RB>();
+            var z = array<array<f32, IC>, RB>();
             for (var j = 0u; j < G2 / 2u; j++) {
-                let wt = pu[p.t1 + i * p.g + j];
-                let wz = pu[p.g1 + i * p.g + j];
+                var wt: array<f32, IC>;
+                var wz: array<f32, IC>;
+                for (var c = 0u; c < IC; c++) {
+                    let i = min(i0 + c * WG, p.dim - 1u);
+                    wt[c] = pu[p.t1 + i * p.g + j];
+                    wz[c] = pu[p.g1 + i * p.g + j];
+                }
                 for (var r = 0u; r < RB; r++) {
-                    tv[r] = fma(wt, hid[r * G2 + j], tv[r]);
-                    z[r] = fma(wz, hid[r * G2 + p.g + j], z[r]);
+                    let ht = hid[r * G2 + j];
+                    let hg = hid[r * G2 + p.g + j];
+                    for (var c = 0u; c < IC; c++) {
+                        tv[r][c] = fma(wt[c], ht, tv[r][c]);
+                        z[r][c] = fma(wz[c], hg, z[r][c]);
+                    }
                 }
             }
             for (var r = 0u; r < RB; r++) {
-                if (r < live) {
-                    if (BIAS == 1u) {
-                        tv[r] += pu[p.out_bias + i];
-                        z[r] += pu[p.out_bias + p.dim + i];
+                for (var c = 0u; c < IC; c++) {
+                    let i = i0 + c * WG;
+                    if (r < live && i < p.dim) {
+                        var tr = tv[r][c];
+                        var zr = z[r][c];
+                        if (BIAS == 1u) {
+                            tr += pu[p.out_bias + i];
+                            zr += pu[p.out_bias + p.dim + i];
+                        }
+                        let sv = s[base[r] + i];
+                        s[base[r] + i] = sv + (tr - sv) / (1.0 + exp(-zr));
                     }
-                    let sv = s[base[r] + i];
-                    s[base[r] + i] = sv + (tv[r] - sv) / (1.0 + exp(-z[r]));
                 }
             }
         }
         storageBarrier();
     }
     if (INJECT == 1u) {
-        // 4. a = (h - s) Wd^T, CH outputs at a time: partial sums, then their total.
-        for (var j0 = 0u; j0 < R; j0 += CH) {
-            let nj = min(CH, R - j0);
-            var acc = array<array<f32, CH>, RB>();
+        // 4. a = (h - s) Wd^T, JR outputs at a time: partial sums, then their total.
+        for (var j0 = 0u; j0 < R; j0 += JR) {
+            var acc = array<array<f32, JR>, RB>();
             for (var i = t; i < p.dim; i += WG) {
                 var d: array<f32, RB>;
                 for (var r = 0u; r < RB; r++) {
                     d[r] = h[base[r] + i] - s[base[r] + i];
                 }
-                for (var j = 0u; j < nj; j++) {
-                    let w = pi[p.down + (j0 + j) * p.dim + i];
+                for (var j = 0u; j < JR; j++) {
+                    let w = pi[p.down + min(j0 + j, R - 1u) * p.dim + i];
                     for (var r = 0u; r < RB; r++) {
                         acc[r][j] = fma(d[r], w, acc[r][j]);
                     }
                 }
             }
             for (var r = 0u; r < RB; r++) {
-                for (var j = 0u; j < nj; j++) {
+                for (var j = 0u; j < JR; j++) {
                     partials[(r * WG + t) * CH + j] = acc[r][j];
                 }
             }
             workgroupBarrier();
+            let nj = min(JR, R - j0);
             for (var q = t; q < RB * nj; q += WG) {
                 let r = q / nj;
                 let j = q - r * nj;
@@ -226,19 +249,27 @@ fn adapter_step(
             }
             workgroupBarrier();
         }
-        // 5. h += alpha * a Wu^T.
-        for (var i = t; i < p.dim; i += WG) {
-            let row = p.up + i * p.rank;
-            var acc = array<f32, RB>();
+        // 5. h += alpha * a Wu^T, IC outputs per invocation per pass.
+        for (var i0 = t; i0 < p.dim; i0 += WG * IC) {
+            var acc = array<array<f32, IC>, RB>();
             for (var j = 0u; j < R; j++) {
-                let w = pi[row + j];
+                var w: array<f32, IC>;
+                for (var c = 0u; c < IC; c++) {
+                    w[c] = pi[p.up + min(i0 + c * WG, p.dim - 1u) * p.rank + j];
+                }
                 for (var r = 0u; r < RB; r++) {
-                    acc[r] = fma(w, a[r * R + j], acc[r]);
+                    let av = a[r * R + j];
+                    for (var c = 0u; c < IC; c++) {
+                        acc[r][c] = fma(w[c], av, acc[r][c]);
+                    }
                 }
             }
             for (var r = 0u; r < RB; r++) {
-                if (r < live) {
-                    h[base[r] + i] += p.alpha * acc[r];
+                for (var c = 0u; c < IC; c++) {
+                    let i = i0 + c * WG;
+                    if (r < live && i < p.dim) {
+                        h[base[r] + i] += p.alpha * acc[r][c];
+                    }
                 }
             }
         }
