@@ -222,6 +222,11 @@ impl Sent {
 /// twice as long each time: 6.3 s in all).
 const OPEN_RETRIES: u32 = 6;
 
+/// Rebuilds of one request's session in a row before the client gives up: during a rolling
+/// restart a conversation's route moves away from a stopping replica and back when it returns,
+/// and a rebuild can straddle the move back.
+const REBUILDS: u32 = 3;
+
 /// Statuses a load balancer answers when the replica behind it failed or is restarting: the
 /// session it held is lost, and another replica takes the conversation.
 fn replica_lost(status: u16) -> bool {
@@ -594,9 +599,8 @@ impl RemoteBase {
         }
         st.ids.truncate(pos);
         st.s0.truncate(pos * self.hidden);
-        let mut attempt = 0;
+        let mut lost = 0;
         loop {
-            attempt += 1;
             if st.session.is_none() {
                 self.open(st).await?;
                 if !st.ids.is_empty() {
@@ -604,7 +608,15 @@ impl RemoteBase {
                     match self.pass(st, 0, &pids, &ps0, 1, adapter).await {
                         Ok(_) => {}
                         Err(Failure::Gone) => {
-                            return Err(self.err(Some(404), "the rebuilt session was lost again"))
+                            // The route moved again while the session was rebuilt.
+                            lost += 1;
+                            if lost > REBUILDS {
+                                return Err(
+                                    self.err(Some(404), "the rebuilt session was lost again")
+                                );
+                            }
+                            st.session = None;
+                            continue;
                         }
                         Err(Failure::Other(e)) => return Err(e),
                     }
@@ -616,9 +628,13 @@ impl RemoteBase {
                     st.s0.extend_from_slice(s0);
                     return Ok(h);
                 }
-                Err(Failure::Gone) if attempt == 1 => st.session = None,
+                Err(Failure::Gone) if lost < REBUILDS => {
+                    lost += 1;
+                    st.session = None;
+                }
                 Err(Failure::Gone) => {
-                    return Err(self.err(Some(404), "session lost twice in a row"))
+                    let n = REBUILDS + 1;
+                    return Err(self.err(Some(404), format!("session lost {n} times in a row")));
                 }
                 Err(Failure::Other(e)) => return Err(e),
             }
