@@ -601,44 +601,47 @@ impl RemoteBase {
         st.s0.truncate(pos * self.hidden);
         let mut lost = 0;
         loop {
-            if st.session.is_none() {
+            let rebuilt = if st.session.is_none() {
                 self.open(st).await?;
-                if !st.ids.is_empty() {
-                    let (pids, ps0) = (st.ids.clone(), st.s0.clone());
-                    match self.pass(st, 0, &pids, &ps0, 1, adapter).await {
-                        Ok(_) => {}
-                        Err(Failure::Gone) => {
-                            // The route moved again while the session was rebuilt.
-                            lost += 1;
-                            if lost > REBUILDS {
-                                return Err(
-                                    self.err(Some(404), "the rebuilt session was lost again")
-                                );
-                            }
-                            st.session = None;
-                            continue;
-                        }
-                        Err(Failure::Other(e)) => return Err(e),
-                    }
-                }
-            }
-            match self.pass(st, pos, ids, s0, rows, adapter).await {
+                self.replay(st, adapter).await
+            } else {
+                Ok(())
+            };
+            let outcome = match rebuilt {
+                Ok(()) => self.pass(st, pos, ids, s0, rows, adapter).await,
+                Err(f) => Err(f),
+            };
+            match outcome {
                 Ok(h) => {
                     st.ids.extend_from_slice(ids);
                     st.s0.extend_from_slice(s0);
                     return Ok(h);
                 }
-                Err(Failure::Gone) if lost < REBUILDS => {
-                    lost += 1;
-                    st.session = None;
-                }
+                // Lost before this pass, or while it was rebuilt (the route moved again).
                 Err(Failure::Gone) => {
-                    let n = REBUILDS + 1;
-                    return Err(self.err(Some(404), format!("session lost {n} times in a row")));
+                    lost += 1;
+                    if lost > REBUILDS {
+                        let msg = format!("session lost {lost} times in a row");
+                        return Err(self.err(Some(404), msg));
+                    }
+                    st.session = None;
                 }
                 Err(Failure::Other(e)) => return Err(e),
             }
         }
+    }
+
+    /// Re-sends the acknowledged prefix to a freshly opened session (nothing when it is empty).
+    async fn replay<A: LocalAdapter>(
+        &self,
+        st: &mut RemoteState,
+        adapter: &mut A,
+    ) -> std::result::Result<(), Failure> {
+        if st.ids.is_empty() {
+            return Ok(());
+        }
+        let (pids, ps0) = (st.ids.clone(), st.s0.clone());
+        self.pass(st, 0, &pids, &ps0, 1, adapter).await.map(|_| ())
     }
 
     /// Ends a session on the server (best effort).
