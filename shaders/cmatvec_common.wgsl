@@ -17,7 +17,12 @@ fn xblock(b: u32) -> XBlock {
 
 // The block of x whose first vec4 is x[i].
 fn xblock_at(i: u32) -> XBlock {
-    var a = array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+    return xblock_of(array<vec4<f32>, 8>(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]));
+}
+
+// A block of x from its 32 values in order.
+fn xblock_of(v: array<vec4<f32>, 8>) -> XBlock {
+    var a = v;
     if (EVEN_ODD) {
         // The format's words give the even values of each run of 8, then the odd ones.
         for (var t = 0u; t < 8u; t += 2u) {

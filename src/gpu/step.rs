@@ -144,6 +144,26 @@ impl<'g> Step<'g> {
         self.record(kernel, params, bound, linear_groups(n));
     }
 
+    /// [`Self::dispatch_uniform_linear`] with a second uniform range, `uniform_hi`, bound after
+    /// `buffers` (a kernel whose uniform input is too large for one binding reads it in two).
+    pub fn dispatch_uniform2_linear<P: Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        uniform: (&Tensor, usize, usize),
+        buffers: &[&Tensor],
+        uniform_hi: (&Tensor, usize, usize),
+        n: u32,
+    ) {
+        let range = |(t, off, len): (&Tensor, usize, usize)| {
+            (t.buf.clone(), Some((off as u64 * 4, len as u64 * 4)))
+        };
+        let mut bound = vec![range(uniform)];
+        bound.extend(buffers.iter().map(|t| (t.buf.clone(), None)));
+        bound.push(range(uniform_hi));
+        self.record(kernel, params, bound, linear_groups(n));
+    }
+
     fn record<P: Pod>(
         &mut self,
         kernel: &Arc<Kernel>,

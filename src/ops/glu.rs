@@ -103,7 +103,7 @@ pub fn glu(
     let fused = rows <= 2 && plain;
     let gpu = step.gpu();
     if plain {
-        if let Some(tile) = super::linear::cpu_tile(gpu, rows, 0, k) {
+        if let Some(tile) = super::linear::cpu_tile(gpu, rows, 0, k, 1) {
             let kernel = gpu.kernel(&cpu_tile_spec(gate.w.format, k, tile));
             let mut r0 = 0;
             while r0 < rows {
@@ -261,7 +261,7 @@ mod tests {
             };
             let (gate, up) = (lin(2), lin(3));
             for m in [2, 3, 5, 8, 13, 16, 21] {
-                assert!(super::super::linear::cpu_tile(&g, m, 0, k).is_some());
+                assert!(super::super::linear::cpu_tile(&g, m, 0, k, 1).is_some());
                 let x = rand_vec(9 + m as u64, m * k, 1.0);
                 let xt = g.upload_f32("x", &x);
                 let gu = g.zeros("gu", 2 * m * inter);

@@ -54,23 +54,43 @@ pub(crate) const CMATMUL_ROWS: usize = 16;
 /// Outputs (weight rows) of one `cmatmul` or `cmatmul_glu` invocation.
 pub(crate) const CMATMUL_OUTPUTS: usize = 16;
 
-/// The CPU multi-row kernel for `format` weights of `k` columns, `rows` rows a tile.
-pub(crate) fn cmatmul_spec(format: WeightFormat, k: usize, rows: usize) -> KernelSpec {
+/// The CPU multi-row kernel for `format` weights of `k` columns, `rows` rows a tile of which
+/// its first uniform binding holds `x_rows` (see [`cmatmul_x_rows`]).
+pub(crate) fn cmatmul_spec(
+    format: WeightFormat,
+    k: usize,
+    rows: usize,
+    x_rows: usize,
+) -> KernelSpec {
     let spec = KernelSpec::new("cmatmul", CMATMUL)
         .with("WG", CPU_WG)
         .with("ROWS", rows as u32)
-        .with("XN", (rows * k / 4) as u32);
+        .with("XR", x_rows as u32)
+        .with("XN", (x_rows * k / 4) as u32);
     super::with_cpu_format(linear_kernel(spec), format)
 }
 
-/// The rows of a `cmatmul` tile for a product of `rows` rows of `k` values from `x_off` on
-/// CPU devices, where every tile's rows can be bound as one uniform array; `None` where
-/// another kernel runs it (one row, K % 32 != 0, an unaligned tile).
+/// The rows of a `cmatmul` tile of `tile` rows of `k` values that its first uniform binding
+/// holds: all of them, or the first half where they do not fit one binding (the second half
+/// goes through another).
+pub(crate) fn cmatmul_x_rows(gpu: &crate::gpu::Gpu, tile: usize, k: usize) -> usize {
+    if gpu.uniform_range_ok(0, tile * k) {
+        tile
+    } else {
+        tile / 2
+    }
+}
+
+/// The rows of a multi-row tile for a product of `rows` rows of `k` values from `x_off` on
+/// CPU devices, where every tile's rows can be bound as `bindings` (1 or 2) uniform arrays of
+/// equal size; `None` where another kernel runs it (one row, K % 32 != 0, an unaligned tile).
+/// `cmatmul` takes its rows in two bindings where they do not fit one, `cmatmul_glu` in one.
 pub(crate) fn cpu_tile(
     gpu: &crate::gpu::Gpu,
     rows: usize,
     x_off: usize,
     k: usize,
+    bindings: usize,
 ) -> Option<usize> {
     if !gpu.is_cpu() || rows < 2 || !k.is_multiple_of(32) {
         return None;
@@ -78,15 +98,23 @@ pub(crate) fn cpu_tile(
     let limit = gpu.limits.max_uniform_buffer_binding_size as usize / (4 * k.max(1));
     // Tiles of 16, 8, 4 or 2 rows (the largest that fits), so that few pipelines serve every row
     // count: the last tile overlaps the one before.
-    let fit = CMATMUL_ROWS.min(rows).min(limit);
+    let fit = CMATMUL_ROWS.min(rows).min(limit * bindings.clamp(1, 2));
     if fit < 2 {
         return None;
     }
     let tile = 1 << fit.ilog2();
+    let xr = if bindings > 1 {
+        cmatmul_x_rows(gpu, tile, k)
+    } else {
+        tile
+    };
     let starts = (0..rows).step_by(tile).map(|r| r.min(rows - tile));
     starts
         .into_iter()
-        .all(|r| gpu.uniform_range_ok(x_off + r * k, tile * k))
+        .all(|r| {
+            gpu.uniform_range_ok(x_off + r * k, xr * k)
+                && gpu.uniform_range_ok(x_off + (r + tile - xr) * k, xr * k)
+        })
         .then_some(tile)
 }
 
@@ -264,8 +292,9 @@ fn record(
         }
         return;
     }
-    if let Some(tile) = cpu_tile(step.gpu(), rows, x_off, k) {
-        let kernel = step.gpu().kernel(&cmatmul_spec(lin.w.format, k, tile));
+    if let Some(tile) = cpu_tile(step.gpu(), rows, x_off, k, 2) {
+        let xr = cmatmul_x_rows(step.gpu(), tile, k);
+        let kernel = step.gpu().kernel(&cmatmul_spec(lin.w.format, k, tile, xr));
         let mut r0 = 0;
         while r0 < rows {
             // The last tile ends at the last row, overlapping the one before; its rows that
@@ -279,11 +308,15 @@ fn record(
                     skip: (r0 - start) as u32,
                     ..params(*n, *row0)
                 };
-                step.dispatch_uniform_linear(
+                // Rows xr.. of the tile through binding 5 (where xr = tile, the same rows
+                // again, unread).
+                let x0 = x_off + start * k;
+                step.dispatch_uniform2_linear(
                     &kernel,
                     &p,
-                    (x, x_off + start * k, tile * k),
+                    (x, x0, xr * k),
                     &[chunk, bias, y],
+                    (x, x0 + (tile - xr) * k, xr * k),
                     groups_for(n.div_ceil(CMATMUL_OUTPUTS), CPU_WG),
                 );
             }
@@ -453,33 +486,35 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        // 300 outputs: several workgroups of 16-output invocations, the last one partial.
-        let (n, k) = (300, 128);
-        for format in WeightFormat::ALL {
-            let w = rand_vec(7, n * k, 1.0);
-            let b = rand_vec(8, n, 1.0);
-            let lin = Linear {
-                w: g.upload_matrix_as("w", &w, n, k, format).unwrap(),
-                b: Some(g.upload_f32("b", &b)),
-            };
-            for m in [2, 3, 5, 8, 13, 16, 21] {
-                assert!(cpu_tile(&g, m, 0, k).is_some(), "{m} rows run cmatmul");
-                let x = rand_vec(9 + m as u64, m * k, 1.0);
-                let xt = g.upload_f32("x", &x);
-                for add in [None, Some(-0.7)] {
-                    let y0 = rand_vec(10, m * n, 1.0);
-                    let (all, one) = (g.upload_f32("y", &y0), g.upload_f32("y1", &y0));
-                    let mut step = Step::new(&g);
-                    record(&mut step, &xt, 0, m, &lin, &all, 0, n, add);
-                    for r in 0..m {
-                        assert!(cpu_decode(&g, 1, r * k, k));
-                        record(&mut step, &xt, r * k, 1, &lin, &one, r * n, n, add);
+        // 300 outputs: several workgroups of 16-output invocations, the last one partial. K of
+        // 1536: 16-row tiles that do not fit one uniform binding, so x comes in two.
+        for (n, k) in [(300, 128), (40, 1536)] {
+            for format in WeightFormat::ALL {
+                let w = rand_vec(7, n * k, 1.0);
+                let b = rand_vec(8, n, 1.0);
+                let lin = Linear {
+                    w: g.upload_matrix_as("w", &w, n, k, format).unwrap(),
+                    b: Some(g.upload_f32("b", &b)),
+                };
+                for m in [2, 3, 5, 8, 13, 16, 21] {
+                    assert!(cpu_tile(&g, m, 0, k, 2).is_some(), "{m} rows run cmatmul");
+                    let x = rand_vec(9 + m as u64, m * k, 1.0);
+                    let xt = g.upload_f32("x", &x);
+                    for add in [None, Some(-0.7)] {
+                        let y0 = rand_vec(10, m * n, 1.0);
+                        let (all, one) = (g.upload_f32("y", &y0), g.upload_f32("y1", &y0));
+                        let mut step = Step::new(&g);
+                        record(&mut step, &xt, 0, m, &lin, &all, 0, n, add);
+                        for r in 0..m {
+                            assert!(cpu_decode(&g, 1, r * k, k));
+                            record(&mut step, &xt, r * k, 1, &lin, &one, r * n, n, add);
+                        }
+                        step.submit().unwrap();
+                        let got = pollster::block_on(g.read_f32(&all, 0, m * n)).unwrap();
+                        let want = pollster::block_on(g.read_f32(&one, 0, m * n)).unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{format} k={k} m={m} add={add:?}");
                     }
-                    step.submit().unwrap();
-                    let got = pollster::block_on(g.read_f32(&all, 0, m * n)).unwrap();
-                    let want = pollster::block_on(g.read_f32(&one, 0, m * n)).unwrap();
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{format} m={m} add={add:?}");
                 }
             }
         }
