@@ -138,10 +138,7 @@ impl<'g> Step<'g> {
         buffers: &[&Tensor],
         n: u32,
     ) {
-        let (t, off, len) = uniform;
-        let mut bound = vec![(t.buf.clone(), Some((off as u64 * 4, len as u64 * 4)))];
-        bound.extend(buffers.iter().map(|t| (t.buf.clone(), None)));
-        self.record(kernel, params, bound, linear_groups(n));
+        self.record_uniform(kernel, params, uniform, buffers, None, n);
     }
 
     /// [`Self::dispatch_uniform_linear`] with a second uniform range, `uniform_hi`, bound after
@@ -155,12 +152,24 @@ impl<'g> Step<'g> {
         uniform_hi: (&Tensor, usize, usize),
         n: u32,
     ) {
+        self.record_uniform(kernel, params, uniform, buffers, Some(uniform_hi), n);
+    }
+
+    fn record_uniform<P: Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        uniform: (&Tensor, usize, usize),
+        buffers: &[&Tensor],
+        uniform_hi: Option<(&Tensor, usize, usize)>,
+        n: u32,
+    ) {
         let range = |(t, off, len): (&Tensor, usize, usize)| {
             (t.buf.clone(), Some((off as u64 * 4, len as u64 * 4)))
         };
         let mut bound = vec![range(uniform)];
         bound.extend(buffers.iter().map(|t| (t.buf.clone(), None)));
-        bound.push(range(uniform_hi));
+        bound.extend(uniform_hi.map(range));
         self.record(kernel, params, bound, linear_groups(n));
     }
 
