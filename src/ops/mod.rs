@@ -69,7 +69,11 @@ pub fn precompile(
         } else {
             linear::matmul_spec()
         },
-        rms_norm::spec(gpu),
+        if gpu.is_cpu() {
+            rms_norm::cpu_spec()
+        } else {
+            rms_norm::spec(gpu)
+        },
         rope::spec(gpu, true, true, &SEQ),
         rope::spec(gpu, false, false, &SEQ),
         embedding::spec(),

@@ -11,6 +11,9 @@ use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 use super::WG;
 
 const SRC: &str = include_str!("../../shaders/rms_norm.wgsl");
+const CPU_SRC: &str = include_str!("../../shaders/crms_norm.wgsl");
+/// Rows (invocations) per workgroup of the CPU kernel: one SIMD vector on CPU devices.
+const CPU_WG: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -28,6 +31,18 @@ pub(crate) fn spec(gpu: &Gpu) -> KernelSpec {
     KernelSpec::new("rms_norm", SRC).with("WG", super::reduce_wg(gpu, WG))
 }
 
+/// The CPU kernel (one row per invocation; see `shaders/crms_norm.wgsl`).
+pub(crate) fn cpu_spec() -> KernelSpec {
+    KernelSpec::new("crms_norm", CPU_SRC).with("WG", CPU_WG)
+}
+
+/// Whether `rms_norm` runs the CPU kernel: on CPU devices, for rows of vec4s. Every row of a
+/// width runs the same kernel, whatever the row count, so a row's result does not depend on
+/// the rows beside it.
+fn cpu_kernel(gpu: &Gpu, dim: usize, x_off: usize, y_off: usize) -> bool {
+    gpu.is_cpu() && dim.is_multiple_of(4) && x_off.is_multiple_of(4) && y_off.is_multiple_of(4)
+}
+
 /// Records an RMSNorm of `rows` rows of width `dim`.
 pub fn rms_norm(
     step: &mut Step,
@@ -40,7 +55,12 @@ pub fn rms_norm(
     dim: usize,
     eps: f32,
 ) {
-    let k = step.gpu().kernel(&spec(step.gpu()));
+    let cpu = cpu_kernel(step.gpu(), dim, x_off, y_off);
+    let k = if cpu {
+        step.gpu().kernel(&cpu_spec())
+    } else {
+        step.gpu().kernel(&spec(step.gpu()))
+    };
     let p = Params {
         rows: rows as u32,
         dim: dim as u32,
@@ -49,7 +69,12 @@ pub fn rms_norm(
         y_off: y_off as u32,
         _p: [0; 3],
     };
-    step.dispatch_linear(&k, &p, &[x, w, y], rows as u32);
+    let groups = if cpu {
+        rows.div_ceil(CPU_WG as usize)
+    } else {
+        rows
+    };
+    step.dispatch_linear(&k, &p, &[x, w, y], groups as u32);
 }
 
 /// CPU reference of [`rms_norm`].
@@ -68,30 +93,86 @@ pub fn cpu_rms_norm(x: &[f32], w: &[f32], dim: usize, eps: f32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{assert_close, gpu, rand_vec};
+    use crate::ops::testing::{assert_close, gpus, rand_vec};
 
+    /// Both kernels: y_off 5 takes the workgroup-per-row one everywhere; 4 the
+    /// row-per-invocation one on CPU devices where dim % 4 == 0.
     #[test]
     fn rms_norm_matches_cpu() {
-        let Some(gpu) = gpu() else { return };
-        for &(rows, dim) in &[(1, 1), (7, 13), (3, 1000), (65, 64), (2, 4096)] {
-            let x = rand_vec(rows as u64, rows * dim, 3.0);
-            let w = rand_vec(dim as u64, dim, 2.0);
-            let (xt, wt, yt) = (
-                gpu.upload_f32("x", &x),
-                gpu.upload_f32("w", &w),
-                gpu.zeros("y", rows * dim + 5),
-            );
+        for gpu in gpus() {
+            rms_norm_case(gpu);
+        }
+    }
+
+    fn rms_norm_case(gpu: &Gpu) {
+        for y_off in [5, 4] {
+            for &(rows, dim) in &[(1, 1), (7, 13), (3, 1000), (65, 64), (2, 4096), (9, 512)] {
+                let x = rand_vec(rows as u64, rows * dim, 3.0);
+                let w = rand_vec(dim as u64, dim, 2.0);
+                let (xt, wt, yt) = (
+                    gpu.upload_f32("x", &x),
+                    gpu.upload_f32("w", &w),
+                    gpu.zeros("y", rows * dim + y_off),
+                );
+                let mut s = Step::new(gpu);
+                rms_norm(&mut s, &xt, 0, &wt, &yt, y_off, rows, dim, 1e-6);
+                s.submit().unwrap();
+                let got = pollster::block_on(gpu.read_f32(&yt, y_off, rows * dim)).unwrap();
+                assert_close(
+                    &format!("rms_norm (cpu {}) {rows}x{dim} at {y_off}", gpu.is_cpu()),
+                    &got,
+                    &cpu_rms_norm(&x, &w, dim, 1e-6),
+                    1e-5,
+                    1e-4,
+                );
+            }
+        }
+    }
+
+    /// A row's result is the same bit for bit whether it runs alone or among others (what
+    /// the server's batched passes rely on), for both kernels.
+    #[test]
+    fn rms_norm_rows_do_not_depend_on_the_batch() {
+        for gpu in gpus() {
+            rows_alone_case(gpu);
+        }
+    }
+
+    fn rows_alone_case(gpu: &Gpu) {
+        let (rows, dim) = (19, 512);
+        let x = rand_vec(3, rows * dim, 3.0);
+        let w = rand_vec(4, dim, 2.0);
+        let (xt, wt) = (gpu.upload_f32("x", &x), gpu.upload_f32("w", &w));
+        for y_off in [0, 1] {
+            let all = gpu.zeros("all", rows * dim + y_off);
             let mut s = Step::new(gpu);
-            rms_norm(&mut s, &xt, 0, &wt, &yt, 5, rows, dim, 1e-6);
+            rms_norm(&mut s, &xt, 0, &wt, &all, y_off, rows, dim, 1e-6);
             s.submit().unwrap();
-            let got = pollster::block_on(gpu.read_f32(&yt, 5, rows * dim)).unwrap();
-            assert_close(
-                &format!("rms_norm {rows}x{dim}"),
-                &got,
-                &cpu_rms_norm(&x, &w, dim, 1e-6),
-                1e-5,
-                1e-4,
-            );
+            let all = pollster::block_on(gpu.read_f32(&all, y_off, rows * dim)).unwrap();
+            for r in [0, 8, 18] {
+                let one = gpu.zeros("one", rows * dim + y_off);
+                let mut s = Step::new(gpu);
+                rms_norm(
+                    &mut s,
+                    &xt,
+                    r * dim,
+                    &wt,
+                    &one,
+                    y_off + r * dim,
+                    1,
+                    dim,
+                    1e-6,
+                );
+                s.submit().unwrap();
+                let one = pollster::block_on(gpu.read_f32(&one, y_off + r * dim, dim)).unwrap();
+                let want = &all[r * dim..(r + 1) * dim];
+                assert!(
+                    one.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "row {r} alone differs from the batch (y_off {y_off})"
+                );
+            }
         }
     }
 }

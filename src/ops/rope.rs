@@ -16,7 +16,11 @@ use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
 use super::{KvLayout, WG};
 
+const COMMON: &str = include_str!("../../shaders/qk_rope_common.wgsl");
 const SRC: &str = include_str!("../../shaders/qk_rope.wgsl");
+const CPU_SRC: &str = include_str!("../../shaders/cqk_rope.wgsl");
+/// Heads (invocations) per workgroup of the CPU kernel: one SIMD vector on CPU devices.
+const CPU_WG: u32 = 8;
 
 /// Device cos/sin tables for positions `0..positions`.
 #[derive(Debug, Clone)]
@@ -71,12 +75,20 @@ struct Params {
     _p: u32,
 }
 
-/// The compiled kernel of this op, for the per-head norms a model has and a KV addressing.
+/// The compiled kernel of this op, for the per-head norms a model has and a KV addressing: on
+/// CPU devices `cqk_rope` (an invocation per head, no barriers), elsewhere `qk_rope` (a
+/// workgroup per head). A device runs one of them for every row count, so a head's result does
+/// not depend on the rows beside it.
 pub(crate) fn spec(gpu: &Gpu, norm_q: bool, norm_k: bool, kv: &KvLayout) -> KernelSpec {
-    let s = KernelSpec::new("qk_rope", SRC)
-        .with("WG", super::reduce_wg(gpu, WG))
+    let s = if gpu.is_cpu() {
+        KernelSpec::new("cqk_rope", CPU_SRC).with("WG", CPU_WG)
+    } else {
+        KernelSpec::new("qk_rope", SRC).with("WG", WG)
+    };
+    let s = s
         .with("NORM_Q", norm_q as u32)
-        .with("NORM_K", norm_k as u32);
+        .with("NORM_K", norm_k as u32)
+        .prelude("qk_rope_common", COMMON);
     kv.prelude(s, 9)
 }
 
@@ -127,7 +139,13 @@ pub fn qk_rope(
     let kw = io.k_norm.unwrap_or(io.qkv);
     let mut bufs = vec![&table.cos, &table.sin, io.qkv, qw, kw, io.q, io.k, io.v];
     bufs.extend(kv.table());
-    step.dispatch_linear(&k, &p, &bufs, (rows * (heads + 2 * kv_heads)) as u32);
+    let n = rows * (heads + 2 * kv_heads);
+    let groups = if step.gpu().is_cpu() {
+        n.div_ceil(CPU_WG as usize)
+    } else {
+        n
+    };
+    step.dispatch_linear(&k, &p, &bufs, groups as u32);
 }
 
 /// CPU reference of the rotary step of [`qk_rope`] (same tables).
@@ -155,13 +173,18 @@ pub fn cpu_rope(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{assert_close, gpu, rand_vec};
+    use crate::ops::testing::{assert_close, gpus, rand_vec};
 
     /// With and without the per-head norms, k and v landing at an offset in larger cache
-    /// buffers.
+    /// buffers; both kernels (`cqk_rope` on CPU devices, `qk_rope`).
     #[test]
     fn qk_rope_matches_cpu() {
-        let Some(gpu) = gpu() else { return };
+        for gpu in gpus() {
+            qk_rope_case(gpu);
+        }
+    }
+
+    fn qk_rope_case(gpu: &Gpu) {
         for &(rows, heads, kv, hd, pos0, norm) in &[
             (1, 1, 1, 2, 0, false),
             (7, 3, 1, 16, 5, true),
@@ -210,7 +233,10 @@ mod tests {
             };
             let want_q = cpu_rope(&normed(&qx, &qw), &c, &s, heads, hd, pos0);
             let want_k = cpu_rope(&normed(&kx, &kw), &c, &s, kv, hd, pos0);
-            let what = format!("qk_rope rows={rows} heads={heads}/{kv} d={hd} norm={norm}");
+            let what = format!(
+                "qk_rope (cpu {}) rows={rows} heads={heads}/{kv} d={hd} norm={norm}",
+                gpu.is_cpu()
+            );
             assert_close(&format!("{what} q"), &got_q, &want_q, 1e-5, 1e-5);
             assert_close(&format!("{what} k"), &got_k, &want_k, 1e-5, 1e-5);
             assert_eq!(got_v, vx, "{what} v");

@@ -23,6 +23,25 @@ pub(crate) fn gpu() -> Option<&'static Gpu> {
     g.as_ref()
 }
 
+/// The shared test device and, on CPU devices, a second one that runs the GPU kernels
+/// (`cpu_kernels: Some(false)`), so that a test covers both kernel families of an op.
+pub(crate) fn gpus() -> Vec<&'static Gpu> {
+    static GPU_KERNELS: OnceLock<Option<Gpu>> = OnceLock::new();
+    let Some(g) = gpu() else { return Vec::new() };
+    let mut out = vec![g];
+    if g.is_cpu() {
+        let other = GPU_KERNELS.get_or_init(|| {
+            pollster::block_on(Gpu::new(GpuOptions {
+                cpu_kernels: Some(false),
+                ..Default::default()
+            }))
+            .ok()
+        });
+        out.extend(other.as_ref());
+    }
+    out
+}
+
 /// Deterministic pseudo-random values in [-scale, scale).
 pub(crate) fn rand_vec(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed
