@@ -9,18 +9,7 @@
 // vec4 (from y_off / 4). Requires dim, x_off and y_off multiples of 4.
 // Dispatch: linear over ceil(rows / WG) workgroups. Constants: WG.
 
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    x_off: u32,
-    y_off: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Params and binding 0: rms_norm_common.wgsl, prepended.
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;

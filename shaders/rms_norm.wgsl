@@ -4,18 +4,7 @@
 // Bindings: 0 Params, 1 x [rows, dim] (from x_off), 2 w [dim], 3 y [rows, dim] (from y_off).
 // Dispatch: one workgroup per row, linear (2-D when rows > 65535). Constants: WG.
 
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    x_off: u32,
-    y_off: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Params and binding 0: rms_norm_common.wgsl, prepended.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;

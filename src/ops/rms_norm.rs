@@ -10,6 +10,7 @@ use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
 use super::WG;
 
+const COMMON: &str = include_str!("../../shaders/rms_norm_common.wgsl");
 const SRC: &str = include_str!("../../shaders/rms_norm.wgsl");
 const CPU_SRC: &str = include_str!("../../shaders/crms_norm.wgsl");
 /// Rows (invocations) per workgroup of the CPU kernel: one SIMD vector on CPU devices.
@@ -28,12 +29,16 @@ struct Params {
 
 /// The compiled kernel of this op.
 pub(crate) fn spec(gpu: &Gpu) -> KernelSpec {
-    KernelSpec::new("rms_norm", SRC).with("WG", super::reduce_wg(gpu, WG))
+    KernelSpec::new("rms_norm", SRC)
+        .with("WG", super::reduce_wg(gpu, WG))
+        .prelude("rms_norm_common", COMMON)
 }
 
 /// The CPU kernel (one row per invocation; see `shaders/crms_norm.wgsl`).
 pub(crate) fn cpu_spec() -> KernelSpec {
-    KernelSpec::new("crms_norm", CPU_SRC).with("WG", CPU_WG)
+    KernelSpec::new("crms_norm", CPU_SRC)
+        .with("WG", CPU_WG)
+        .prelude("rms_norm_common", COMMON)
 }
 
 /// Whether `rms_norm` runs the CPU kernel: on CPU devices, for rows of vec4s. Every row of a
