@@ -281,12 +281,23 @@ impl Gpu {
 
     /// The concatenation of `parts` in one new buffer (joined on the device).
     pub fn join(&self, label: &str, parts: &[&Tensor]) -> Result<Tensor> {
-        let joined = self.zeros(label, parts.iter().map(|t| t.len).sum());
-        let mut step = super::Step::new(self);
+        let mut placed = Vec::with_capacity(parts.len());
         let mut at = 0;
         for t in parts {
-            step.copy(t, 0, &joined, at, t.len);
+            placed.push((*t, at));
             at += t.len;
+        }
+        self.join_placed(label, &placed)
+    }
+
+    /// One new buffer holding each of `parts` from its element offset (joined on the device);
+    /// what no part covers is zero.
+    pub fn join_placed(&self, label: &str, parts: &[(&Tensor, usize)]) -> Result<Tensor> {
+        let len = parts.iter().map(|(t, at)| at + t.len).max().unwrap_or(0);
+        let joined = self.zeros(label, len);
+        let mut step = super::Step::new(self);
+        for &(t, at) in parts {
+            step.copy(t, 0, &joined, at, t.len);
         }
         step.submit()?;
         Ok(joined)

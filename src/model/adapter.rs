@@ -308,7 +308,7 @@ impl Adapter {
             .collect();
         steps.sort_unstable();
         steps.dedup();
-        ops::precompile_steps(gpu, &self.shape, &steps);
+        ops::precompile_steps(gpu, &self.shape, &steps, self.hidden);
     }
 
     /// Records what runs between base layers `next - 1` and `next` (`next` 0: before the

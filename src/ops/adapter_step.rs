@@ -22,7 +22,9 @@ use crate::gpu::{Gpu, KernelSpec, Step, Tensor};
 
 use super::WG;
 
+const COMMON: &str = include_str!("../../shaders/adapter_common.wgsl");
 const SRC: &str = include_str!("../../shaders/adapter_step.wgsl");
+const SRC4: &str = include_str!("../../shaders/adapter_step4.wgsl");
 
 /// An activation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,14 +106,17 @@ impl PackedSlot {
             &[Some(down)],
             &[Some(up)],
         ];
-        let mut parts: Vec<&Tensor> = Vec::new();
+        // Each part's group starts at a multiple of 4 values (adapter_step4 reads them as
+        // vec4); a group's parts follow each other.
+        let mut parts: Vec<(&Tensor, usize)> = Vec::new();
         let mut starts = [0u32; 8];
-        let mut at = 0u32;
+        let mut at = 0usize;
         for (start, group) in starts.iter_mut().zip(groups) {
-            *start = at;
+            at = at.next_multiple_of(4);
+            *start = at as u32;
             for t in group.iter().flatten() {
-                parts.push(t);
-                at += t.len as u32;
+                parts.push((t, at));
+                at += t.len;
             }
         }
         let [ln, hidden, hidden_bias, t1, g1, out_bias, down, up] = starts;
@@ -126,7 +131,7 @@ impl PackedSlot {
             up,
         };
         Ok(PackedSlot {
-            buf: gpu.join("adapter slot", &parts)?,
+            buf: gpu.join_placed("adapter slot", &parts)?,
             off,
         })
     }
@@ -162,30 +167,43 @@ pub(crate) fn rows_per_group(gpu: &Gpu, rows: usize) -> usize {
     }
 }
 
-/// Compiles the kernels of an adapter of `shape` for what runs between two base layers of
-/// its (`steps`: update, inject), at every rows-per-workgroup a dispatch can take here, so
-/// that no pass waits for a compile.
-pub fn precompile_steps(gpu: &Gpu, shape: &AdapterShape, steps: &[(bool, bool)]) {
+/// Compiles the kernels of an adapter of `shape` on a base of width `dim` for what runs
+/// between two base layers of its (`steps`: update, inject), at every rows-per-workgroup a
+/// dispatch can take here, so that no pass waits for a compile.
+pub fn precompile_steps(gpu: &Gpu, shape: &AdapterShape, steps: &[(bool, bool)], dim: usize) {
     // Every dispatch of more than CPU_ROWS rows takes what CPU_ROWS rows take.
     let mut rbs: Vec<usize> = (1..=CPU_ROWS).map(|n| rows_per_group(gpu, n)).collect();
     rbs.dedup();
     for &(update, inject) in steps {
         for &rb in &rbs {
-            gpu.kernel(&spec(gpu, shape, update, inject, rb));
+            gpu.kernel(&spec(gpu, shape, update, inject, rb, dim));
         }
     }
 }
 
-/// The kernel for an adapter of `shape`, running the update and/or the injection, `rb` rows
-/// per workgroup.
+/// Whether the step on a base of width `dim` runs `adapter_step4` (h, s and the products over
+/// dim as vec4): for every width that is a multiple of 4, whatever the row count, so that a
+/// row's result does not depend on the rows beside it.
+fn vec4_form(dim: usize) -> bool {
+    dim.is_multiple_of(4)
+}
+
+/// The kernel for an adapter of `shape` on a base of width `dim`, running the update and/or
+/// the injection, `rb` rows per workgroup.
 pub(crate) fn spec(
     gpu: &Gpu,
     shape: &AdapterShape,
     update: bool,
     inject: bool,
     rb: usize,
+    dim: usize,
 ) -> KernelSpec {
-    KernelSpec::new("adapter_step", SRC)
+    let s = if vec4_form(dim) {
+        KernelSpec::new("adapter_step4", SRC4)
+    } else {
+        KernelSpec::new("adapter_step", SRC)
+    };
+    s.prelude("adapter_common", COMMON)
         .with("WG", super::reduce_wg(gpu, WG))
         .with("RB", rb as u32)
         .with("UPDATE", update as u32)
@@ -222,6 +240,7 @@ pub fn adapter_step(
         update.is_some(),
         inject.is_some(),
         rb,
+        dim,
     ));
     let (u, i) = (update.unwrap_or(any), inject.unwrap_or(any));
     let p = Params {
@@ -239,7 +258,13 @@ pub fn adapter_step(
         row0: row0 as u32,
         _p: 0,
     };
-    step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], rows.div_ceil(rb) as u32);
+    let groups = rows.div_ceil(rb) as u32;
+    if vec4_form(dim) {
+        // The slots again, as vec4.
+        step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s, &u.buf, &i.buf], groups);
+    } else {
+        step.dispatch_linear(&k, &p, &[&u.buf, &i.buf, h, s], groups);
+    }
 }
 
 pub(crate) fn silu_f32(v: f32) -> f32 {

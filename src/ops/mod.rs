@@ -106,10 +106,12 @@ pub fn precompile(
         specs.extend(mv.iter().map(|&w| linear::cmatvec_spec(weights, w)));
     }
     if let Some(shape) = adapter {
-        specs.extend([
-            adapter_step::spec(gpu, &shape, true, true, 1),
-            adapter_step::spec(gpu, &shape, false, true, 1),
-        ]);
+        for d in dims {
+            specs.extend([
+                adapter_step::spec(gpu, &shape, true, true, 1, d.hidden),
+                adapter_step::spec(gpu, &shape, false, true, 1, d.hidden),
+            ]);
+        }
     }
     for s in &specs {
         gpu.kernel(s);
