@@ -102,3 +102,31 @@ fn reduce_sum(v: f32, t: u32) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+// Once every invocation has stored its partial sums of hidden outputs j0 .. j0 + nj in
+// `partials`: their totals, with the hidden biases (BIAS), through the activation into `hid`.
+// Barriers before and after (call from uniform control flow).
+fn hidden_totals(t: u32, j0: u32, nj: u32) {
+    workgroupBarrier();
+    for (var q = t; q < RB * nj; q += WG) {
+        let r = q / nj;
+        let j = q - r * nj;
+        var v = total(r, j);
+        if (BIAS == 1u) {
+            v += pu[p.hidden_bias + j0 + j];
+        }
+        hid[r * G2 + j0 + j] = act(v);
+    }
+    workgroupBarrier();
+}
+
+// The same for outputs j0 .. j0 + nj of the injection's Wd product, into `a`.
+fn down_totals(t: u32, j0: u32, nj: u32) {
+    workgroupBarrier();
+    for (var q = t; q < RB * nj; q += WG) {
+        let r = q / nj;
+        let j = q - r * nj;
+        a[r * R + j0 + j] = total(r, j);
+    }
+    workgroupBarrier();
+}

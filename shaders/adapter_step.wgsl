@@ -69,18 +69,7 @@ fn adapter_step(
                     partials[(r * WG + t) * CH + j] = acc[r][j];
                 }
             }
-            workgroupBarrier();
-            let nj = min(JG, G2 - j0);
-            for (var q = t; q < RB * nj; q += WG) {
-                let r = q / nj;
-                let j = q - r * nj;
-                var v = total(r, j);
-                if (BIAS == 1u) {
-                    v += pu[p.hidden_bias + j0 + j];
-                }
-                hid[r * G2 + j0 + j] = act(v);
-            }
-            workgroupBarrier();
+            hidden_totals(t, j0, min(JG, G2 - j0));
         }
         // 3. Output layers and the gated update, IC outputs per invocation per pass.
         for (var i0 = t; i0 < p.dim; i0 += WG * IC) {
@@ -142,14 +131,7 @@ fn adapter_step(
                     partials[(r * WG + t) * CH + j] = acc[r][j];
                 }
             }
-            workgroupBarrier();
-            let nj = min(JR, R - j0);
-            for (var q = t; q < RB * nj; q += WG) {
-                let r = q / nj;
-                let j = q - r * nj;
-                a[r * R + j0 + j] = total(r, j);
-            }
-            workgroupBarrier();
+            down_totals(t, j0, min(JR, R - j0));
         }
         // 5. h += alpha * a Wu^T, IC outputs per invocation per pass.
         for (var i0 = t; i0 < p.dim; i0 += WG * IC) {

@@ -88,18 +88,7 @@ fn adapter_step4(
                     partials[(r * WG + t) * CH + j] = hsum(acc[r][j]);
                 }
             }
-            workgroupBarrier();
-            let nj = min(JG4, G2 - j0);
-            for (var q = t; q < RB * nj; q += WG) {
-                let r = q / nj;
-                let j = q - r * nj;
-                var v = total(r, j);
-                if (BIAS == 1u) {
-                    v += pu[p.hidden_bias + j0 + j];
-                }
-                hid[r * G2 + j0 + j] = act(v);
-            }
-            workgroupBarrier();
+            hidden_totals(t, j0, min(JG4, G2 - j0));
         }
         // 3. Output layers: each invocation takes 4 consecutive outputs (one vec4 of s).
         for (var i4 = t; i4 < d4; i4 += WG) {
@@ -153,14 +142,7 @@ fn adapter_step4(
                     partials[(r * WG + t) * CH + j] = hsum(acc[r][j]);
                 }
             }
-            workgroupBarrier();
-            let nj = min(JR4, R - j0);
-            for (var q = t; q < RB * nj; q += WG) {
-                let r = q / nj;
-                let j = q - r * nj;
-                a[r * R + j0 + j] = total(r, j);
-            }
-            workgroupBarrier();
+            down_totals(t, j0, min(JR4, R - j0));
         }
         // 5. h += alpha * a Wu^T: each invocation takes 4 consecutive outputs (one vec4 of h).
         for (var i4 = t; i4 < d4; i4 += WG) {
