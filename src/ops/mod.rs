@@ -69,11 +69,6 @@ pub fn precompile(
         } else {
             linear::matmul_spec()
         },
-        if gpu.is_cpu() {
-            rms_norm::cpu_spec()
-        } else {
-            rms_norm::spec(gpu)
-        },
         rope::spec(gpu, true, true, &SEQ),
         rope::spec(gpu, false, false, &SEQ),
         embedding::spec(),
@@ -88,6 +83,8 @@ pub fn precompile(
         specs.extend(glu::qspec(weights));
     }
     specs.extend(dims.iter().map(|d| attention::spec(d.head_dim, &SEQ)));
+    // The layer norms (rows from offset 0).
+    specs.extend(dims.iter().map(|d| rms_norm::spec(gpu, d.hidden, 0, 0).0));
     specs.extend(linear::qlinear_spec(weights, 1));
     specs.extend(linear::qlinear_spec(weights, 4));
     specs.extend(embedding::qspec(weights));

@@ -27,18 +27,16 @@ struct Params {
     _p: [u32; 3],
 }
 
-/// The compiled kernel of this op.
-pub(crate) fn spec(gpu: &Gpu) -> KernelSpec {
-    KernelSpec::new("rms_norm", SRC)
-        .with("WG", super::reduce_wg(gpu, WG))
-        .prelude("rms_norm_common", COMMON)
-}
-
-/// The CPU kernel (one row per invocation; see `shaders/crms_norm.wgsl`).
-pub(crate) fn cpu_spec() -> KernelSpec {
-    KernelSpec::new("crms_norm", CPU_SRC)
-        .with("WG", CPU_WG)
-        .prelude("rms_norm_common", COMMON)
+/// The kernel for rows of width `dim` whose offsets are `x_off` and `y_off`, and whether it
+/// is the CPU one (`crms_norm`, one row per invocation) or the workgroup-per-row `rms_norm`.
+pub(crate) fn spec(gpu: &Gpu, dim: usize, x_off: usize, y_off: usize) -> (KernelSpec, bool) {
+    if cpu_kernel(gpu, dim, x_off, y_off) {
+        let s = KernelSpec::new("crms_norm", CPU_SRC).with("WG", CPU_WG);
+        (s.prelude("rms_norm_common", COMMON), true)
+    } else {
+        let s = KernelSpec::new("rms_norm", SRC).with("WG", super::reduce_wg(gpu, WG));
+        (s.prelude("rms_norm_common", COMMON), false)
+    }
 }
 
 /// Whether `rms_norm` runs the CPU kernel: on CPU devices, for rows of vec4s. Every row of a
@@ -60,12 +58,8 @@ pub fn rms_norm(
     dim: usize,
     eps: f32,
 ) {
-    let cpu = cpu_kernel(step.gpu(), dim, x_off, y_off);
-    let k = if cpu {
-        step.gpu().kernel(&cpu_spec())
-    } else {
-        step.gpu().kernel(&spec(step.gpu()))
-    };
+    let (spec, cpu) = spec(step.gpu(), dim, x_off, y_off);
+    let k = step.gpu().kernel(&spec);
     let p = Params {
         rows: rows as u32,
         dim: dim as u32,
